@@ -1,0 +1,43 @@
+"""ctypes mirrors of plugin/tcpdrop.h, field for field.
+
+tests/test_event.py compiles the header and compares every offset and size.
+"""
+import ctypes
+
+TASK_COMM_LEN = 16
+MAX_STACK_DEPTH = 64
+STATE_NONE = 0
+REASON_UNKNOWN = 0xFFFFFFFF
+
+# enum counter
+COUNTER_LOST, COUNTER_RATELIMITED, COUNTER_MAX = 0, 1, 2
+
+
+class DropEvent(ctypes.Structure):
+    _fields_ = [
+        ("location", ctypes.c_uint64),
+        ("saddr", ctypes.c_uint8 * 16),
+        ("daddr", ctypes.c_uint8 * 16),
+        ("reason", ctypes.c_uint32),
+        ("len", ctypes.c_uint32),
+        ("netns", ctypes.c_uint32),
+        ("pid", ctypes.c_uint32),
+        ("stack_id", ctypes.c_int32),
+        ("sport", ctypes.c_uint16),
+        ("dport", ctypes.c_uint16),
+        ("family", ctypes.c_uint8),
+        ("state", ctypes.c_uint8),
+        ("flags", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8),
+        ("comm", ctypes.c_char * TASK_COMM_LEN),
+    ]
+
+
+class ProbeConfig(ctypes.Structure):
+    _fields_ = [
+        ("reason_mask", ctypes.c_uint64 * 4),
+        ("events_per_sec", ctypes.c_uint32),
+        ("port", ctypes.c_uint16),
+        ("family", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8),
+    ]

@@ -1,0 +1,110 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * The kernel types tcpdrop.c reads, and nothing else. Every struct is marked
+ * preserve_access_index, so clang records each field access as a CO-RE
+ * relocation and libbpf rewrites the offsets against the running kernel's
+ * BTF at load time: the field lists below only need the fields we read, in
+ * any order, and no kernel headers are needed anywhere.
+ */
+#ifndef TCPDROP_KERNEL_H
+#define TCPDROP_KERNEL_H
+/* This header stands in for vmlinux.h: tell bpf_tracing.h to use the
+ * kernel's pt_regs names (di, si, sp), not the UAPI ones (rdi, rsi, rsp). */
+#define __VMLINUX_H__
+
+typedef unsigned char __u8;
+typedef unsigned short __u16;
+typedef unsigned int __u32;
+typedef unsigned long long __u64;
+typedef signed char __s8;
+typedef short __s16;
+typedef int __s32;
+typedef long long __s64;
+typedef __u16 __be16;
+typedef __u32 __be32;
+typedef __u32 __wsum;
+typedef _Bool bool;
+enum { false = 0, true = 1 };
+
+/* UAPI constants (stable ABI, not relocated) used by the maps and helpers. */
+enum bpf_map_type {
+	BPF_MAP_TYPE_HASH = 1,
+	BPF_MAP_TYPE_ARRAY = 2,
+	BPF_MAP_TYPE_PERCPU_HASH = 5,
+	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
+	BPF_MAP_TYPE_STACK_TRACE = 7,
+	BPF_MAP_TYPE_RINGBUF = 27,
+};
+enum {
+	BPF_ANY = 0,
+	BPF_NOEXIST = 1,
+	BPF_F_NO_PREALLOC = 1,
+	BPF_F_FAST_STACK_CMP = 1 << 9,
+};
+
+#pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
+
+struct ns_common {
+	unsigned int inum;
+};
+
+struct net {
+	struct ns_common ns;
+};
+
+typedef struct {
+	struct net *net;
+} possible_net_t;
+
+struct net_device {
+	possible_net_t nd_net;
+};
+
+struct sock_common {
+	volatile unsigned char skc_state;
+	possible_net_t skc_net;
+};
+
+struct sock {
+	struct sock_common __sk_common;
+};
+
+struct sk_buff {
+	struct sock *sk;
+	struct net_device *dev;
+	unsigned int len;
+	__be16 protocol;
+	__u16 network_header;
+	unsigned char *head;
+};
+
+/* Only the type's name matters to CO-RE: its values are read from BTF. */
+enum skb_drop_reason {
+	SKB_NOT_DROPPED_YET = 0,
+};
+
+/* The classic tracepoint's record; rx_sk (6.11+) and reason (5.17+) are
+ * probed with bpf_core_field_exists(), so one object runs on all of them. */
+struct trace_entry {
+	unsigned short type;
+};
+
+struct trace_event_raw_kfree_skb {
+	struct trace_entry ent;
+	void *skbaddr;
+	void *location;
+	void *rx_sk;
+	unsigned short protocol;
+	enum skb_drop_reason reason;
+};
+
+/* x86-64 register names, for the tcp_drop() kprobe. */
+struct pt_regs {
+	unsigned long di;
+	unsigned long si;
+	unsigned long sp;
+};
+
+#pragma clang attribute pop
+
+#endif /* TCPDROP_KERNEL_H */

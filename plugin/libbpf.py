@@ -1,0 +1,113 @@
+"""ctypes bindings to the system libbpf (libbpf.so.1): only the calls we use.
+
+Every function returning a pointer returns None on failure with errno set
+(libbpf 1.0 semantics); every function returning int returns a negative
+errno. `check_ptr` and `check_int` turn both into LibbpfError.
+"""
+import ctypes
+import ctypes.util
+import os
+
+LIBBPF_SONAME = "libbpf.so.1"
+
+# enum libbpf_print_level
+LIBBPF_WARN, LIBBPF_INFO, LIBBPF_DEBUG = 0, 1, 2
+
+# enum btf_kind
+BTF_KIND_ENUM, BTF_KIND_DATASEC, BTF_KIND_ENUM64 = 6, 15, 19
+
+PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+RINGBUF_SAMPLE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+
+
+class LibbpfError(Exception):
+    def __init__(self, call, err):
+        self.errno = abs(err)
+        super().__init__(f"{call}: {os.strerror(self.errno)}")
+
+
+class BtfType(ctypes.Structure):
+    """struct btf_type: the common head of every BTF type."""
+    _fields_ = [("name_off", ctypes.c_uint32), ("info", ctypes.c_uint32), ("size_or_type", ctypes.c_uint32)]
+
+    @property
+    def kind(self):
+        return (self.info >> 24) & 0x1F
+
+    @property
+    def vlen(self):
+        return self.info & 0xFFFF
+
+
+class BtfEnum(ctypes.Structure):
+    _fields_ = [("name_off", ctypes.c_uint32), ("val", ctypes.c_int32)]
+
+
+class BtfEnum64(ctypes.Structure):
+    _fields_ = [("name_off", ctypes.c_uint32), ("val_lo32", ctypes.c_uint32), ("val_hi32", ctypes.c_uint32)]
+
+
+class BtfVarSecinfo(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_uint32), ("offset", ctypes.c_uint32), ("size", ctypes.c_uint32)]
+
+
+_P = ctypes.c_void_p
+_SIGNATURES = {
+    "libbpf_set_print": (_P, [PRINT_FN]),
+    "libbpf_num_possible_cpus": (ctypes.c_int, []),
+    "bpf_object__open_file": (_P, [ctypes.c_char_p, _P]),
+    "bpf_object__load": (ctypes.c_int, [_P]),
+    "bpf_object__close": (None, [_P]),
+    "bpf_object__btf": (_P, [_P]),
+    "bpf_object__find_program_by_name": (_P, [_P, ctypes.c_char_p]),
+    "bpf_object__find_map_by_name": (_P, [_P, ctypes.c_char_p]),
+    "bpf_program__set_autoload": (ctypes.c_int, [_P, ctypes.c_bool]),
+    "bpf_program__attach": (_P, [_P]),
+    "bpf_program__fd": (ctypes.c_int, [_P]),
+    "bpf_link__destroy": (ctypes.c_int, [_P]),
+    "bpf_map__fd": (ctypes.c_int, [_P]),
+    "bpf_map__initial_value": (_P, [_P, ctypes.POINTER(ctypes.c_size_t)]),
+    "bpf_map__set_max_entries": (ctypes.c_int, [_P, ctypes.c_uint32]),
+    "bpf_map_lookup_elem": (ctypes.c_int, [ctypes.c_int, _P, _P]),
+    "ring_buffer__new": (_P, [ctypes.c_int, RINGBUF_SAMPLE_FN, _P, _P]),
+    "ring_buffer__poll": (ctypes.c_int, [_P, ctypes.c_int]),
+    "ring_buffer__free": (None, [_P]),
+    "btf__load_vmlinux_btf": (_P, []),
+    "btf__parse": (_P, [ctypes.c_char_p, _P]),
+    "btf__free": (None, [_P]),
+    "btf__find_by_name_kind": (ctypes.c_int32, [_P, ctypes.c_char_p, ctypes.c_uint32]),
+    "btf__type_by_id": (ctypes.POINTER(BtfType), [_P, ctypes.c_uint32]),
+    "btf__name_by_offset": (ctypes.c_char_p, [_P, ctypes.c_uint32]),
+}
+
+
+def load():
+    """The system libbpf with our signatures declared; OSError if absent."""
+    lib = ctypes.CDLL(LIBBPF_SONAME, use_errno=True)
+    for name, (restype, argtypes) in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = restype, argtypes
+    return lib
+
+
+def check_ptr(ptr, call):
+    if not ptr:
+        raise LibbpfError(call, ctypes.get_errno() or 22)
+    return ptr
+
+
+def check_int(ret, call):
+    if ret < 0:
+        raise LibbpfError(call, ret)
+    return ret
+
+
+def vformat(fmt, va_list):
+    """Format a libbpf log line (printf format + va_list) with libc."""
+    buf = ctypes.create_string_buffer(1024)
+    _libc.vsnprintf(buf, len(buf), fmt, va_list)
+    return buf.value.decode(errors="replace")
+
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"))
+_libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]

@@ -1,0 +1,54 @@
+"""Kernel addresses to symbol names, from /proc/kallsyms.
+
+Read once, on first use, so start-up does not pay for it.
+"""
+import bisect
+
+
+class SymbolsUnavailable(Exception):
+    pass
+
+
+class KernelSymbols:
+    def __init__(self, path="/proc/kallsyms"):
+        self._path = path
+        self._addrs = None
+        self._names = None
+        self._cache = {}
+
+    def _load(self):
+        entries = []
+        with open(self._path, encoding="ascii", errors="replace") as f:
+            for line in f:
+                parts = line.split(None, 3)
+                if len(parts) >= 3 and parts[1] in "tT":
+                    entries.append((int(parts[0], 16), parts[2]))
+        if entries and all(addr == 0 for addr, _ in entries[:100]):
+            raise SymbolsUnavailable(
+                f"{self._path} shows every address as 0: run as root, or set "
+                "kernel.kptr_restrict=0 (sysctl) to let this user see kernel addresses"
+            )
+        entries.sort()
+        self._addrs = [addr for addr, _ in entries]
+        self._names = [name for _, name in entries]
+
+    def resolve(self, addr):
+        """(name, offset) of the function holding addr, or (None, 0)."""
+        if addr in self._cache:
+            return self._cache[addr]
+        if self._addrs is None:
+            self._load()
+        i = bisect.bisect_right(self._addrs, addr) - 1
+        found = (self._names[i], addr - self._addrs[i]) if i >= 0 else (None, 0)
+        self._cache[addr] = found
+        return found
+
+    def function(self, addr):
+        """'tcp_v4_rcv', or the address in hex when it is not in kallsyms."""
+        name, _ = self.resolve(addr)
+        return name or f"0x{addr:x}"
+
+    def format(self, addr):
+        """'tcp_v4_rcv+0x1f4', as the kernel prints %pS."""
+        name, offset = self.resolve(addr)
+        return f"{name}+0x{offset:x}" if name else f"0x{addr:x}"

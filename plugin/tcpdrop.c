@@ -1,0 +1,342 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * tcpdrop: every TCP packet the Linux kernel drops, and why.
+ *
+ * One handler, three hooks, tried in this order by the loader:
+ *   tp_btf/kfree_skb            typed pointers: direct loads, the cheapest
+ *   tracepoint/skb/kfree_skb    the classic record: probe reads
+ *   kprobe/tcp_drop             kernels 4.7-5.18 without a drop reason
+ * TCP is decided from the packet itself, so drops that happen before any
+ * socket lookup (closed port, netfilter) are seen too.
+ */
+#include "kernel.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include "tcpdrop.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+const volatile struct probe_config cfg = {};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
+	__uint(max_entries, 4096);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, MAX_STACK_DEPTH * sizeof(__u64));
+} stacks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, COUNTER_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+struct budget {
+	__u64 window_start;
+	__u32 used;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct budget);
+} budgets SEC(".maps");
+
+#define ETH_P_IP	0x0800
+#define ETH_P_IPV6	0x86DD
+#define IPPROTO_TCP	6
+#define NETWORK_HEADER_UNSET 0xffff	/* skb->network_header before it is set */
+#define NSEC_PER_SEC	1000000000ULL
+
+/* Wire formats, not kernel structs: these never move. */
+struct tcp_head {		/* the first 14 bytes of a TCP header */
+	__be16 source;
+	__be16 dest;
+	__be32 seq;
+	__be32 ack_seq;
+	__u8 doff;
+	__u8 flags;
+};
+
+struct ipv4_head {
+	__u8 version_ihl;
+	__u8 tos;
+	__be16 tot_len;
+	__be16 id;
+	__be16 frag_off;
+	__u8 ttl;
+	__u8 protocol;
+	__be16 check;
+	__be32 saddr;
+	__be32 daddr;
+};
+
+struct ipv6_head {
+	__be32 version_flow;
+	__be16 payload_len;
+	__u8 nexthdr;
+	__u8 hop_limit;
+	__u8 saddr[16];
+	__u8 daddr[16];
+};
+
+/* IP and TCP headers without options: what one probe read fetches. */
+union packet {
+	struct {
+		struct ipv4_head ip;
+		struct tcp_head tcp;
+	} v4;
+	struct {
+		struct ipv6_head ip;
+		struct tcp_head tcp;
+	} v6;
+};
+
+/* IPv6 extension headers that may stand between the IPv6 and TCP headers. */
+#define NEXTHDR_HOP	0
+#define NEXTHDR_ROUTING	43
+#define NEXTHDR_FRAGMENT 44
+#define NEXTHDR_AUTH	51
+#define NEXTHDR_DEST	60
+#define MAX_IPV6_EXT	6
+
+static __always_inline void count(enum counter slot)
+{
+	__u32 key = slot;
+	__u64 *value = bpf_map_lookup_elem(&counters, &key);
+
+	if (value)
+		*value += 1;
+}
+
+/* Per-CPU budget of events per second: a drop storm must not become an
+ * event storm. What is over budget is counted, not lost silently. */
+static __always_inline bool over_budget(void)
+{
+	__u32 zero = 0;
+	struct budget *b;
+	__u64 now;
+
+	if (!cfg.events_per_sec)
+		return false;
+	b = bpf_map_lookup_elem(&budgets, &zero);
+	if (!b)
+		return true;
+	now = bpf_ktime_get_ns();
+	if (now - b->window_start >= NSEC_PER_SEC) {
+		b->window_start = now;
+		b->used = 0;
+	}
+	if (b->used >= cfg.events_per_sec)
+		return true;
+	b->used++;
+	return false;
+}
+
+static __always_inline bool reason_wanted(__u32 reason)
+{
+	__u64 any = cfg.reason_mask[0] | cfg.reason_mask[1] |
+		    cfg.reason_mask[2] | cfg.reason_mask[3];
+
+	if (!any)
+		return true;
+	if (reason >= 256)
+		return false;
+	return cfg.reason_mask[reason >> 6] & (1ULL << (reason & 63));
+}
+
+/* Offset of the TCP header after the IPv6 header, or 0 if this is not a
+ * TCP packet with its TCP header (non-first fragments have none). */
+static __always_inline __u32 ipv6_tcp_offset(unsigned char *nh, __u8 nexthdr)
+{
+	__u32 off = sizeof(struct ipv6_head);
+	struct { __u8 nexthdr; __u8 len; __be16 frag_off; } ext;
+
+	for (int i = 0; i < MAX_IPV6_EXT; i++) {
+		if (nexthdr == IPPROTO_TCP)
+			return off;
+		if (nexthdr != NEXTHDR_HOP && nexthdr != NEXTHDR_ROUTING &&
+		    nexthdr != NEXTHDR_FRAGMENT && nexthdr != NEXTHDR_AUTH &&
+		    nexthdr != NEXTHDR_DEST)
+			return 0;
+		if (bpf_probe_read_kernel(&ext, sizeof(ext), nh + off))
+			return 0;
+		if (nexthdr == NEXTHDR_FRAGMENT) {
+			if (ext.frag_off & bpf_htons(0xfff8))
+				return 0;
+			off += 8;
+		} else if (nexthdr == NEXTHDR_AUTH) {
+			off += (ext.len + 2) * 4;
+		} else {
+			off += (ext.len + 1) * 8;
+		}
+		nexthdr = ext.nexthdr;
+	}
+	return 0;
+}
+
+/*
+ * The handler every hook calls. @btf is a compile-time constant at each call
+ * site: true where the hook hands us BTF-typed pointers (direct loads, which
+ * the verifier makes fault-safe), false where they are plain addresses and
+ * each field costs a probe read.
+ */
+static __always_inline int handle_drop(void *ctx, struct sk_buff *skb,
+				       struct sock *sk, __u64 location,
+				       __u32 reason, bool btf)
+{
+	union packet pkt;
+	struct tcp_head tcp;
+	struct drop_event *e;
+	unsigned char *nh;
+	__be16 protocol;
+	__u16 network_header;
+	__u8 family;
+	__u32 tcp_off;
+
+	/* Most drops are not TCP: decide that with as little work as possible. */
+	protocol = btf ? skb->protocol : BPF_CORE_READ(skb, protocol);
+	if (protocol == bpf_htons(ETH_P_IP))
+		family = 4;
+	else if (protocol == bpf_htons(ETH_P_IPV6))
+		family = 6;
+	else
+		return 0;
+	if (cfg.family && cfg.family != family)
+		return 0;
+
+	network_header = btf ? skb->network_header : BPF_CORE_READ(skb, network_header);
+	if (network_header == NETWORK_HEADER_UNSET)
+		return 0;
+	nh = (btf ? skb->head : BPF_CORE_READ(skb, head)) + network_header;
+	if (bpf_probe_read_kernel(&pkt, sizeof(pkt), nh))
+		return 0;
+
+	if (family == 4) {
+		__u32 ihl = (pkt.v4.ip.version_ihl & 0x0f) * 4;
+
+		if (pkt.v4.ip.version_ihl >> 4 != 4 || pkt.v4.ip.protocol != IPPROTO_TCP)
+			return 0;
+		if (pkt.v4.ip.frag_off & bpf_htons(0x1fff))
+			return 0;
+		tcp_off = ihl;
+		if (ihl == sizeof(struct ipv4_head))
+			tcp = pkt.v4.tcp;
+		else if (ihl < sizeof(struct ipv4_head) ||
+			 bpf_probe_read_kernel(&tcp, sizeof(tcp), nh + ihl))
+			return 0;
+	} else {
+		if (pkt.v6.ip.version_flow >> 4 != 6 && (pkt.v6.ip.version_flow & 0xf0) != 0x60)
+			return 0;
+		tcp_off = ipv6_tcp_offset(nh, pkt.v6.ip.nexthdr);
+		if (!tcp_off)
+			return 0;
+		if (tcp_off == sizeof(struct ipv6_head))
+			tcp = pkt.v6.tcp;
+		else if (bpf_probe_read_kernel(&tcp, sizeof(tcp), nh + tcp_off))
+			return 0;
+	}
+
+	if (cfg.port && tcp.source != bpf_htons(cfg.port) && tcp.dest != bpf_htons(cfg.port))
+		return 0;
+	if (!reason_wanted(reason))
+		return 0;
+	if (over_budget()) {
+		count(COUNTER_RATELIMITED);
+		return 0;
+	}
+
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(COUNTER_LOST);
+		return 0;
+	}
+	__builtin_memset(e, 0, sizeof(*e));	/* reserved memory is not zeroed */
+	e->location = location;
+	e->reason = reason;
+	e->family = family;
+	e->sport = bpf_ntohs(tcp.source);
+	e->dport = bpf_ntohs(tcp.dest);
+	e->flags = tcp.flags;
+	if (family == 4) {
+		__builtin_memcpy(e->saddr, &pkt.v4.ip.saddr, 4);
+		__builtin_memcpy(e->daddr, &pkt.v4.ip.daddr, 4);
+	} else {
+		__builtin_memcpy(e->saddr, pkt.v6.ip.saddr, 16);
+		__builtin_memcpy(e->daddr, pkt.v6.ip.daddr, 16);
+	}
+	e->len = btf ? skb->len : BPF_CORE_READ(skb, len);
+	if (sk)
+		e->state = btf ? sk->__sk_common.skc_state
+			       : BPF_CORE_READ(sk, __sk_common.skc_state);
+	/* The netns of the device the packet came in on (or goes out of);
+	 * the socket's where there is no device yet. */
+	struct net_device *dev = btf ? skb->dev : BPF_CORE_READ(skb, dev);
+	if (dev)
+		e->netns = btf ? dev->nd_net.net->ns.inum
+			       : BPF_CORE_READ(dev, nd_net.net, ns.inum);
+	else if (sk)
+		e->netns = btf ? sk->__sk_common.skc_net.net->ns.inum
+			       : BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	e->pid = bpf_get_current_pid_tgid() >> 32;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	e->stack_id = bpf_get_stackid(ctx, &stacks, 0);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(kfree_skb_btf, struct sk_buff *skb, void *location)
+{
+	__u32 reason = REASON_UNKNOWN;
+	struct sock *sk = skb->sk;	/* on receive, the sender's socket or none */
+
+	/* ctx[2] exists from 5.17 (reason), ctx[3] from 6.11 (rx_sk): the
+	 * checks fold to constants at load, so older kernels never see the
+	 * out-of-range reads. */
+	if (bpf_core_field_exists(struct trace_event_raw_kfree_skb, reason))
+		reason = (__u32)ctx[2];
+	if (bpf_core_field_exists(struct trace_event_raw_kfree_skb, rx_sk)) {
+		struct sock *rx_sk = (struct sock *)ctx[3];
+
+		if (rx_sk)
+			sk = rx_sk;
+	}
+	return handle_drop(ctx, skb, sk, (__u64)location, reason, true);
+}
+
+SEC("tracepoint/skb/kfree_skb")
+int kfree_skb_tp(struct trace_event_raw_kfree_skb *args)
+{
+	struct sk_buff *skb = args->skbaddr;
+	__u32 reason = REASON_UNKNOWN;
+	struct sock *sk = NULL;
+
+	if (bpf_core_field_exists(args->reason))
+		reason = args->reason;
+	if (bpf_core_field_exists(args->rx_sk))
+		sk = args->rx_sk;
+	if (!sk)
+		sk = BPF_CORE_READ(skb, sk);
+	return handle_drop(args, skb, sk, (__u64)args->location, reason, false);
+}
+
+SEC("kprobe/tcp_drop")
+int BPF_KPROBE(tcp_drop, struct sock *sk, struct sk_buff *skb)
+{
+	__u64 caller = 0;
+
+	/* At function entry the return address is on top of the stack:
+	 * that is the drop site, as the tracepoint's location would be. */
+	bpf_probe_read_kernel(&caller, sizeof(caller), (void *)PT_REGS_SP(ctx));
+	return handle_drop(ctx, skb, sk, caller, REASON_UNKNOWN, false);
+}

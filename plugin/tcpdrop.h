@@ -1,0 +1,52 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * What tcpdrop.c hands to user space. plugin/event.py mirrors these structs
+ * field for field with ctypes; tests/test_event.py checks the two layouts
+ * agree (sizes and offsets, as clang lays them out).
+ */
+#ifndef TCPDROP_H
+#define TCPDROP_H
+
+#define TASK_COMM_LEN 16
+#define MAX_STACK_DEPTH 64
+
+/* One dropped TCP packet, as the trace mode prints it. */
+struct drop_event {
+	__u64 location;		/* the drop site: return address into the caller of kfree_skb */
+	__u8 saddr[16];		/* IPv4 in the first 4 bytes */
+	__u8 daddr[16];
+	__u32 reason;		/* enum skb_drop_reason; REASON_UNKNOWN where the kernel has none */
+	__u32 len;		/* skb->len */
+	__u32 netns;		/* network namespace inode, 0 if unknown */
+	__u32 pid;		/* task on CPU: often unrelated to the packet (softirq) */
+	__s32 stack_id;		/* into the stacks map; < 0 = no stack (-errno) */
+	__u16 sport;		/* host byte order */
+	__u16 dport;
+	__u8 family;		/* 4 or 6 */
+	__u8 state;		/* TCP state of the socket, STATE_NONE if none */
+	__u8 flags;		/* TCP header flags byte: FIN SYN RST PSH ACK URG ECE CWR */
+	__u8 pad;
+	char comm[TASK_COMM_LEN];
+};
+
+/* Sentinels no kernel uses: TCP states start at 1, drop reasons at 0..~0x3ffff. */
+#define STATE_NONE 0
+#define REASON_UNKNOWN 0xffffffffu
+
+/* Slots of the per-CPU counters map. */
+enum counter {
+	COUNTER_LOST,		/* ring buffer full: event not delivered */
+	COUNTER_RATELIMITED,	/* over the events-per-second budget */
+	COUNTER_MAX,
+};
+
+/* Filters and budgets, set by the loader before load (.rodata). */
+struct probe_config {
+	__u64 reason_mask[4];	/* bit n = report reason n; all zero = every reason */
+	__u32 events_per_sec;	/* per CPU; 0 = unlimited */
+	__u16 port;		/* either side; 0 = any */
+	__u8 family;		/* 4, 6, or 0 = both */
+	__u8 pad;
+};
+
+#endif /* TCPDROP_H */
