@@ -10,11 +10,39 @@ VENV := .venv
 BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_$(ARCH) -Wall -Werror \
 	-ffile-prefix-map=$(CURDIR)/=
 
-.PHONY: probe run test clean help
+.PHONY: probe setup run test clean help
 probe: plugin/tcpdrop.bpf.o
 
 plugin/tcpdrop.bpf.o: plugin/tcpdrop.c plugin/tcpdrop.h plugin/kernel.h
 	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
 
 clean:
-	rm -f plugin/tcpdrop.bpf.o
+	rm -rf plugin/tcpdrop.bpf.o $(VENV) build *.egg-info
+
+# What a fresh Debian 12 host needs to build the probe and run the tests.
+APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool make nftables iproute2 util-linux \
+	python3 python3-venv python3-setuptools python3-pytest
+INSTALLED := $(VENV)/.installed
+
+# apt only when something is missing; a venv on Debian's python3 that sees its
+# packages (python3-bpfcc lives there), with this project installed editable.
+$(INSTALLED): pyproject.toml setup.py
+	@if dpkg-query -W -f='$${Status}\n' $(APT_PACKAGES) 2>&1 | grep -qv 'install ok installed'; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); fi
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+	$(VENV)/bin/pip install -q --no-build-isolation -e .
+	touch $@
+
+setup: $(INSTALLED) probe
+
+run: setup
+	$(VENV)/bin/telegraf-tcpdrop trace
+
+test: setup
+	$(VENV)/bin/python -m pytest -v $(PYTEST_ARGS)
+
+help:
+	@echo "make run    install what is missing, build the probe, start the tracer"
+	@echo "make test   the same set-up, then the test suite (root: it loads the probe)"
+	@echo "make probe  build plugin/tcpdrop.bpf.o only"

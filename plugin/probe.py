@@ -35,7 +35,7 @@ class Probe:
         self._warnings = []
         self._print_cb = lb.PRINT_FN(self._on_libbpf_log)  # kept alive: libbpf holds it
         self._lib.libbpf_set_print(self._print_cb)
-        self._obj = self._link = self._ringbuf = self._sample_cb = None
+        self._obj = self._link = self._ringbuf = self._sample_cb = self._callback_error = None
         failures = []
         for hook in hooks:
             try:
@@ -95,10 +95,16 @@ class Probe:
         return self._lib.bpf_map__fd(m)
 
     def on_event(self, callback):
-        """Call callback(DropEvent) for each event from poll()."""
+        """Call callback(DropEvent) for each event from poll(). An exception
+        in callback stops that poll and is raised from it (ctypes would
+        otherwise print and swallow it)."""
         def sample(_ctx, data, size):
-            callback(DropEvent.from_buffer_copy(ctypes.string_at(data, ctypes.sizeof(DropEvent))))
-            return 0
+            try:
+                callback(DropEvent.from_buffer_copy(ctypes.string_at(data, ctypes.sizeof(DropEvent))))
+                return 0
+            except BaseException as e:
+                self._callback_error = e
+                return -1
         self._sample_cb = lb.RINGBUF_SAMPLE_FN(sample)
         self._ringbuf = lb.check_ptr(
             self._lib.ring_buffer__new(self._map_fd("events"), self._sample_cb, None, None),
@@ -107,6 +113,9 @@ class Probe:
     def poll(self, timeout_ms):
         """Deliver pending events; returns how many. EINTR (a signal) counts as 0."""
         n = self._lib.ring_buffer__poll(self._ringbuf, timeout_ms)
+        if self._callback_error:
+            error, self._callback_error = self._callback_error, None
+            raise error
         if n == -4:  # EINTR
             return 0
         return lb.check_int(n, "ring_buffer__poll")

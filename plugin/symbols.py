@@ -32,6 +32,12 @@ class KernelSymbols:
         self._addrs = [addr for addr, _ in entries]
         self._names = [name for _, name in entries]
 
+    def count(self):
+        """How many kernel functions are known; reads kallsyms if not yet done."""
+        if self._addrs is None:
+            self._load()
+        return len(self._addrs)
+
     def resolve(self, addr):
         """(name, offset) of the function holding addr, or (None, 0)."""
         if addr in self._cache:

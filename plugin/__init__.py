@@ -1,0 +1,1 @@
+"""telegraf-tcpdrop: the TCP packets the Linux kernel drops, and why."""

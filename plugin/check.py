@@ -1,0 +1,91 @@
+"""What the probe needs from the host, checked before loading it.
+
+Each check returns a short description of what it found, or raises
+StartupError with one line saying what is missing and how to get it.
+`telegraf-tcpdrop check` runs them all and prints the result.
+"""
+import ctypes
+import ctypes.util
+import os
+import platform
+from importlib import resources
+
+from . import libbpf as lb
+from .btf import Btf
+from .names import DropReasons
+
+VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
+TRACEFS = "/sys/kernel/tracing"
+KFREE_SKB_FORMAT = f"{TRACEFS}/events/skb/kfree_skb/format"
+CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
+
+
+class StartupError(Exception):
+    pass
+
+
+def probe_object():
+    path = resources.files(__package__) / "tcpdrop.bpf.o"
+    if not path.is_file():
+        raise StartupError(f"probe object {path} is missing: build it with `make probe` "
+                           "(or reinstall the package)")
+    return path
+
+
+def privileges():
+    caps = _effective_caps()
+    if caps >> CAP_BPF & 1 and caps >> CAP_PERFMON & 1:
+        return "CAP_BPF and CAP_PERFMON"
+    if caps >> CAP_SYS_ADMIN & 1:
+        return "CAP_SYS_ADMIN"
+    raise StartupError("not allowed to load BPF programs: run as root, or grant CAP_BPF and "
+                       "CAP_PERFMON (CAP_SYS_ADMIN before Linux 5.8)")
+
+
+def _effective_caps():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+def kernel_btf():
+    if not os.path.exists(VMLINUX_BTF):
+        raise StartupError(
+            f"kernel {platform.release()} has no BTF ({VMLINUX_BTF} is missing), which the CO-RE "
+            "probe needs: use a kernel built with CONFIG_DEBUG_INFO_BTF=y (most distribution "
+            "kernels since 2020); a bcc backend for kernels without BTF is planned")
+    return f"{VMLINUX_BTF} ({os.path.getsize(VMLINUX_BTF)} bytes)"
+
+
+def libbpf():
+    try:
+        return lb.load()
+    except OSError:
+        raise StartupError(f"{lb.LIBBPF_SONAME} not found: install it (apt install libbpf1)") from None
+
+
+def tracefs():
+    """Mounts tracefs if it is not: the classic tracepoint hook needs it."""
+    if os.path.isdir(f"{TRACEFS}/events"):
+        return f"{TRACEFS} mounted"
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    if libc.mount(b"nodev", TRACEFS.encode(), b"tracefs", 0, None) == 0:
+        return f"{TRACEFS} mounted by us"
+    err = os.strerror(ctypes.get_errno())
+    raise StartupError(f"tracefs is not mounted and mounting it failed ({err}): "
+                       f"mount -t tracefs nodev {TRACEFS}")
+
+
+def drop_reasons(lib):
+    """The running kernel's names for enum skb_drop_reason (empty before 5.17)."""
+    if os.path.exists(VMLINUX_BTF):
+        with Btf.vmlinux(lib) as btf:
+            reasons = DropReasons.from_btf(btf)
+        return reasons or DropReasons({})
+    try:
+        with open(KFREE_SKB_FORMAT) as f:
+            return DropReasons.from_format(f.read())
+    except OSError:
+        return DropReasons({})

@@ -1,0 +1,131 @@
+"""`telegraf-tcpdrop trace`: one line per dropped TCP packet, for a human at
+a terminal (or one JSON object per line with --json).
+
+A drop travels: kernel -> ring buffer -> DropEvent -> Drop (decoded) -> line.
+"""
+import ipaddress
+import json
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+from .names import flag_names, state_name
+
+HEADER = f"{'TIME':<8} {'PID':<7} {'IP':<2} {'SADDR:SPORT':<21} > {'DADDR:DPORT':<21} STATE (FLAGS) REASON"
+COUNTER_CHECK_SECONDS = 1.0
+
+
+@dataclass
+class Drop:
+    """One drop, decoded: what --json prints, key for key."""
+    time: str
+    pid: int
+    comm: str
+    family: int
+    saddr: str
+    sport: int
+    daddr: str
+    dport: int
+    state: str
+    flags: str
+    reason: str
+    location: str
+    netns: int
+    len: int
+    stack: list = field(default_factory=list)
+
+
+def drop_site_stack(ips, location):
+    """The stack from the drop site down: frames above it are the tracing
+    machinery (bpf_prog_*, bpf_trace_run*, sk_skb_reason_drop, ...)."""
+    return ips[ips.index(location):] if location in ips else ips
+
+
+def decode(event, reasons, symbols, stack_ips, now):
+    def addr(raw):
+        if event.family == 4:
+            return str(ipaddress.IPv4Address(bytes(raw[:4])))
+        return str(ipaddress.IPv6Address(bytes(raw)))
+
+    return Drop(
+        time=now.isoformat(timespec="microseconds").replace("+00:00", "Z"),
+        pid=event.pid,
+        comm=event.comm.decode(errors="replace"),
+        family=event.family,
+        saddr=addr(event.saddr),
+        sport=event.sport,
+        daddr=addr(event.daddr),
+        dport=event.dport,
+        state=state_name(event.state),
+        flags=flag_names(event.flags),
+        reason=reasons.name(event.reason),
+        location=symbols.format(event.location),
+        netns=event.netns,
+        len=event.len,
+        stack=[symbols.format(ip) for ip in drop_site_stack(stack_ips, event.location)],
+    )
+
+
+def endpoint(family, addr, port):
+    return f"{addr}:{port}" if family == 4 else f"[{addr}]:{port}"
+
+
+def format_line(drop):
+    local = datetime.fromisoformat(drop.time.replace("Z", "+00:00")).astimezone()
+    return (f"{local:%H:%M:%S} {drop.pid:<7} {drop.family:<2} "
+            f"{endpoint(drop.family, drop.saddr, drop.sport):<21} > "
+            f"{endpoint(drop.family, drop.daddr, drop.dport):<21} "
+            f"{drop.state} ({drop.flags}) {drop.reason}")
+
+
+class Tracer:
+    """Prints each event the probe delivers; reports what it could not print."""
+
+    def __init__(self, probe, reasons, symbols, as_json=False, with_stack=True, out=sys.stdout):
+        self.probe, self.reasons, self.symbols = probe, reasons, symbols
+        self.as_json, self.with_stack, self.out = as_json, with_stack, out
+        self.printed = 0
+        self._not_shown = [0, 0]  # lost, over the rate limit, as last reported
+        self._stop = False
+
+    def on_event(self, event):
+        stack_ips = self.probe.stack(event.stack_id) if self.with_stack else []
+        drop = decode(event, self.reasons, self.symbols, stack_ips, datetime.now(timezone.utc))
+        if self.as_json:
+            self.out.write(json.dumps(asdict(drop)) + "\n")
+        else:
+            self.out.write(format_line(drop) + "\n")
+            if self.with_stack:
+                self.out.write("".join(f"{frame}\n" for frame in drop.stack) + "\n")
+        self.out.flush()
+        self.printed += 1
+
+    def report_not_shown(self):
+        """One W! line when drops went unprinted since the last report."""
+        lost, ratelimited = self.probe.counters()
+        new_lost, new_limited = lost - self._not_shown[0], ratelimited - self._not_shown[1]
+        if new_lost or new_limited:
+            print(f"W! {new_lost + new_limited} drops not shown: {new_lost} lost (ring buffer "
+                  f"full), {new_limited} over the rate limit (--rate-limit)", file=sys.stderr)
+        self._not_shown = [lost, ratelimited]
+
+    def stop(self, *_):
+        self._stop = True
+
+    def run(self):
+        signal.signal(signal.SIGINT, self.stop)
+        signal.signal(signal.SIGTERM, self.stop)
+        self.probe.on_event(self.on_event)
+        if not self.as_json:
+            self.out.write(HEADER + "\n")
+            self.out.flush()
+        next_check = time.monotonic() + COUNTER_CHECK_SECONDS
+        while not self._stop:
+            self.probe.poll(100)
+            if time.monotonic() >= next_check:
+                self.report_not_shown()
+                next_check += COUNTER_CHECK_SECONDS
+        self.probe.poll(0)  # what arrived before the signal
+        self.report_not_shown()
