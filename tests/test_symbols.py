@@ -1,0 +1,47 @@
+"""Kernel addresses to names, from a kallsyms fixture and from the running kernel."""
+import pytest
+
+from telegraf_tcpdrop.symbols import KernelSymbols, SymbolsUnavailable
+
+KALLSYMS = """\
+ffffffff81000000 T _stext
+ffffffff81a00000 T tcp_v4_rcv
+ffffffff81a00400 t tcp_v4_fill_cb
+ffffffff81a00500 D some_data
+ffffffff81b00000 T nf_hook_slow
+ffffffffc0000000 t nft_do_chain\t[nf_tables]
+"""
+
+
+@pytest.fixture
+def symbols(tmp_path):
+    path = tmp_path / "kallsyms"
+    path.write_text(KALLSYMS)
+    return KernelSymbols(path)
+
+
+def test_resolve_to_the_function_holding_the_address(symbols):
+    assert symbols.format(0xFFFFFFFF81A00099) == "tcp_v4_rcv+0x99"
+    assert symbols.function(0xFFFFFFFF81A00099) == "tcp_v4_rcv"
+    assert symbols.format(0xFFFFFFFF81A00400) == "tcp_v4_fill_cb+0x0"
+    assert symbols.format(0xFFFFFFFF81A00600) == "tcp_v4_fill_cb+0x200"  # data symbols are skipped
+    assert symbols.format(0xFFFFFFFFC0000010) == "nft_do_chain+0x10"  # module symbols too
+    assert symbols.format(0x1000) == "0x1000"
+    assert symbols.count() == 5
+
+
+def test_hidden_addresses_are_a_clear_error(tmp_path):
+    path = tmp_path / "kallsyms"
+    path.write_text("0000000000000000 T _stext\n0000000000000000 T tcp_v4_rcv\n")
+    with pytest.raises(SymbolsUnavailable, match="kptr_restrict"):
+        KernelSymbols(path).count()
+
+
+def test_running_kernel():
+    with open("/proc/kallsyms") as f:
+        addr = next(int(l.split()[0], 16) for l in f if l.split()[2] == "tcp_v4_rcv")
+    if addr == 0:
+        pytest.skip("kernel addresses are hidden from this user (kptr_restrict)")
+    symbols = KernelSymbols()
+    assert symbols.format(addr) == "tcp_v4_rcv+0x0"
+    assert symbols.format(addr + 0x99) == "tcp_v4_rcv+0x99"

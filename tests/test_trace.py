@@ -1,0 +1,98 @@
+"""Decoding and printing one drop, from a DropEvent made by hand."""
+import io
+import ipaddress
+import json
+from datetime import datetime, timezone
+
+from telegraf_tcpdrop.event import DropEvent
+from telegraf_tcpdrop.names import DropReasons
+from telegraf_tcpdrop.trace import HEADER, Tracer, decode, drop_site_stack, format_line
+
+REASONS = DropReasons({2: "NO_SOCKET", 41: "TCP_OLD_SEQUENCE"})
+NOW = datetime(2026, 11, 23, 19, 45, 39, 734507, tzinfo=timezone.utc)
+RCV, DELIVER, BPF, TRACE_RUN = 0xFFFF0099, 0xFFFF1028, 0xFFFF5000, 0xFFFF6000
+
+
+class FakeSymbols:
+    """Names addresses without reading kallsyms."""
+    NAMES = {RCV: "tcp_v4_rcv+0x99", DELIVER: "ip_protocol_deliver_rcu+0x28",
+             BPF: "bpf_prog_abc_kfree_skb_btf+0x5bf", TRACE_RUN: "bpf_trace_run4+0x10d"}
+
+    def format(self, addr):
+        return self.NAMES[addr]
+
+
+def event(family=4, saddr="10.0.0.1", daddr="10.0.0.2"):
+    e = DropEvent(location=RCV, reason=2, len=32, netns=4026531833, pid=3061, stack_id=7,
+                  sport=40001, dport=443, family=family, state=0, flags=0x02, comm=b"curl")
+    e.saddr[:len(ipaddress.ip_address(saddr).packed)] = ipaddress.ip_address(saddr).packed
+    e.daddr[:len(ipaddress.ip_address(daddr).packed)] = ipaddress.ip_address(daddr).packed
+    return e
+
+
+def test_stack_starts_at_the_drop_site():
+    assert drop_site_stack([BPF, TRACE_RUN, RCV, DELIVER], RCV) == [RCV, DELIVER]
+    assert drop_site_stack([BPF, DELIVER], RCV) == [BPF, DELIVER]  # not found: all of it
+
+
+def test_decode_ipv4():
+    drop = decode(event(), REASONS, FakeSymbols(), [BPF, TRACE_RUN, RCV, DELIVER], NOW)
+    assert json.loads(json.dumps(drop.__dict__)) == {
+        "time": "2026-11-23T19:45:39.734507Z", "pid": 3061, "comm": "curl", "family": 4,
+        "saddr": "10.0.0.1", "sport": 40001, "daddr": "10.0.0.2", "dport": 443,
+        "state": "NONE", "flags": "SYN", "reason": "NO_SOCKET", "location": "tcp_v4_rcv+0x99",
+        "netns": 4026531833, "len": 32,
+        "stack": ["tcp_v4_rcv+0x99", "ip_protocol_deliver_rcu+0x28"]}
+
+
+def test_line_ipv4_and_ipv6():
+    v4 = decode(event(), REASONS, FakeSymbols(), [], NOW)
+    v6 = decode(event(6, "2001:db8::1", "fe80::2"), REASONS, FakeSymbols(), [], NOW)
+    local = NOW.astimezone().strftime("%H:%M:%S")
+    assert format_line(v4) == \
+        f"{local} 3061    4  10.0.0.1:40001        > 10.0.0.2:443          NONE (SYN) NO_SOCKET"
+    assert format_line(v6) == \
+        f"{local} 3061    6  [2001:db8::1]:40001   > [fe80::2]:443         NONE (SYN) NO_SOCKET"
+    assert HEADER.index("SADDR") == format_line(v4).index("10.0.0.1")
+    assert HEADER.index(">") == format_line(v4).index(">")
+
+
+class StubProbe:
+    """Stands in for the loaded probe: its stack map and counters."""
+
+    def __init__(self):
+        self.lost_and_limited = [0, 0]
+
+    def stack(self, stack_id):
+        return [BPF, TRACE_RUN, RCV, DELIVER] if stack_id == 7 else []
+
+    def counters(self):
+        return list(self.lost_and_limited)
+
+
+def test_tracer_prints_line_then_stack_then_blank():
+    out = io.StringIO()
+    Tracer(StubProbe(), REASONS, FakeSymbols(), out=out).on_event(event())
+    lines = out.getvalue().split("\n")
+    assert lines[0].endswith("NONE (SYN) NO_SOCKET")
+    assert lines[1:] == ["tcp_v4_rcv+0x99", "ip_protocol_deliver_rcu+0x28", "", ""]
+
+
+def test_tracer_json_has_the_documented_keys():
+    out = io.StringIO()
+    Tracer(StubProbe(), REASONS, FakeSymbols(), as_json=True, with_stack=False, out=out).on_event(event())
+    drop = json.loads(out.getvalue())
+    assert list(drop) == ["time", "pid", "comm", "family", "saddr", "sport", "daddr", "dport",
+                          "state", "flags", "reason", "location", "netns", "len", "stack"]
+    assert drop["stack"] == []
+
+
+def test_unprinted_drops_are_reported_once(capsys):
+    probe = StubProbe()
+    tracer = Tracer(probe, REASONS, FakeSymbols(), out=io.StringIO())
+    tracer.report_not_shown()
+    probe.lost_and_limited = [2, 5]
+    tracer.report_not_shown()
+    tracer.report_not_shown()
+    assert capsys.readouterr().err == \
+        "W! 7 drops not shown: 2 lost (ring buffer full), 5 over the rate limit (--rate-limit)\n"
