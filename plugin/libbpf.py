@@ -87,7 +87,25 @@ def load():
     for name, (restype, argtypes) in _SIGNATURES.items():
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = restype, argtypes
+    lib.libbpf_set_print(_print)
     return lib
+
+
+def set_log_handler(handler):
+    """handler(level, line) receives libbpf's log from now on; None drops it."""
+    global _log_handler
+    _log_handler = handler
+
+
+_log_handler = None
+
+
+@PRINT_FN
+def _print(level, fmt, va_list):
+    # One callback for the life of the process: libbpf keeps the pointer.
+    if _log_handler:
+        _log_handler(level, vformat(fmt, va_list).rstrip())
+    return 0
 
 
 def check_ptr(ptr, call):
@@ -104,7 +122,7 @@ def check_int(ret, call):
 
 def vformat(fmt, va_list):
     """Format a libbpf log line (printf format + va_list) with libc."""
-    buf = ctypes.create_string_buffer(1024)
+    buf = ctypes.create_string_buffer(1 << 20)  # the verifier log comes as one message
     _libc.vsnprintf(buf, len(buf), fmt, va_list)
     return buf.value.decode(errors="replace")
 

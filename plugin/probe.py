@@ -33,26 +33,30 @@ class Probe:
         self.hook = None  # the hook that attached
         self._lib = lb.load()
         self._warnings = []
-        self._print_cb = lb.PRINT_FN(self._on_libbpf_log)  # kept alive: libbpf holds it
-        self._lib.libbpf_set_print(self._print_cb)
+        lb.set_log_handler(self._on_libbpf_log)
         self._obj = self._link = self._ringbuf = self._sample_cb = self._callback_error = None
+        try:
+            self._attach_first(hooks)
+        finally:
+            lb.set_log_handler(None)
+        self.ncpus = lb.check_int(self._lib.libbpf_num_possible_cpus(), "libbpf_num_possible_cpus")
+
+    def _attach_first(self, hooks):
         failures = []
         for hook in hooks:
             try:
                 self._load_and_attach(hook)
                 self.hook = hook
-                break
+                return
             except lb.LibbpfError as e:
                 failures.append(f"{HOOKS[hook][1]}: {e}{self._last_log()}")
                 self.close()
-        else:
-            raise ProbeError("no hook could be attached (" + "; ".join(failures) + ")")
-        self.ncpus = lb.check_int(self._lib.libbpf_num_possible_cpus(), "libbpf_num_possible_cpus")
+        raise ProbeError("no hook could be attached (" + "; ".join(failures) +
+                         "); -v shows libbpf's log")
 
-    def _on_libbpf_log(self, level, fmt, va_list):
+    def _on_libbpf_log(self, level, line):
         """libbpf's log: all of it to stderr when verbose; warnings kept to
-        explain a failure (the verifier log is long, its last line says why)."""
-        line = lb.vformat(fmt, va_list).rstrip()
+        explain a failure."""
         if self.verbose:
             print(f"D! {line}", file=sys.stderr)
         if level == lb.LIBBPF_WARN and line:

@@ -144,14 +144,23 @@ static __always_inline bool over_budget(void)
 
 static __always_inline bool reason_wanted(__u32 reason)
 {
-	__u64 any = cfg.reason_mask[0] | cfg.reason_mask[1] |
-		    cfg.reason_mask[2] | cfg.reason_mask[3];
+	const volatile __u64 *mask = cfg.reason_mask;
+	__u64 word;
 
-	if (!any)
+	if (!(mask[0] | mask[1] | mask[2] | mask[3]))
 		return true;
-	if (reason >= 256)
+	/* Constant indices only: a computed one loses its bounds to the verifier. */
+	if (reason < 64)
+		word = mask[0];
+	else if (reason < 128)
+		word = mask[1];
+	else if (reason < 192)
+		word = mask[2];
+	else if (reason < 256)
+		word = mask[3];
+	else
 		return false;
-	return cfg.reason_mask[reason >> 6] & (1ULL << (reason & 63));
+	return word & (1ULL << (reason & 63));
 }
 
 /* Offset of the TCP header after the IPv6 header, or 0 if this is not a

@@ -47,10 +47,19 @@ class Netns:
         return subprocess.run(["ip", "netns", "exec", self.name, *cmd], check=True,
                               capture_output=True, text=True, input=input).stdout
 
-    def traffic(self, kind, *args):
-        """Runs tests/traffic.py KIND ARGS here; its `key=value` lines as a dict."""
-        out = self.sh(sys.executable, str(TESTS / "traffic.py"), kind, *map(str, args))
+    def traffic(self, kind, *args, cpu=None):
+        """Runs tests/traffic.py KIND ARGS here (on one CPU if cpu is given);
+        its `key=value` lines as a dict."""
+        pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
+        out = self.sh(*pin, sys.executable, str(TESTS / "traffic.py"), kind, *map(str, args))
         return dict(line.split("=", 1) for line in out.split())
+
+    def drop_input_port(self, port):
+        """An nftables rule that drops TCP to port on input (IPv4 and IPv6)."""
+        self.sh("nft", "-f", "-", input=f"""
+            table inet filter {{
+                chain input {{ type filter hook input priority 0; tcp dport {port} drop; }}
+            }}""")
 
     def counter(self, name):
         """A kernel SNMP/netstat counter of this namespace (nstat names)."""

@@ -25,10 +25,7 @@ def test_syn_to_closed_port(tracer, netns, host, rcv):
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
 def test_netfilter_drop(tracer, netns, host):
-    netns.sh("nft", "-f", "-", input=f"""
-        table inet filter {{
-            chain input {{ type filter hook input priority 0; tcp dport 8080 drop; }}
-        }}""")
+    netns.drop_input_port(8080)
     netns.traffic("syn", host, 8080, 40002, 0.3)
     drops = tracer.wait_for(netns, dport=8080)
     assert drops, [(e["sport"], e["flags"], e["reason"]) for e in tracer.events_in(netns)]

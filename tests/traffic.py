@@ -33,8 +33,14 @@ def syn(host, port, sport, timeout="1"):
     s.settimeout(float(timeout))
     try:
         s.connect((host, int(port)))
-    except (ConnectionRefusedError, TimeoutError, socket.timeout) as e:
-        print(f"result={type(e).__name__}")
+    except (ConnectionRefusedError, TimeoutError, socket.timeout):
+        pass
+
+
+def syns(host, port, first_sport, count):
+    """count SYNs to a closed port, each from its own source port."""
+    for sport in range(int(first_sport), int(first_sport) + int(count)):
+        syn(host, port, sport)
 
 
 def old_segment(port):
@@ -96,7 +102,7 @@ def icmp_bad_checksum(host):
     time.sleep(0.05)
 
 
-KINDS = {"syn": syn, "old-segment": old_segment, "listen-overflow": listen_overflow,
+KINDS = {"syn": syn, "syns": syns, "old-segment": old_segment, "listen-overflow": listen_overflow,
          "udp": udp, "icmp-bad-checksum": icmp_bad_checksum}
 
 if __name__ == "__main__":

@@ -1,0 +1,118 @@
+"""The loader and the probe's in-kernel filters and budgets, on real drops."""
+import ctypes
+
+import pytest
+
+from conftest import eventually
+from telegraf_tcpdrop import check, libbpf
+from telegraf_tcpdrop.btf import Btf
+from telegraf_tcpdrop.event import ProbeConfig
+from telegraf_tcpdrop.names import DropReasons
+from telegraf_tcpdrop.probe import Probe, ProbeError
+
+pytestmark = pytest.mark.kernel
+
+
+def reasons():
+    with Btf.vmlinux(libbpf.load()) as btf:
+        return DropReasons.from_btf(btf)
+
+
+class Capture:
+    """A probe and the events it delivered from one namespace."""
+
+    def __init__(self, ns, hooks=("tp_btf",), **config):
+        self.ns, self.events = ns, []
+        self.probe = Probe(check.probe_object(), ProbeConfig(**config), hooks)
+        self.probe.on_event(self._on_event)
+
+    def _on_event(self, e):
+        if e.netns == self.ns.inode:
+            self.events.append(e)
+
+    def wait(self, count, timeout=5.0):
+        def enough():
+            self.probe.poll(50)
+            return len(self.events) >= count
+        eventually(enough, timeout, interval=0)
+        return self.events
+
+    def settle(self):
+        """Everything already in the ring buffer."""
+        self.probe.poll(200)
+        return self.events
+
+
+@pytest.fixture
+def capture(netns):
+    captures = []
+
+    def start(**kwargs):
+        captures.append(Capture(netns, **kwargs))
+        return captures[-1]
+    yield start
+    for c in captures:
+        c.probe.close()
+
+
+def fields(e):
+    return (e.family, bytes(e.saddr), bytes(e.daddr), e.sport, e.dport, e.state, e.flags,
+            e.reason, e.location, e.netns, e.len)
+
+
+def test_classic_tracepoint_reports_what_tp_btf_reports(netns, capture):
+    check.tracefs()
+    btf, classic = capture(hooks=("tp_btf",), port=7100), capture(hooks=("tracepoint",), port=7100)
+    assert (btf.probe.hook, classic.probe.hook) == ("tp_btf", "tracepoint")
+    netns.traffic("syn", "::1", 7100, 40010)
+    [a], [b] = btf.wait(1), classic.wait(1)
+    assert fields(a) == fields(b)
+    assert a.reason == reasons().number("NO_SOCKET")
+
+
+def test_kprobe_hook_fails_clearly_where_tcp_drop_cannot_be_probed():
+    with open("/proc/kallsyms") as f:
+        if any(line.split()[2] == "tcp_drop" for line in f):
+            pytest.skip("this kernel has tcp_drop(): the kprobe may attach")
+    with pytest.raises(ProbeError, match="kprobe/tcp_drop"):
+        Probe(check.probe_object(), ProbeConfig(), hooks=("kprobe",))
+
+
+def test_port_filter_matches_either_side(netns, capture):
+    c = capture(port=7101)
+    netns.traffic("syn", "127.0.0.1", 7102, 40011)  # neither port
+    netns.traffic("syn", "127.0.0.1", 7101, 40012)  # destination
+    netns.traffic("syn", "127.0.0.1", 9, 7101)      # source
+    c.wait(2)
+    assert sorted((e.sport, e.dport) for e in c.settle()) == [(7101, 9), (40012, 7101)]
+
+
+def test_family_filter(netns, capture):
+    c = capture(family=6, port=7103)
+    netns.traffic("syn", "127.0.0.1", 7103, 40013)
+    netns.traffic("syn", "::1", 7103, 40014)
+    c.wait(1)
+    assert [(e.family, e.sport) for e in c.settle()] == [(6, 40014)]
+
+
+def test_reason_filter(netns, capture):
+    netfilter_drop = reasons().number("NETFILTER_DROP")
+    mask = (ctypes.c_uint64 * 4)()
+    mask[netfilter_drop >> 6] |= 1 << (netfilter_drop & 63)
+    c = capture(reason_mask=mask)
+    netns.drop_input_port(7104)
+    netns.traffic("syn", "127.0.0.1", 7105, 40015)  # closed port: NO_SOCKET, filtered out
+    netns.traffic("syn", "127.0.0.1", 7104, 40016, 0.2)
+    c.wait(1)
+    assert {(e.dport, e.reason) for e in c.settle()} == {(7104, netfilter_drop)}
+
+
+def test_rate_limit_counts_what_it_holds_back(netns, capture):
+    c = capture(port=7106, events_per_sec=5)
+    # One CPU, so one per-CPU budget: the SYNs are dropped in softirq on the sender's CPU.
+    netns.traffic("syns", "127.0.0.1", 7106, 41000, 20, cpu=0)
+    c.wait(5)
+    lost, ratelimited = c.probe.counters()
+    assert (len(c.settle()), ratelimited, lost) == (5, 15, 0)
+    assert [e.sport for e in c.events] == list(range(41000, 41005))
+
