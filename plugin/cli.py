@@ -8,7 +8,7 @@ import sys
 import time
 from importlib import metadata
 
-from . import check
+from . import check, log
 from .event import ProbeConfig
 from .probe import HOOKS, Probe, ProbeError
 from .symbols import KernelSymbols, SymbolsUnavailable
@@ -38,9 +38,9 @@ def parse_args(argv):
     trace = commands.add_parser(
         "trace", help="print each TCP drop as it happens", epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Print each TCP drop: TIME PID IP SADDR:SPORT > DADDR:DPORT STATE (FLAGS) "
-                    "REASON, then the kernel stack from the drop site. PID and COMM are the task "
-                    "on CPU when the packet was dropped, often unrelated to it (softirq).")
+        description="Print each TCP drop: TIME PID IP SADDR:SPORT > DADDR:DPORT STATE (FLAGS) REASON,\n"
+                    "then the kernel stack from the drop site. PID and COMM are the task on CPU\n"
+                    "when the packet was dropped, often unrelated to it (softirq).")
     family = trace.add_mutually_exclusive_group()
     family.add_argument("-4", dest="family", action="store_const", const=4, help="IPv4 only")
     family.add_argument("-6", dest="family", action="store_const", const=6, help="IPv6 only")
@@ -106,8 +106,7 @@ def open_probe(args, reasons):
         probe = Probe(obj, config, hooks, verbose=args.verbose)
     except ProbeError as e:
         raise check.StartupError(f"{e}{tracefs_problem}") from None
-    print(f"I! attached to {HOOKS[probe.hook][1]} in {(time.monotonic() - started) * 1000:.0f} ms",
-          file=sys.stderr)
+    log.info(f"attached to {HOOKS[probe.hook][1]} in {(time.monotonic() - started) * 1000:.0f} ms")
     return probe
 
 
@@ -146,9 +145,9 @@ def run_check(_args):
     failed = 0
     for label, step in steps:
         try:
-            print(f"ok    {label}: {step()}")
+            print(f"ok    {label}: {step()}", flush=True)
         except (check.StartupError, SymbolsUnavailable) as e:
-            print(f"FAIL  {label}: {e}")
+            print(f"FAIL  {label}: {e}", flush=True)
             failed += 1
     if failed:
         return 1
@@ -166,7 +165,7 @@ def main(argv=None):
     try:
         return COMMANDS[args.command](args)
     except (check.StartupError, ProbeError, SymbolsUnavailable) as e:
-        print(f"E! {e}", file=sys.stderr)
+        log.error(str(e))
         return 1
     except BrokenPipeError:
         # The reader went away (`trace | head`): not an error.

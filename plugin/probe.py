@@ -7,9 +7,9 @@ reverse order and is safe to call twice.
 """
 import ctypes
 import os
-import sys
 
 from . import libbpf as lb
+from . import log
 from .btf import Btf
 from .event import COUNTER_MAX, MAX_STACK_DEPTH, DropEvent, ProbeConfig
 
@@ -58,7 +58,7 @@ class Probe:
         """libbpf's log: all of it to stderr when verbose; warnings kept to
         explain a failure."""
         if self.verbose:
-            print(f"D! {line}", file=sys.stderr)
+            log.debug(line)
         if level == lb.LIBBPF_WARN and line:
             self._warnings.append(line)
         return 0

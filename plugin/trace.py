@@ -11,6 +11,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
+from . import log
 from .names import flag_names, state_name
 
 HEADER = f"{'TIME':<8} {'PID':<7} {'IP':<2} {'SADDR:SPORT':<21} > {'DADDR:DPORT':<21} STATE (FLAGS) REASON"
@@ -107,8 +108,8 @@ class Tracer:
         lost, ratelimited = self.probe.counters()
         new_lost, new_limited = lost - self._not_shown[0], ratelimited - self._not_shown[1]
         if new_lost or new_limited:
-            print(f"W! {new_lost + new_limited} drops not shown: {new_lost} lost (ring buffer "
-                  f"full), {new_limited} over the rate limit (--rate-limit)", file=sys.stderr)
+            log.warn(f"{new_lost + new_limited} drops not shown: {new_lost} lost (ring buffer "
+                     f"full), {new_limited} over the rate limit (--rate-limit)")
         self._not_shown = [lost, ratelimited]
 
     def stop(self, *_):

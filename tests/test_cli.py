@@ -1,0 +1,145 @@
+"""The command as a user meets it: usage, start-up errors, check, reasons, the human format."""
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+
+import telegraf_tcpdrop
+
+from conftest import CLI, eventually, require_root
+
+pytestmark = pytest.mark.kernel
+
+
+def run(*args, prefix=(), **kwargs):
+    return subprocess.run([*prefix, CLI, *args], capture_output=True, text=True, timeout=30, **kwargs)
+
+
+def in_mount_namespace(setup):
+    """Runs the command in a private mount namespace after `setup` (shell)."""
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", f'{setup} && exec "$@"', "sh"]
+
+
+def assert_one_error_line(result, code, *words):
+    assert result.returncode == code, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_help_ends_with_examples():
+    result = run("trace", "--help")
+    assert result.returncode == 0
+    assert "examples:" in result.stdout and "telegraf-tcpdrop trace --json" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["trace", "--port", "0"], "is not a port number"),
+    (["trace", "--port", "http"], "is not a port number"),
+    (["trace", "--rate-limit=-1"], "whole number"),
+    (["trace", "-4", "-6"], "not allowed with"),
+    (["trace", "--hook", "fentry"], "invalid choice"),
+])
+def test_usage_errors_exit_2(args, message):
+    result = run(*args)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unknown_reason():
+    require_root()
+    assert_one_error_line(run("trace", "--reason", "NO_SUCH_REASON"), 1,
+                          "E! unknown drop reason 'NO_SUCH_REASON'", "telegraf-tcpdrop reasons")
+
+
+def test_unprivileged_user():
+    require_root()
+    drop_privileges = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                       "--inh-caps=-all", "--bounding-set=-all"]
+    assert_one_error_line(run("trace", prefix=drop_privileges), 1,
+                          "E! not allowed to load BPF programs", "CAP_BPF", "CAP_PERFMON")
+
+
+def test_no_kernel_btf():
+    require_root()
+    hide_btf = in_mount_namespace("mount -t tmpfs none /sys/kernel/btf")
+    assert_one_error_line(run("trace", prefix=hide_btf), 1,
+                          "has no BTF", "CONFIG_DEBUG_INFO_BTF", "bcc")
+
+
+def test_no_libbpf():
+    require_root()
+    libbpf = subprocess.run(["sh", "-c", "ldconfig -p | awk '/libbpf.so.1 /{print $NF; exit}'"],
+                            capture_output=True, text=True).stdout.strip()
+    hide_libbpf = in_mount_namespace(f"mount --bind /dev/null {libbpf}")
+    assert_one_error_line(run("trace", prefix=hide_libbpf), 1,
+                          "E! libbpf.so.1 not found", "apt install libbpf1")
+
+
+def test_no_probe_object(tmp_path):
+    """The package without its object file, as a broken install would be."""
+    require_root()
+    package = tmp_path / "telegraf_tcpdrop"
+    subprocess.run(["cp", "-r", telegraf_tcpdrop.__path__[0], str(package)], check=True)
+    (package / "tcpdrop.bpf.o").unlink()
+    result = subprocess.run([sys.executable, "-m", "telegraf_tcpdrop", "trace"], cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert_one_error_line(result, 1, "tcpdrop.bpf.o is missing", "make probe")
+
+
+def test_tracefs_is_mounted_when_missing():
+    require_root()
+    no_tracefs = in_mount_namespace("umount /sys/kernel/tracing")
+    result = run("check", prefix=no_tracefs)
+    assert result.returncode == 0, result
+    assert "ok    tracefs: /sys/kernel/tracing mounted by us" in result.stdout
+
+
+def test_check_passes_on_this_host():
+    require_root()
+    result = run("check")
+    assert result.returncode == 0, result
+    assert result.stdout.count("\nok ") + result.stdout.startswith("ok ") == 8, result.stdout
+    assert "ok    hook: tp_btf/kfree_skb attaches" in result.stdout
+
+
+def test_reasons_lists_the_running_kernels_names():
+    require_root()
+    listed = {name: int(value) for value, name in map(str.split, run("reasons").stdout.splitlines())}
+    with open("/sys/kernel/tracing/events/skb/kfree_skb/format") as f:
+        in_format = {name: int(value) for value, name in re.findall(r'\{ (\d+), "(\w+)" \}', f.read())}
+    assert len(in_format) > 50
+    assert {name: listed.get(name) for name in in_format} == in_format
+
+
+def test_trace_human_output_and_clean_exit(netns):
+    proc = subprocess.Popen([CLI, "trace", "--port", "7200"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        assert proc.stdout.readline().startswith("TIME     PID     IP SADDR:SPORT")
+        netns.traffic("syn", "127.0.0.1", 7200, 40100)
+        while not lines or lines[-1] != "\n":
+            lines.append(proc.stdout.readline())
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=5)
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    assert re.fullmatch(r"\d\d:\d\d:\d\d \d+ +4  127\.0\.0\.1:40100 +> 127\.0\.0\.1:7200 +"
+                        r"NONE \(SYN\) NO_SOCKET\n", lines[0]), lines[0]
+    assert lines[1].startswith("tcp_v4_rcv+0x") and len(lines) > 4
+    assert re.search(r"I! attached to tp_btf/kfree_skb in \d+ ms", err)
+
+
+def test_closed_stdout_ends_quietly(netns):
+    proc = subprocess.Popen([CLI, "trace", "--port", "7201"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.readline()
+    proc.stdout.close()  # as `trace | head -1` does
+    netns.traffic("syn", "127.0.0.1", 7201, 40101)
+    assert eventually(lambda: proc.poll() is not None, timeout=5)
+    assert proc.returncode == 0
+    assert "Traceback" not in proc.stderr.read()
+
