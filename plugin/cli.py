@@ -134,7 +134,7 @@ def run_check(_args):
     """Each requirement on one line; then loads and attaches the probe for real."""
     lib = check.libbpf()
     steps = [
-        ("libbpf", lambda: check.lb.LIBBPF_SONAME),
+        ("libbpf", lambda: lib.libbpf_version_string().decode()),
         ("probe object", check.probe_object),
         ("privileges", check.privileges),
         ("kernel BTF", check.kernel_btf),

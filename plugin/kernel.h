@@ -24,22 +24,14 @@ typedef __u16 __be16;
 typedef __u32 __be32;
 typedef __u32 __wsum;
 typedef _Bool bool;
-enum { false = 0, true = 1 };
+#define false 0
+#define true 1
 
 /* UAPI constants (stable ABI, not relocated) used by the maps and helpers. */
 enum bpf_map_type {
-	BPF_MAP_TYPE_HASH = 1,
-	BPF_MAP_TYPE_ARRAY = 2,
-	BPF_MAP_TYPE_PERCPU_HASH = 5,
 	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
 	BPF_MAP_TYPE_STACK_TRACE = 7,
 	BPF_MAP_TYPE_RINGBUF = 27,
-};
-enum {
-	BPF_ANY = 0,
-	BPF_NOEXIST = 1,
-	BPF_F_NO_PREALLOC = 1,
-	BPF_F_FAST_STACK_CMP = 1 << 9,
 };
 
 #pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)

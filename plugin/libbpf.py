@@ -55,6 +55,7 @@ _P = ctypes.c_void_p
 _SIGNATURES = {
     "libbpf_set_print": (_P, [PRINT_FN]),
     "libbpf_num_possible_cpus": (ctypes.c_int, []),
+    "libbpf_version_string": (ctypes.c_char_p, []),
     "bpf_object__open_file": (_P, [ctypes.c_char_p, _P]),
     "bpf_object__load": (ctypes.c_int, [_P]),
     "bpf_object__close": (None, [_P]),

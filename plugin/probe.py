@@ -80,6 +80,7 @@ class Probe:
         lb.check_int(lib.bpf_object__load(self._obj), "load")
         prog = lib.bpf_object__find_program_by_name(self._obj, HOOKS[hook][0].encode())
         self._link = lb.check_ptr(lib.bpf_program__attach(prog), "attach")
+        self._fds = {name: self._map_fd(name) for name in ("events", "stacks", "counters")}
 
     def _set_config(self):
         """Write self.config into .rodata, where `cfg` lives, before load freezes it."""
@@ -111,7 +112,7 @@ class Probe:
                 return -1
         self._sample_cb = lb.RINGBUF_SAMPLE_FN(sample)
         self._ringbuf = lb.check_ptr(
-            self._lib.ring_buffer__new(self._map_fd("events"), self._sample_cb, None, None),
+            self._lib.ring_buffer__new(self._fds["events"], self._sample_cb, None, None),
             "ring_buffer__new")
 
     def poll(self, timeout_ms):
@@ -126,7 +127,7 @@ class Probe:
 
     def counters(self):
         """[lost, ratelimited]: each summed over CPUs."""
-        fd = self._map_fd("counters")
+        fd = self._fds["counters"]
         values = (ctypes.c_uint64 * self.ncpus)()
         totals = []
         for slot in range(COUNTER_MAX):
@@ -142,7 +143,7 @@ class Probe:
             return []
         ips = (ctypes.c_uint64 * MAX_STACK_DEPTH)()
         key = ctypes.c_uint32(stack_id)
-        if self._lib.bpf_map_lookup_elem(self._map_fd("stacks"), ctypes.byref(key), ips) < 0:
+        if self._lib.bpf_map_lookup_elem(self._fds["stacks"], ctypes.byref(key), ips) < 0:
             return []
         return [ip for ip in ips if ip]
 

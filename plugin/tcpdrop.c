@@ -81,7 +81,8 @@ struct ipv4_head {
 };
 
 struct ipv6_head {
-	__be32 version_flow;
+	__u8 version_class;
+	__u8 class_flow[3];
 	__be16 payload_len;
 	__u8 nexthdr;
 	__u8 hop_limit;
@@ -244,7 +245,7 @@ static __always_inline int handle_drop(void *ctx, struct sk_buff *skb,
 			 bpf_probe_read_kernel(&tcp, sizeof(tcp), nh + ihl))
 			return 0;
 	} else {
-		if (pkt.v6.ip.version_flow >> 4 != 6 && (pkt.v6.ip.version_flow & 0xf0) != 0x60)
+		if (pkt.v6.ip.version_class >> 4 != 6)
 			return 0;
 		tcp_off = ipv6_tcp_offset(nh, pkt.v6.ip.nexthdr);
 		if (!tcp_off)

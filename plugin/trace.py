@@ -8,7 +8,7 @@ import json
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
 from . import log
@@ -35,7 +35,7 @@ class Drop:
     location: str
     netns: int
     len: int
-    stack: list = field(default_factory=list)
+    stack: list
 
 
 def drop_site_stack(ips, location):

@@ -1,8 +1,6 @@
 """Real drops, caused in network namespaces, as `trace --json` reports them."""
 import pytest
 
-from conftest import eventually
-
 pytestmark = pytest.mark.kernel
 
 
@@ -21,6 +19,15 @@ def test_syn_to_closed_port(tracer, netns, host, rcv):
     assert drop["stack"][0] == drop["location"]  # no BPF or tracing frames above the drop site
     assert drop["len"] == 32  # skb->len at tcp_v*_rcv: a SYN's TCP header with its options
     assert drop["comm"] and drop["pid"] > 0
+
+
+@pytest.mark.parametrize("kind, host", [("syn-with-ip-options", "127.0.0.1"),
+                                        ("syn-with-ipv6-extensions", "::1")])
+def test_tcp_header_found_behind_ip_options_and_ipv6_extension_headers(tracer, netns, kind, host):
+    netns.traffic(kind, 9, 40004)
+    [drop] = tracer.wait_for(netns, dport=9)
+    assert (drop["saddr"], drop["sport"], drop["daddr"]) == (host, 40004, host)
+    assert (drop["state"], drop["flags"], drop["reason"]) == ("NONE", "SYN", "NO_SOCKET")
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
@@ -57,7 +64,7 @@ def test_full_listen_backlog(tracer, netns):
 def test_udp_and_icmp_drops_are_not_reported(tracer, netns):
     netns.traffic("udp", "127.0.0.1", 9)
     netns.traffic("udp", "::1", 9)
-    netns.traffic("icmp-bad-checksum", "127.0.0.1")
+    netns.traffic("icmp-bad-checksum")
     # The kernel did drop them...
     assert netns.counter("UdpNoPorts") == 1 and netns.counter("Udp6NoPorts") == 1
     assert netns.counter("IcmpInCsumErrors") == 1

@@ -43,6 +43,27 @@ def syns(host, port, first_sport, count):
         syn(host, port, sport)
 
 
+def tcp_segment(src, dst, sport, dport, seq, flags, payload=b""):
+    """A TCP header (no options) and payload, checksummed for src -> dst."""
+    header = struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 5 << 4, flags, 65535, 0, 0)
+    length = len(header) + len(payload)
+    if ":" in src:
+        pseudo = socket.inet_pton(socket.AF_INET6, src) + socket.inet_pton(socket.AF_INET6, dst) + \
+            struct.pack("!IxxxB", length, 6)
+    else:
+        pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!xBH", 6, length)
+    return header[:16] + struct.pack("!H", checksum(pseudo + header + payload)) + header[18:] + payload
+
+
+def send_ipv4(packet_after_header, options=b"", protocol=6):
+    """An IPv4 packet 127.0.0.1 -> 127.0.0.1, IP header (with options) built here."""
+    ihl = 5 + len(options) // 4
+    header = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, ihl * 4 + len(packet_after_header), 0, 0,
+                         64, protocol, 0, socket.inet_aton("127.0.0.1"), socket.inet_aton("127.0.0.1"))
+    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    raw.sendto(header + options + packet_after_header, ("127.0.0.1", 0))
+
+
 def old_segment(port):
     """An established connection, then a data segment far behind its window."""
     server = socket.socket()
@@ -56,18 +77,30 @@ def old_segment(port):
     client.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 1)
     client.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)
     snd_nxt = client.getsockopt(socket.IPPROTO_TCP, TCP_QUEUE_SEQ) & 0xFFFFFFFF
-    payload = b"stale data"
-    seq = (snd_nxt - 100000) & 0xFFFFFFFF
-    header = struct.pack("!HHIIBBHHH", sport, int(port), seq, 1, 5 << 4, 0x18, 65535, 0, 0)
-    pseudo = socket.inet_aton("127.0.0.1") * 2 + struct.pack("!BBH", 0, 6, len(header) + len(payload))
-    header = header[:16] + struct.pack("!H", checksum(pseudo + header + payload)) + header[18:]
-    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(header) + len(payload), 0, 0, 64, 6, 0,
-                     socket.inet_aton("127.0.0.1"), socket.inet_aton("127.0.0.1"))
-    raw.sendto(ip + header + payload, ("127.0.0.1", 0))
+    stale = (snd_nxt - 100000) & 0xFFFFFFFF
+    send_ipv4(tcp_segment("127.0.0.1", "127.0.0.1", sport, int(port), stale, 0x18, b"stale data"))
     print(f"sport={sport}")
     time.sleep(0.2)
     accepted.close()
+
+
+def syn_with_ip_options(port, sport):
+    """A SYN in an IPv4 packet with 4 bytes of options (NOPs): the TCP header is not at 20."""
+    send_ipv4(tcp_segment("127.0.0.1", "127.0.0.1", int(sport), int(port), 1, 0x02), b"\x01" * 4)
+    time.sleep(0.05)
+
+
+def syn_with_ipv6_extensions(port, sport):
+    """A SYN behind two IPv6 extension headers (hop-by-hop, destination options)."""
+    segment = tcp_segment("::1", "::1", int(sport), int(port), 1, 0x02)
+    hop_by_hop = bytes([60, 0, 1, 4, 0, 0, 0, 0])  # next: dest opts; PadN
+    destination = bytes([6, 0, 1, 4, 0, 0, 0, 0])  # next: TCP; PadN
+    payload = hop_by_hop + destination + segment
+    header = struct.pack("!IHBB16s16s", 6 << 28, len(payload), 0, 64,
+                         socket.inet_pton(socket.AF_INET6, "::1"), socket.inet_pton(socket.AF_INET6, "::1"))
+    raw = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    raw.sendto(header + payload, ("::1", 0))
+    time.sleep(0.05)
 
 
 def listen_overflow(port):
@@ -94,15 +127,15 @@ def udp(host, port):
     time.sleep(0.05)
 
 
-def icmp_bad_checksum(host):
+def icmp_bad_checksum():
     """An ICMP echo request with a wrong checksum: dropped by icmp_rcv."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-    packet = struct.pack("!BBHHH", 8, 0, 0xDEAD, 1, 1) + b"ping"
-    s.sendto(packet, (host, 0))
+    send_ipv4(struct.pack("!BBHHH", 8, 0, 0xDEAD, 1, 1) + b"ping", protocol=1)
     time.sleep(0.05)
 
 
 KINDS = {"syn": syn, "syns": syns, "old-segment": old_segment, "listen-overflow": listen_overflow,
+         "syn-with-ip-options": syn_with_ip_options,
+         "syn-with-ipv6-extensions": syn_with_ipv6_extensions,
          "udp": udp, "icmp-bad-checksum": icmp_bad_checksum}
 
 if __name__ == "__main__":
