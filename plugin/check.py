@@ -89,3 +89,12 @@ def drop_reasons(lib):
             return DropReasons.from_format(f.read())
     except OSError:
         return DropReasons({})
+
+
+def bpf_stats_enabled():
+    """True when kernel.bpf_stats_enabled is 1: programs' run time is being measured."""
+    try:
+        with open("/proc/sys/kernel/bpf_stats_enabled") as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return False

@@ -4,17 +4,26 @@ Errors at start-up print one `E! ` line saying what is wrong and how to fix
 it, and exit 1; usage errors exit 2 (argparse).
 """
 import argparse
+import os
 import sys
 import time
 from importlib import metadata
 
 from . import check, log
+from .duration import parse_duration
+from .emit import StdoutOutput
 from .event import ProbeConfig
-from .probe import HOOKS, Probe, ProbeError
+from .execd import SIGNALS, Execd
+from .metrics import PORT_TAGS, Collector, ephemeral_range
+from .probe import DEFAULT_MAX_KEYS, HOOKS, Probe, ProbeError
 from .symbols import KernelSymbols, SymbolsUnavailable
 from .trace import Tracer
 
-DEFAULT_RATE_LIMIT = 1000
+TRACE_RATE_LIMIT = 1000  # events per second per CPU
+STACK_SAMPLES = 20       # per second per CPU, for metrics --stacks
+# Drops that are housekeeping, not the network: data still queued on a socket
+# when it is closed (also every raw socket's copy of TCP packets).
+DEFAULT_EXCLUDE = ["QUEUE_PURGE"]
 
 EXAMPLES = """\
 examples:
@@ -23,6 +32,7 @@ examples:
   telegraf-tcpdrop trace --port 443         # drops to or from port 443
   telegraf-tcpdrop trace --reason NO_SOCKET --reason NETFILTER_DROP
   telegraf-tcpdrop trace --json             # one JSON object per drop
+  telegraf-tcpdrop metrics --interval 10s   # counts per tag set, line protocol on stdout
   telegraf-tcpdrop reasons                  # the drop reasons this kernel knows
   telegraf-tcpdrop check                    # can this host run the probe?
 """
@@ -30,32 +40,58 @@ examples:
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(
-        prog="telegraf-tcpdrop", description="Trace the TCP packets the Linux kernel drops, and why.",
+        prog="telegraf-tcpdrop", description="The TCP packets the Linux kernel drops, and why.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=metadata.version("telegraf-tcpdrop"))
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    probe = argparse.ArgumentParser(add_help=False)  # options of both trace and metrics
+    family = probe.add_mutually_exclusive_group()
+    family.add_argument("-4", dest="family", action="store_const", const=4, help="IPv4 only")
+    family.add_argument("-6", dest="family", action="store_const", const=6, help="IPv6 only")
+    probe.add_argument("--port", type=port_number, default=0, help="only drops with this port on either side")
+    probe.add_argument("--reason", action="append", default=[], metavar="NAME",
+                       help="only this drop reason (repeatable); `reasons` lists them")
+    probe.add_argument("--exclude-reason", action="append", metavar="NAME",
+                       help="not this drop reason (repeatable; default: "
+                            f"{', '.join(DEFAULT_EXCLUDE)}; `--exclude-reason none` for none)")
+    probe.add_argument("--hook", choices=("auto", *HOOKS), default="auto",
+                       help="where to attach (default: auto = the first that works, in this order)")
+    probe.add_argument("-v", "--verbose", action="store_true", help="show libbpf's log")
+
     trace = commands.add_parser(
-        "trace", help="print each TCP drop as it happens", epilog=EXAMPLES,
+        "trace", parents=[probe], help="print each TCP drop as it happens", epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Print each TCP drop: TIME PID IP SADDR:SPORT > DADDR:DPORT STATE (FLAGS) REASON,\n"
                     "then the kernel stack from the drop site. PID and COMM are the task on CPU\n"
                     "when the packet was dropped, often unrelated to it (softirq).")
-    family = trace.add_mutually_exclusive_group()
-    family.add_argument("-4", dest="family", action="store_const", const=4, help="IPv4 only")
-    family.add_argument("-6", dest="family", action="store_const", const=6, help="IPv6 only")
-    trace.add_argument("--port", type=port_number, default=0, help="only drops with this port on either side")
-    trace.add_argument("--reason", action="append", default=[], metavar="NAME",
-                       help="only this drop reason (repeatable); `reasons` lists them")
     trace.add_argument("--json", action="store_true", help="one JSON object per line")
     trace.add_argument("--stack", action=argparse.BooleanOptionalAction, default=True,
                        help="print the kernel stack of each drop (default: on)")
-    trace.add_argument("--rate-limit", type=non_negative, default=DEFAULT_RATE_LIMIT, metavar="N",
-                       help=f"events per second per CPU, 0 = unlimited (default: {DEFAULT_RATE_LIMIT}); "
+    trace.add_argument("--rate-limit", type=non_negative, default=TRACE_RATE_LIMIT, metavar="N",
+                       help=f"events per second per CPU, 0 = unlimited (default: {TRACE_RATE_LIMIT}); "
                             "drops over it are counted and reported on stderr")
-    trace.add_argument("--hook", choices=("auto", *HOOKS), default="auto",
-                       help="where to attach (default: auto = the first that works, in this order)")
-    trace.add_argument("-v", "--verbose", action="store_true", help="show libbpf's log")
+
+    metrics = commands.add_parser(
+        "metrics", parents=[probe], help="count drops in the kernel; line protocol every interval",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Count drops in the kernel per tag set (reason, state, flags, family, ports,\n"
+                    "drop site) and write the counts of each interval as InfluxDB line protocol,\n"
+                    "for Telegraf's inputs.execd.")
+    metrics.add_argument("--interval", type=duration, default=10.0, metavar="DURATION",
+                         help="how often to emit with --signal none (default: 10s; e.g. 500ms, 1m)")
+    metrics.add_argument("--signal", choices=SIGNALS, default="none",
+                         help="none: emit every interval; STDIN: emit on each line read from stdin "
+                              "(match inputs.execd's signal; default: none)")
+    metrics.add_argument("--port-tags", choices=tuple(PORT_TAGS), default="bucketed",
+                         help="bucketed: ports in the ephemeral range become 'ephemeral' (default); "
+                              "all: every port; none: no port tags")
+    metrics.add_argument("--stacks", action="store_true",
+                         help="add a field `stack`: the folded kernel stack of one drop of each "
+                              f"tag set (sampled, at most {STACK_SAMPLES}/s per CPU)")
+    metrics.add_argument("--max-keys", type=positive, default=DEFAULT_MAX_KEYS, metavar="N",
+                         help=f"tag sets the kernel keeps (default: {DEFAULT_MAX_KEYS}); drops "
+                              "beyond are counted in tcpdrop_agent.map_overflow_drops")
 
     commands.add_parser("reasons", help="list the drop reasons of the running kernel")
     commands.add_parser("check", help="check that this host can run the probe, and how")
@@ -74,21 +110,50 @@ def non_negative(text):
     return int(text)
 
 
-def reason_mask(names, reasons):
-    mask = [0, 0, 0, 0]
+def positive(text):
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number > 0")
+    return int(text)
+
+
+def duration(text):
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def reason_numbers(names, reasons):
+    numbers = set()
     for name in names:
         try:
-            value = reasons.number(name)
+            numbers.add(reasons.number(name))
         except KeyError:
             raise check.StartupError(f"unknown drop reason {name!r}: `telegraf-tcpdrop reasons` "
                                      "lists the ones this kernel has") from None
-        if value >= 256:
-            raise check.StartupError(f"drop reason {name} ({value}) cannot be filtered on")
-        mask[value >> 6] |= 1 << (value & 63)
-    return mask
+    return numbers
 
 
-def open_probe(args, reasons):
+def probe_config(args, reasons, **mode):
+    """The probe's filters from --reason/--exclude-reason/-4/-6/--port, plus mode fields."""
+    exclude = DEFAULT_EXCLUDE if args.exclude_reason is None else args.exclude_reason
+    exclude = [name for name in exclude if name.lower() != "none" and
+               (name not in DEFAULT_EXCLUDE or name in reasons.names.values())]
+    if args.reason:
+        wanted = reason_numbers(args.reason, reasons)
+        if any(value >= 256 for value in wanted):
+            raise check.StartupError("drop reasons above 255 cannot be selected with --reason")
+    else:
+        wanted = set(range(256))
+    wanted -= reason_numbers(exclude, reasons)
+    config = ProbeConfig(port=args.port, family=args.family or 0,
+                         other_reasons=not args.reason, **mode)
+    for value in wanted:
+        config.reason_mask[value >> 6] |= 1 << (value & 63)
+    return config
+
+
+def open_probe(args, config, **probe_options):
     """Checks the host, then loads and attaches the probe; StartupError if it cannot."""
     obj = check.probe_object()
     check.privileges()
@@ -98,25 +163,44 @@ def open_probe(args, reasons):
         tracefs_problem = ""
     except check.StartupError as e:
         tracefs_problem = f"; also, {e}"
-    config = ProbeConfig(events_per_sec=args.rate_limit, port=args.port, family=args.family or 0)
-    config.reason_mask[:] = reason_mask(args.reason, reasons)
     hooks = tuple(HOOKS) if args.hook == "auto" else (args.hook,)
     started = time.monotonic()
     try:
-        probe = Probe(obj, config, hooks, verbose=args.verbose)
+        probe = Probe(obj, config, hooks, verbose=args.verbose, **probe_options)
     except ProbeError as e:
         raise check.StartupError(f"{e}{tracefs_problem}") from None
     log.info(f"attached to {HOOKS[probe.hook][1]} in {(time.monotonic() - started) * 1000:.0f} ms")
     return probe
 
 
+def loaded_symbols():
+    symbols = KernelSymbols()
+    symbols.count()  # read now: a kptr_restrict problem is a start-up error
+    return symbols
+
+
 def run_trace(args):
-    lib = check.libbpf()
-    reasons = check.drop_reasons(lib)
-    with open_probe(args, reasons) as probe:
-        symbols = KernelSymbols()
-        symbols.count()  # read now: a kptr_restrict problem is a start-up error
-        Tracer(probe, reasons, symbols, as_json=args.json, with_stack=args.stack).run()
+    reasons = check.drop_reasons(check.libbpf())
+    config = probe_config(args, reasons, events=1, events_per_sec=args.rate_limit)
+    with open_probe(args, config) as probe:
+        tracer = Tracer(probe, reasons, loaded_symbols(), as_json=args.json, with_stack=args.stack)
+        tracer.run()
+    return 0
+
+
+def run_metrics(args):
+    reasons = check.drop_reasons(check.libbpf())
+    low, high = ephemeral_range()
+    config = probe_config(args, reasons, aggregate=1, port_tags=PORT_TAGS[args.port_tags],
+                          ephemeral_low=low, ephemeral_high=high,
+                          events=int(args.stacks), events_per_sec=STACK_SAMPLES)
+    with open_probe(args, config, max_keys=args.max_keys) as probe:
+        collector = Collector(probe, reasons, loaded_symbols(), config.port_tags, (low, high),
+                              stats_enabled=check.bpf_stats_enabled)
+        if args.stacks:
+            probe.on_event(collector.on_event)
+        Execd(collector.collect, StdoutOutput(), args.interval, args.signal,
+              events=probe if args.stacks else None).run()
     return 0
 
 
@@ -151,13 +235,13 @@ def run_check(_args):
             failed += 1
     if failed:
         return 1
-    args = argparse.Namespace(hook="auto", rate_limit=0, port=0, family=0, reason=[], verbose=False)
-    with open_probe(args, check.drop_reasons(lib)) as probe:
-        print(f"ok    hook: {HOOKS[probe.hook][1]} attaches")
+    hook = argparse.Namespace(hook="auto", verbose=False)
+    with open_probe(hook, ProbeConfig()) as probe:
+        print(f"ok    hook: {HOOKS[probe.hook][1]} attaches", flush=True)
     return 0
 
 
-COMMANDS = {"trace": run_trace, "reasons": run_reasons, "check": run_check}
+COMMANDS = {"trace": run_trace, "metrics": run_metrics, "reasons": run_reasons, "check": run_check}
 
 
 def main(argv=None):
@@ -168,6 +252,7 @@ def main(argv=None):
         log.error(str(e))
         return 1
     except BrokenPipeError:
-        # The reader went away (`trace | head`): not an error.
-        sys.stdout = None
+        # The reader went away (`trace | head`, Telegraf gone): not an error.
+        # Point stdout at /dev/null so that the exit's flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

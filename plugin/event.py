@@ -9,8 +9,13 @@ MAX_STACK_DEPTH = 64
 STATE_NONE = 0
 REASON_UNKNOWN = 0xFFFFFFFF
 
+EPHEMERAL_SPORT, EPHEMERAL_DPORT = 1, 2
+
+# enum port_tags
+PORT_TAGS_BUCKETED, PORT_TAGS_ALL, PORT_TAGS_NONE = 0, 1, 2
+
 # enum counter
-COUNTER_LOST, COUNTER_RATELIMITED, COUNTER_MAX = 0, 1, 2
+COUNTER_LOST, COUNTER_RATELIMITED, COUNTER_OVERFLOW_DROPS, COUNTER_OVERFLOW_BYTES, COUNTER_MAX = range(5)
 
 
 class DropEvent(ctypes.Structure):
@@ -33,11 +38,34 @@ class DropEvent(ctypes.Structure):
     ]
 
 
+class DropKey(ctypes.Structure):
+    _fields_ = [
+        ("location", ctypes.c_uint64),
+        ("reason", ctypes.c_uint32),
+        ("sport", ctypes.c_uint16),
+        ("dport", ctypes.c_uint16),
+        ("family", ctypes.c_uint8),
+        ("state", ctypes.c_uint8),
+        ("flags", ctypes.c_uint8),
+        ("ephemeral", ctypes.c_uint8),
+    ]
+
+
+class DropCount(ctypes.Structure):
+    _fields_ = [("drops", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
+
+
 class ProbeConfig(ctypes.Structure):
     _fields_ = [
         ("reason_mask", ctypes.c_uint64 * 4),
         ("events_per_sec", ctypes.c_uint32),
         ("port", ctypes.c_uint16),
+        ("ephemeral_low", ctypes.c_uint16),
+        ("ephemeral_high", ctypes.c_uint16),
         ("family", ctypes.c_uint8),
+        ("other_reasons", ctypes.c_uint8),
+        ("aggregate", ctypes.c_uint8),
+        ("events", ctypes.c_uint8),
+        ("port_tags", ctypes.c_uint8),
         ("pad", ctypes.c_uint8),
     ]

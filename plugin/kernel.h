@@ -29,10 +29,12 @@ typedef _Bool bool;
 
 /* UAPI constants (stable ABI, not relocated) used by the maps and helpers. */
 enum bpf_map_type {
+	BPF_MAP_TYPE_PERCPU_HASH = 5,
 	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
 	BPF_MAP_TYPE_STACK_TRACE = 7,
 	BPF_MAP_TYPE_RINGBUF = 27,
 };
+#define BPF_NOEXIST 1	/* bpf_map_update_elem(): only if the key is new */
 
 #pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
 

@@ -26,6 +26,13 @@ class LibbpfError(Exception):
         super().__init__(f"{call}: {os.strerror(self.errno)}")
 
 
+class BpfProgInfo(ctypes.Structure):
+    """The head of struct bpf_prog_info (linux/bpf.h, UAPI) up to run_cnt: the
+    kernel fills what fits in the size we pass."""
+    _fields_ = [("head", ctypes.c_uint8 * 192), ("run_time_ns", ctypes.c_uint64),
+                ("run_cnt", ctypes.c_uint64)]
+
+
 class BtfType(ctypes.Structure):
     """struct btf_type: the common head of every BTF type."""
     _fields_ = [("name_off", ctypes.c_uint32), ("info", ctypes.c_uint32), ("size_or_type", ctypes.c_uint32)]
@@ -70,9 +77,15 @@ _SIGNATURES = {
     "bpf_map__initial_value": (_P, [_P, ctypes.POINTER(ctypes.c_size_t)]),
     "bpf_map__set_max_entries": (ctypes.c_int, [_P, ctypes.c_uint32]),
     "bpf_map_lookup_elem": (ctypes.c_int, [ctypes.c_int, _P, _P]),
+    "bpf_map_delete_elem": (ctypes.c_int, [ctypes.c_int, _P]),
+    "bpf_map_get_next_key": (ctypes.c_int, [ctypes.c_int, _P, _P]),
+    "bpf_map_lookup_batch": (ctypes.c_int, [ctypes.c_int, _P, _P, _P, _P,
+                                            ctypes.POINTER(ctypes.c_uint32), _P]),
+    "bpf_obj_get_info_by_fd": (ctypes.c_int, [ctypes.c_int, _P, ctypes.POINTER(ctypes.c_uint32)]),
     "ring_buffer__new": (_P, [ctypes.c_int, RINGBUF_SAMPLE_FN, _P, _P]),
     "ring_buffer__poll": (ctypes.c_int, [_P, ctypes.c_int]),
     "ring_buffer__free": (None, [_P]),
+    "ring_buffer__epoll_fd": (ctypes.c_int, [_P]),
     "btf__load_vmlinux_btf": (_P, []),
     "btf__parse": (_P, [ctypes.c_char_p, _P]),
     "btf__free": (None, [_P]),

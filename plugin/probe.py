@@ -11,7 +11,11 @@ import os
 from . import libbpf as lb
 from . import log
 from .btf import Btf
-from .event import COUNTER_MAX, MAX_STACK_DEPTH, DropEvent, ProbeConfig
+from .event import COUNTER_MAX, MAX_STACK_DEPTH, DropCount, DropEvent, DropKey, ProbeConfig
+
+DEFAULT_MAX_KEYS = 16384
+BATCH = 1024  # keys per bpf_map_lookup_batch() call
+ENOENT, EINVAL, ENOTSUPP = 2, 22, 524
 
 # Program name in tcpdrop.c -> what it attaches to, in order of preference.
 HOOKS = {
@@ -26,10 +30,13 @@ class ProbeError(Exception):
 
 
 class Probe:
-    def __init__(self, object_path, config=None, hooks=tuple(HOOKS), verbose=False):
+    def __init__(self, object_path, config=None, hooks=tuple(HOOKS), verbose=False,
+                 max_keys=DEFAULT_MAX_KEYS):
         self.object_path = os.fspath(object_path)
         self.config = config or ProbeConfig()
         self.verbose = verbose
+        self.max_keys = max_keys
+        self._batch_lookup = True  # until the kernel says it has none (< 5.6)
         self.hook = None  # the hook that attached
         self._lib = lb.load()
         self._warnings = []
@@ -77,10 +84,13 @@ class Probe:
                                 f"find program {prog_name}")
             lib.bpf_program__set_autoload(prog, name == hook)
         self._set_config()
+        drops = lb.check_ptr(lib.bpf_object__find_map_by_name(self._obj, b"drops"), "find map drops")
+        lb.check_int(lib.bpf_map__set_max_entries(drops, self.max_keys), "set drops map size")
         lb.check_int(lib.bpf_object__load(self._obj), "load")
         prog = lib.bpf_object__find_program_by_name(self._obj, HOOKS[hook][0].encode())
+        self._prog_fd = lib.bpf_program__fd(prog)
         self._link = lb.check_ptr(lib.bpf_program__attach(prog), "attach")
-        self._fds = {name: self._map_fd(name) for name in ("events", "stacks", "counters")}
+        self._fds = {name: self._map_fd(name) for name in ("drops", "events", "stacks", "counters")}
 
     def _set_config(self):
         """Write self.config into .rodata, where `cfg` lives, before load freezes it."""
@@ -125,8 +135,12 @@ class Probe:
             return 0
         return lb.check_int(n, "ring_buffer__poll")
 
+    def events_fd(self):
+        """A file descriptor that polls readable when events are waiting."""
+        return self._lib.ring_buffer__epoll_fd(self._ringbuf)
+
     def counters(self):
-        """[lost, ratelimited]: each summed over CPUs."""
+        """Each slot of enum counter, summed over CPUs."""
         fd = self._fds["counters"]
         values = (ctypes.c_uint64 * self.ncpus)()
         totals = []
@@ -136,6 +150,64 @@ class Probe:
                          "read counters")
             totals.append(sum(values))
         return totals
+
+    def read_counts(self):
+        """{DropKey bytes: (drops, bytes)} of every key in the drops map, summed over CPUs."""
+        if self._batch_lookup:
+            try:
+                return self._read_counts_batched()
+            except lb.LibbpfError as e:
+                if e.errno not in (EINVAL, ENOTSUPP):
+                    raise
+                self._batch_lookup = False
+        return self._read_counts_one_by_one()
+
+    def _read_counts_batched(self):
+        fd, per_key = self._fds["drops"], self.ncpus * 2  # two u64 per CPU
+        keys = (DropKey * BATCH)()
+        values = (ctypes.c_uint64 * (BATCH * per_key))()
+        token, next_token = ctypes.c_uint64(), ctypes.c_uint64()  # hash maps: a bucket index
+        counts, first = {}, True
+        while True:
+            n = ctypes.c_uint32(BATCH)
+            ret = self._lib.bpf_map_lookup_batch(fd, None if first else ctypes.byref(token),
+                                                 ctypes.byref(next_token), keys, values,
+                                                 ctypes.byref(n), None)
+            if ret < 0 and -ret != ENOENT:
+                raise lb.LibbpfError("bpf_map_lookup_batch", ret)
+            flat = memoryview(values).cast("B").cast("Q")
+            for i in range(n.value):
+                cpus = flat[i * per_key:(i + 1) * per_key]
+                counts[bytes(keys[i])] = (sum(cpus[0::2]), sum(cpus[1::2]))
+            if ret < 0:  # ENOENT: that was the last batch
+                return counts
+            token.value, first = next_token.value, False
+
+    def _read_counts_one_by_one(self):
+        fd, counts = self._fds["drops"], {}
+        key, next_key = DropKey(), DropKey()
+        values = (DropCount * self.ncpus)()
+        previous = None
+        while self._lib.bpf_map_get_next_key(fd, previous, ctypes.byref(next_key)) == 0:
+            ctypes.memmove(ctypes.byref(key), ctypes.byref(next_key), ctypes.sizeof(DropKey))
+            previous = ctypes.byref(key)
+            if self._lib.bpf_map_lookup_elem(fd, previous, values) == 0:
+                counts[bytes(key)] = (sum(v.drops for v in values), sum(v.bytes for v in values))
+        return counts
+
+    def delete_keys(self, keys):
+        fd = self._fds["drops"]
+        for key in keys:
+            self._lib.bpf_map_delete_elem(fd, DropKey.from_buffer_copy(key))
+
+    def run_stats(self):
+        """(runs, run time in ns) of the attached program; both stay 0 unless
+        the sysctl kernel.bpf_stats_enabled is 1."""
+        info = lb.BpfProgInfo()
+        size = ctypes.c_uint32(ctypes.sizeof(info))
+        lb.check_int(self._lib.bpf_obj_get_info_by_fd(self._prog_fd, ctypes.byref(info),
+                                                      ctypes.byref(size)), "program info")
+        return info.run_cnt, info.run_time_ns
 
     def stack(self, stack_id):
         """The kernel stack's return addresses, innermost first; [] if gone."""

@@ -20,6 +20,15 @@ char LICENSE[] SEC("license") = "GPL";
 
 const volatile struct probe_config cfg = {};
 
+/* Drop counts per tag set, per CPU: no atomics, no cache line ping-pong in a
+ * drop storm. User space sums the CPUs. max_entries is set by the loader. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct drop_key);
+	__type(value, struct drop_count);
+} drops SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 256 * 1024);
@@ -56,6 +65,7 @@ struct {
 #define IPPROTO_TCP	6
 #define NETWORK_HEADER_UNSET 0xffff	/* skb->network_header before it is set */
 #define NSEC_PER_SEC	1000000000ULL
+#define EEXIST		17
 
 /* Wire formats, not kernel structs: these never move. */
 struct tcp_head {		/* the first 14 bytes of a TCP header */
@@ -110,13 +120,13 @@ union packet {
 #define NEXTHDR_DEST	60
 #define MAX_IPV6_EXT	6
 
-static __always_inline void count(enum counter slot)
+static __always_inline void count(enum counter slot, __u64 n)
 {
 	__u32 key = slot;
 	__u64 *value = bpf_map_lookup_elem(&counters, &key);
 
 	if (value)
-		*value += 1;
+		*value += n;
 }
 
 /* Per-CPU budget of events per second: a drop storm must not become an
@@ -145,23 +155,55 @@ static __always_inline bool over_budget(void)
 
 static __always_inline bool reason_wanted(__u32 reason)
 {
-	const volatile __u64 *mask = cfg.reason_mask;
 	__u64 word;
 
-	if (!(mask[0] | mask[1] | mask[2] | mask[3]))
-		return true;
 	/* Constant indices only: a computed one loses its bounds to the verifier. */
 	if (reason < 64)
-		word = mask[0];
+		word = cfg.reason_mask[0];
 	else if (reason < 128)
-		word = mask[1];
+		word = cfg.reason_mask[1];
 	else if (reason < 192)
-		word = mask[2];
+		word = cfg.reason_mask[2];
 	else if (reason < 256)
-		word = mask[3];
+		word = cfg.reason_mask[3];
 	else
-		return false;
+		return cfg.other_reasons;
 	return word & (1ULL << (reason & 63));
+}
+
+static __always_inline __u16 port_tag(__u16 port, __u8 *ephemeral, __u8 bit)
+{
+	if (cfg.port_tags == PORT_TAGS_NONE)
+		return 0;
+	if (cfg.port_tags == PORT_TAGS_BUCKETED &&
+	    port >= cfg.ephemeral_low && port <= cfg.ephemeral_high) {
+		*ephemeral |= bit;
+		return 0;
+	}
+	return port;
+}
+
+static __always_inline void count_drop(struct drop_key *key, __u32 bytes)
+{
+	struct drop_count *c = bpf_map_lookup_elem(&drops, key);
+
+	if (!c) {
+		struct drop_count first = { .drops = 1, .bytes = bytes };
+		long err = bpf_map_update_elem(&drops, key, &first, BPF_NOEXIST);
+
+		if (!err)
+			return;
+		/* -EEXIST: another CPU added the key first; else the map is full */
+		if (err == -EEXIST)
+			c = bpf_map_lookup_elem(&drops, key);
+		if (!c) {
+			count(COUNTER_OVERFLOW_DROPS, 1);
+			count(COUNTER_OVERFLOW_BYTES, bytes);
+			return;
+		}
+	}
+	c->drops += 1;
+	c->bytes += bytes;
 }
 
 /* Offset of the TCP header after the IPv6 header, or 0 if this is not a
@@ -194,103 +236,42 @@ static __always_inline __u32 ipv6_tcp_offset(unsigned char *nh, __u8 nexthdr)
 	return 0;
 }
 
-/*
- * The handler every hook calls. @btf is a compile-time constant at each call
- * site: true where the hook hands us BTF-typed pointers (direct loads, which
- * the verifier makes fault-safe), false where they are plain addresses and
- * each field costs a probe read.
- */
-static __always_inline int handle_drop(void *ctx, struct sk_buff *skb,
-				       struct sock *sk, __u64 location,
-				       __u32 reason, bool btf)
+/* The rarer half of a drop's details: only the event path reads them. */
+static __always_inline void send_event(void *ctx, struct sk_buff *skb, struct sock *sk,
+				       struct drop_key *key, union packet *pkt,
+				       __u16 sport, __u16 dport, bool btf)
 {
-	union packet pkt;
-	struct tcp_head tcp;
+	struct net_device *dev;
 	struct drop_event *e;
-	unsigned char *nh;
-	__be16 protocol;
-	__u16 network_header;
-	__u8 family;
-	__u32 tcp_off;
 
-	/* Most drops are not TCP: decide that with as little work as possible. */
-	protocol = btf ? skb->protocol : BPF_CORE_READ(skb, protocol);
-	if (protocol == bpf_htons(ETH_P_IP))
-		family = 4;
-	else if (protocol == bpf_htons(ETH_P_IPV6))
-		family = 6;
-	else
-		return 0;
-	if (cfg.family && cfg.family != family)
-		return 0;
-
-	network_header = btf ? skb->network_header : BPF_CORE_READ(skb, network_header);
-	if (network_header == NETWORK_HEADER_UNSET)
-		return 0;
-	nh = (btf ? skb->head : BPF_CORE_READ(skb, head)) + network_header;
-	if (bpf_probe_read_kernel(&pkt, sizeof(pkt), nh))
-		return 0;
-
-	if (family == 4) {
-		__u32 ihl = (pkt.v4.ip.version_ihl & 0x0f) * 4;
-
-		if (pkt.v4.ip.version_ihl >> 4 != 4 || pkt.v4.ip.protocol != IPPROTO_TCP)
-			return 0;
-		if (pkt.v4.ip.frag_off & bpf_htons(0x1fff))
-			return 0;
-		tcp_off = ihl;
-		if (ihl == sizeof(struct ipv4_head))
-			tcp = pkt.v4.tcp;
-		else if (ihl < sizeof(struct ipv4_head) ||
-			 bpf_probe_read_kernel(&tcp, sizeof(tcp), nh + ihl))
-			return 0;
-	} else {
-		if (pkt.v6.ip.version_class >> 4 != 6)
-			return 0;
-		tcp_off = ipv6_tcp_offset(nh, pkt.v6.ip.nexthdr);
-		if (!tcp_off)
-			return 0;
-		if (tcp_off == sizeof(struct ipv6_head))
-			tcp = pkt.v6.tcp;
-		else if (bpf_probe_read_kernel(&tcp, sizeof(tcp), nh + tcp_off))
-			return 0;
-	}
-
-	if (cfg.port && tcp.source != bpf_htons(cfg.port) && tcp.dest != bpf_htons(cfg.port))
-		return 0;
-	if (!reason_wanted(reason))
-		return 0;
 	if (over_budget()) {
-		count(COUNTER_RATELIMITED);
-		return 0;
+		count(COUNTER_RATELIMITED, 1);
+		return;
 	}
-
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
-		count(COUNTER_LOST);
-		return 0;
+		count(COUNTER_LOST, 1);
+		return;
 	}
 	__builtin_memset(e, 0, sizeof(*e));	/* reserved memory is not zeroed */
-	e->location = location;
-	e->reason = reason;
-	e->family = family;
-	e->sport = bpf_ntohs(tcp.source);
-	e->dport = bpf_ntohs(tcp.dest);
-	e->flags = tcp.flags;
-	if (family == 4) {
-		__builtin_memcpy(e->saddr, &pkt.v4.ip.saddr, 4);
-		__builtin_memcpy(e->daddr, &pkt.v4.ip.daddr, 4);
+	e->location = key->location;
+	e->reason = key->reason;
+	e->family = key->family;
+	e->state = key->state;
+	e->flags = key->flags;
+	e->sport = sport;
+	e->dport = dport;
+	if (key->family == 4) {
+		__builtin_memcpy(e->saddr, &pkt->v4.ip.saddr, 4);
+		__builtin_memcpy(e->daddr, &pkt->v4.ip.daddr, 4);
 	} else {
-		__builtin_memcpy(e->saddr, pkt.v6.ip.saddr, 16);
-		__builtin_memcpy(e->daddr, pkt.v6.ip.daddr, 16);
+		__builtin_memcpy(e->saddr, pkt->v6.ip.saddr, 16);
+		__builtin_memcpy(e->daddr, pkt->v6.ip.daddr, 16);
 	}
 	e->len = btf ? skb->len : BPF_CORE_READ(skb, len);
-	if (sk)
-		e->state = btf ? sk->__sk_common.skc_state
-			       : BPF_CORE_READ(sk, __sk_common.skc_state);
 	/* The netns of the device the packet came in on (or goes out of);
 	 * the socket's where there is no device yet. */
-	struct net_device *dev = btf ? skb->dev : BPF_CORE_READ(skb, dev);
+	dev = btf ? skb->dev : BPF_CORE_READ(skb, dev);
 	if (dev)
 		e->netns = btf ? dev->nd_net.net->ns.inum
 			       : BPF_CORE_READ(dev, nd_net.net, ns.inum);
@@ -301,6 +282,88 @@ static __always_inline int handle_drop(void *ctx, struct sk_buff *skb,
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	e->stack_id = bpf_get_stackid(ctx, &stacks, 0);
 	bpf_ringbuf_submit(e, 0);
+}
+
+/*
+ * The handler every hook calls. @btf is a compile-time constant at each call
+ * site: true where the hook hands us BTF-typed pointers (direct loads, which
+ * the verifier makes fault-safe), false where they are plain addresses and
+ * each field costs a probe read.
+ */
+static __always_inline int handle_drop(void *ctx, struct sk_buff *skb,
+				       struct sock *sk, __u64 location,
+				       __u32 reason, bool btf)
+{
+	struct drop_key key = { .location = location, .reason = reason };
+	union packet pkt;
+	struct tcp_head tcp;
+	unsigned char *nh;
+	__be16 protocol;
+	__u16 network_header, sport, dport;
+	__u32 tcp_off, bytes;
+
+	/* Most drops are not TCP: decide that with as little work as possible. */
+	protocol = btf ? skb->protocol : BPF_CORE_READ(skb, protocol);
+	if (protocol == bpf_htons(ETH_P_IP))
+		key.family = 4;
+	else if (protocol == bpf_htons(ETH_P_IPV6))
+		key.family = 6;
+	else
+		return 0;
+	if (cfg.family && cfg.family != key.family)
+		return 0;
+	if (!reason_wanted(reason))
+		return 0;
+
+	network_header = btf ? skb->network_header : BPF_CORE_READ(skb, network_header);
+	if (network_header == NETWORK_HEADER_UNSET)
+		return 0;
+	nh = (btf ? skb->head : BPF_CORE_READ(skb, head)) + network_header;
+	if (bpf_probe_read_kernel(&pkt, sizeof(pkt), nh))
+		return 0;
+
+	if (key.family == 4) {
+		__u32 ihl = (pkt.v4.ip.version_ihl & 0x0f) * 4;
+
+		if (pkt.v4.ip.version_ihl >> 4 != 4 || pkt.v4.ip.protocol != IPPROTO_TCP)
+			return 0;
+		if (pkt.v4.ip.frag_off & bpf_htons(0x1fff))
+			return 0;	/* a non-first fragment: no TCP header */
+		if (ihl == sizeof(struct ipv4_head))
+			tcp = pkt.v4.tcp;
+		else if (ihl < sizeof(struct ipv4_head) ||
+			 bpf_probe_read_kernel(&tcp, sizeof(tcp), nh + ihl))
+			return 0;
+		bytes = bpf_ntohs(pkt.v4.ip.tot_len);
+	} else {
+		if (pkt.v6.ip.version_class >> 4 != 6)
+			return 0;
+		tcp_off = ipv6_tcp_offset(nh, pkt.v6.ip.nexthdr);
+		if (!tcp_off)
+			return 0;
+		if (tcp_off == sizeof(struct ipv6_head))
+			tcp = pkt.v6.tcp;
+		else if (bpf_probe_read_kernel(&tcp, sizeof(tcp), nh + tcp_off))
+			return 0;
+		bytes = sizeof(struct ipv6_head) + bpf_ntohs(pkt.v6.ip.payload_len);
+	}
+
+	sport = bpf_ntohs(tcp.source);
+	dport = bpf_ntohs(tcp.dest);
+	if (cfg.port && sport != cfg.port && dport != cfg.port)
+		return 0;
+	key.flags = tcp.flags;
+	if (sk)
+		key.state = btf ? sk->__sk_common.skc_state
+				: BPF_CORE_READ(sk, __sk_common.skc_state);
+
+	if (cfg.aggregate) {
+		key.sport = port_tag(sport, &key.ephemeral, EPHEMERAL_SPORT);
+		key.dport = port_tag(dport, &key.ephemeral, EPHEMERAL_DPORT);
+		count_drop(&key, bytes);
+	}
+	if (cfg.events)
+		send_event(ctx, skb, sk, &key, &pkt, sport, dport, btf);
 	return 0;
 }
 

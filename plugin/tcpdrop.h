@@ -29,6 +29,32 @@ struct drop_event {
 	char comm[TASK_COMM_LEN];
 };
 
+/* The tag set drops are counted under (metrics mode): the drops map's key. */
+struct drop_key {
+	__u64 location;
+	__u32 reason;
+	__u16 sport;		/* 0 where bucketed away (see ephemeral) or not tagged */
+	__u16 dport;
+	__u8 family;
+	__u8 state;
+	__u8 flags;
+	__u8 ephemeral;		/* EPHEMERAL_SPORT | EPHEMERAL_DPORT: port was in the ephemeral range */
+};
+
+struct drop_count {
+	__u64 drops;
+	__u64 bytes;		/* IP packet length (header + payload), from the IP header */
+};
+
+#define EPHEMERAL_SPORT 1
+#define EPHEMERAL_DPORT 2
+
+enum port_tags {
+	PORT_TAGS_BUCKETED,	/* ports in the ephemeral range count as one */
+	PORT_TAGS_ALL,
+	PORT_TAGS_NONE,
+};
+
 /* Sentinels no kernel uses: TCP states start at 1, drop reasons at 0..~0x3ffff. */
 #define STATE_NONE 0
 #define REASON_UNKNOWN 0xffffffffu
@@ -37,15 +63,23 @@ struct drop_event {
 enum counter {
 	COUNTER_LOST,		/* ring buffer full: event not delivered */
 	COUNTER_RATELIMITED,	/* over the events-per-second budget */
+	COUNTER_OVERFLOW_DROPS,	/* drops map full: counted here instead */
+	COUNTER_OVERFLOW_BYTES,
 	COUNTER_MAX,
 };
 
 /* Filters and budgets, set by the loader before load (.rodata). */
 struct probe_config {
-	__u64 reason_mask[4];	/* bit n = report reason n; all zero = every reason */
+	__u64 reason_mask[4];	/* bit n set = report reason n */
 	__u32 events_per_sec;	/* per CPU; 0 = unlimited */
 	__u16 port;		/* either side; 0 = any */
+	__u16 ephemeral_low;	/* the host's ip_local_port_range */
+	__u16 ephemeral_high;
 	__u8 family;		/* 4, 6, or 0 = both */
+	__u8 other_reasons;	/* report reasons >= 256 and REASON_UNKNOWN */
+	__u8 aggregate;		/* count each drop in the drops map */
+	__u8 events;		/* send drop events to the ring buffer */
+	__u8 port_tags;		/* enum port_tags */
 	__u8 pad;
 };
 

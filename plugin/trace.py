@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
 from . import log
+from .event import COUNTER_LOST, COUNTER_RATELIMITED
 from .names import flag_names, state_name
 
 HEADER = f"{'TIME':<8} {'PID':<7} {'IP':<2} {'SADDR:SPORT':<21} > {'DADDR:DPORT':<21} STATE (FLAGS) REASON"
@@ -105,7 +106,8 @@ class Tracer:
 
     def report_not_shown(self):
         """One W! line when drops went unprinted since the last report."""
-        lost, ratelimited = self.probe.counters()
+        counters = self.probe.counters()
+        lost, ratelimited = counters[COUNTER_LOST], counters[COUNTER_RATELIMITED]
         new_lost, new_limited = lost - self._not_shown[0], ratelimited - self._not_shown[1]
         if new_lost or new_limited:
             log.warn(f"{new_lost + new_limited} drops not shown: {new_lost} lost (ring buffer "

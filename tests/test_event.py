@@ -28,6 +28,8 @@ def static_asserts(c_name, mirror):
 
 
 @pytest.mark.parametrize("c_name, mirror", [("drop_event", event.DropEvent),
+                                            ("drop_key", event.DropKey),
+                                            ("drop_count", event.DropCount),
                                             ("probe_config", event.ProbeConfig)])
 def test_ctypes_layout_matches_the_header(c_name, mirror):
     assert compile_for_bpf(f'{TYPES}#include "tcpdrop.h"\n{static_asserts(c_name, mirror)}\n') == ""
@@ -41,6 +43,9 @@ def test_a_wrong_offset_is_caught():
 
 def test_constants_match_the_header():
     names = ["TASK_COMM_LEN", "MAX_STACK_DEPTH", "STATE_NONE", "REASON_UNKNOWN",
-             "COUNTER_LOST", "COUNTER_RATELIMITED", "COUNTER_MAX"]
+             "EPHEMERAL_SPORT", "EPHEMERAL_DPORT",
+             "PORT_TAGS_BUCKETED", "PORT_TAGS_ALL", "PORT_TAGS_NONE",
+             "COUNTER_LOST", "COUNTER_RATELIMITED", "COUNTER_OVERFLOW_DROPS",
+             "COUNTER_OVERFLOW_BYTES", "COUNTER_MAX"]
     asserts = "\n".join(f'_Static_assert({n} == {getattr(event, n)}u, "{n}");' for n in names)
     assert compile_for_bpf(f'{TYPES}#include "tcpdrop.h"\n{asserts}\n') == ""

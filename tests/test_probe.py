@@ -6,7 +6,7 @@ import pytest
 from conftest import eventually
 from telegraf_tcpdrop import check, libbpf
 from telegraf_tcpdrop.btf import Btf
-from telegraf_tcpdrop.event import ProbeConfig
+from telegraf_tcpdrop.event import COUNTER_LOST, COUNTER_RATELIMITED, ProbeConfig
 from telegraf_tcpdrop.names import DropReasons
 from telegraf_tcpdrop.probe import Probe, ProbeError
 
@@ -23,7 +23,7 @@ class Capture:
 
     def __init__(self, ns, hooks=("tp_btf",), **config):
         self.ns, self.events = ns, []
-        self.probe = Probe(check.probe_object(), ProbeConfig(**config), hooks)
+        self.probe = Probe(check.probe_object(), event_config(**config), hooks)
         self.probe.on_event(self._on_event)
 
     def _on_event(self, e):
@@ -55,6 +55,14 @@ def capture(netns):
         c.probe.close()
 
 
+def event_config(**fields):
+    """Events on, every reason unless the test picks some."""
+    config = ProbeConfig(**{"events": 1, "other_reasons": 1, **fields})
+    if "reason_mask" not in fields:
+        config.reason_mask[:] = [2**64 - 1] * 4
+    return config
+
+
 def fields(e):
     return (e.family, bytes(e.saddr), bytes(e.daddr), e.sport, e.dport, e.state, e.flags,
             e.reason, e.location, e.netns, e.len)
@@ -75,7 +83,7 @@ def test_kprobe_hook_fails_clearly_where_tcp_drop_cannot_be_probed():
         if any(line.split()[2] == "tcp_drop" for line in f):
             pytest.skip("this kernel has tcp_drop(): the kprobe may attach")
     with pytest.raises(ProbeError, match="kprobe/tcp_drop"):
-        Probe(check.probe_object(), ProbeConfig(), hooks=("kprobe",))
+        Probe(check.probe_object(), event_config(), hooks=("kprobe",))
 
 
 def test_port_filter_matches_either_side(netns, capture):
@@ -99,7 +107,7 @@ def test_reason_filter(netns, capture):
     netfilter_drop = reasons().number("NETFILTER_DROP")
     mask = (ctypes.c_uint64 * 4)()
     mask[netfilter_drop >> 6] |= 1 << (netfilter_drop & 63)
-    c = capture(reason_mask=mask)
+    c = capture(reason_mask=mask, other_reasons=0)
     netns.drop_input_port(7104)
     netns.traffic("syn", "127.0.0.1", 7105, 40015)  # closed port: NO_SOCKET, filtered out
     netns.traffic("syn", "127.0.0.1", 7104, 40016, 0.2)
@@ -112,7 +120,7 @@ def test_rate_limit_counts_what_it_holds_back(netns, capture):
     # One CPU, so one per-CPU budget: the SYNs are dropped in softirq on the sender's CPU.
     netns.traffic("syns", "127.0.0.1", 7106, 41000, 20, cpu=0)
     c.wait(5)
-    lost, ratelimited = c.probe.counters()
-    assert (len(c.settle()), ratelimited, lost) == (5, 15, 0)
+    counters = c.probe.counters()
+    assert (len(c.settle()), counters[COUNTER_RATELIMITED], counters[COUNTER_LOST]) == (5, 15, 0)
     assert [e.sport for e in c.events] == list(range(41000, 41005))
 

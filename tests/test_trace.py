@@ -61,7 +61,7 @@ class StubProbe:
     """Stands in for the loaded probe: its stack map and counters."""
 
     def __init__(self):
-        self.lost_and_limited = [0, 0]
+        self.lost_and_limited = [0, 0, 0, 0]
 
     def stack(self, stack_id):
         return [BPF, TRACE_RUN, RCV, DELIVER] if stack_id == 7 else []
@@ -91,7 +91,7 @@ def test_unprinted_drops_are_reported_once(capsys):
     probe = StubProbe()
     tracer = Tracer(probe, REASONS, FakeSymbols(), out=io.StringIO())
     tracer.report_not_shown()
-    probe.lost_and_limited = [2, 5]
+    probe.lost_and_limited = [2, 5, 0, 0]
     tracer.report_not_shown()
     tracer.report_not_shown()
     assert capsys.readouterr().err == \

@@ -1,0 +1,60 @@
+"""When to emit, as Telegraf's inputs.execd expects of a long-running input.
+
+- signal "none": a batch every interval; signal "STDIN": a batch for each
+  line Telegraf writes to our stdin (on each of its own intervals).
+- stdin closed (Telegraf stopping: it closes stdin, SIGTERM 5 s later,
+  SIGKILL 5 s after that): emit what is pending and exit 0 at once.
+  Only a pipe is watched: a terminal or /dev/null on stdin is not Telegraf.
+- SIGTERM, SIGINT: emit what is pending, exit 0.
+"""
+import os
+import select
+import signal
+import stat
+import time
+
+SIGNALS = ("none", "STDIN")
+
+
+class Execd:
+    def __init__(self, collect, output, interval, signal_mode="none", events=None, stdin_fd=0):
+        """collect() -> points; events: the probe, if it sends events (--stacks)."""
+        self.collect, self.output, self.interval = collect, output, interval
+        self.signal_mode, self.events, self.stdin_fd = signal_mode, events, stdin_fd
+        self._stop = False
+
+    def _on_signal(self, *_):
+        self._stop = True
+
+    def _watch_stdin(self):
+        return self.signal_mode == "STDIN" or stat.S_ISFIFO(os.fstat(self.stdin_fd).st_mode)
+
+    def run(self):
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        poller = select.poll()
+        if self._watch_stdin():
+            poller.register(self.stdin_fd, select.POLLIN)
+        if self.events:
+            poller.register(self.events.events_fd(), select.POLLIN)
+        next_emit = time.monotonic() + self.interval
+        try:
+            while not self._stop:
+                wait = max(0.0, next_emit - time.monotonic()) if self.signal_mode == "none" else 1.0
+                for fd, _ in poller.poll(wait * 1000):
+                    if fd == self.stdin_fd:
+                        lines = os.read(fd, 4096)
+                        if not lines:  # EOF: Telegraf is stopping
+                            self._stop = True
+                        elif self.signal_mode == "STDIN" and b"\n" in lines:
+                            self.output.write(self.collect())
+                    else:
+                        self.events.poll(0)
+                if self.signal_mode == "none" and time.monotonic() >= next_emit:
+                    self.output.write(self.collect())
+                    next_emit += self.interval
+                    if next_emit < time.monotonic():  # fell behind (suspend): skip, don't burst
+                        next_emit = time.monotonic() + self.interval
+            self.output.write(self.collect())
+        finally:
+            self.output.close()
