@@ -15,7 +15,11 @@ class Point(NamedTuple):
 
 
 def _escaper(specials):
-    table = str.maketrans({c: "\\" + c for c in specials} | {"\n": " ", "\r": " "})
+    """Backslash before each special character; a line break (which line
+    protocol cannot carry) becomes a space, itself escaped where special."""
+    table = {c: "\\" + c for c in specials}
+    table["\n"] = table["\r"] = table.get(" ", " ")
+    table = str.maketrans(table)
     return lambda text: text.translate(table)
 
 

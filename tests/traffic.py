@@ -55,13 +55,17 @@ def tcp_segment(src, dst, sport, dport, seq, flags, payload=b""):
     return header[:16] + struct.pack("!H", checksum(pseudo + header + payload)) + header[18:] + payload
 
 
+_raw_ipv4 = None
+
+
 def send_ipv4(packet_after_header, options=b"", protocol=6):
     """An IPv4 packet 127.0.0.1 -> 127.0.0.1, IP header (with options) built here."""
+    global _raw_ipv4
     ihl = 5 + len(options) // 4
     header = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, ihl * 4 + len(packet_after_header), 0, 0,
                          64, protocol, 0, socket.inet_aton("127.0.0.1"), socket.inet_aton("127.0.0.1"))
-    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-    raw.sendto(header + options + packet_after_header, ("127.0.0.1", 0))
+    _raw_ipv4 = _raw_ipv4 or socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    _raw_ipv4.sendto(header + options + packet_after_header, ("127.0.0.1", 0))
 
 
 def old_segment(port):
@@ -82,6 +86,16 @@ def old_segment(port):
     print(f"sport={sport}")
     time.sleep(0.2)
     accepted.close()
+
+
+def raw_syns(port, count, sport="random"):
+    """count SYNs to port from a raw socket: from sport, or each from a random
+    port in the ephemeral range (as a SYN flood would be)."""
+    import random
+    low, high = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+    for i in range(int(count)):
+        source = random.randint(low, high) if sport == "random" else int(sport)
+        send_ipv4(tcp_segment("127.0.0.1", "127.0.0.1", source, int(port), i, 0x02))
 
 
 def syn_with_ip_options(port, sport):
@@ -133,7 +147,7 @@ def icmp_bad_checksum():
     time.sleep(0.05)
 
 
-KINDS = {"syn": syn, "syns": syns, "old-segment": old_segment, "listen-overflow": listen_overflow,
+KINDS = {"syn": syn, "syns": syns, "raw-syns": raw_syns, "old-segment": old_segment, "listen-overflow": listen_overflow,
          "syn-with-ip-options": syn_with_ip_options,
          "syn-with-ipv6-extensions": syn_with_ipv6_extensions,
          "udp": udp, "icmp-bad-checksum": icmp_bad_checksum}

@@ -1,0 +1,36 @@
+"""Line protocol, byte for byte. (Telegraf's own parser reads these back in test_telegraf.py.)"""
+import io
+
+from telegraf_tcpdrop.emit import Point, StdoutOutput, encode
+
+# Every character line protocol treats specially, in every place it can stand.
+ODD = Point("tcp drop,x", {"frame": "a b,c=d\\e", "z key": "v", "empty": "", "a=b": "x\ny"},
+            {"drops": 3, "f,x": 1.5, "ok": True, "stack": 'say "hi"\\now', "n=1": -2}, 1700000000000000000)
+ODD_LINE = ('tcp\\ drop\\,x,a\\=b=x\\ y,frame=a\\ b\\,c\\=d\\\\e,z\\ key=v '
+            'drops=3i,f\\,x=1.5,ok=true,stack="say \\"hi\\"\\\\now",n\\=1=-2i 1700000000000000000')
+
+
+def test_the_issue_example():
+    point = Point("tcpdrop", {"reason": "NO_SOCKET", "state": "NONE", "sport": "ephemeral",
+                              "dport": "443", "family": "4", "flags": "SYN", "frame": "tcp_v4_rcv"},
+                  {"drops": 3, "bytes": 180}, 1795463949475646894)
+    assert encode(point) == ("tcpdrop,dport=443,family=4,flags=SYN,frame=tcp_v4_rcv,reason=NO_SOCKET,"
+                             "sport=ephemeral,state=NONE drops=3i,bytes=180i 1795463949475646894")
+
+
+def test_escaping_of_every_special_character():
+    assert encode(ODD) == ODD_LINE
+
+
+def test_stdout_output_writes_one_batch_and_flushes():
+    class Stream(io.StringIO):
+        flushes = 0
+
+        def flush(self):
+            self.flushes += 1
+    stream = Stream()
+    out = StdoutOutput(stream)
+    out.write([ODD, ODD])
+    out.write([])
+    assert stream.getvalue() == ODD_LINE + "\n" + ODD_LINE + "\n"
+    assert stream.flushes == 1

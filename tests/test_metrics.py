@@ -1,0 +1,129 @@
+"""From the kernel's totals per tag set to each interval's points, without a kernel."""
+from telegraf_tcpdrop.emit import encode
+from telegraf_tcpdrop.event import (PORT_TAGS_ALL, PORT_TAGS_BUCKETED, PORT_TAGS_NONE, DropEvent,
+                                    DropKey)
+from telegraf_tcpdrop.metrics import Collector, Deltas
+from telegraf_tcpdrop.names import DropReasons
+
+REASONS = DropReasons({2: "NO_SOCKET", 12: "NETFILTER_DROP"})
+RCV = 0xFFFF0099
+
+
+class FakeSymbols:
+    NAMES = {RCV: "tcp_v4_rcv", 0xFFFF1028: "ip_protocol_deliver_rcu", 0xFFFF5000: "bpf_prog_x"}
+
+    def function(self, addr):
+        return self.NAMES[addr]
+
+
+class StubProbe:
+    """The probe's reading side: totals per key, counters, stacks, run stats."""
+
+    def __init__(self):
+        self.totals, self.counters_ = {}, [0, 0, 0, 0]
+        self.deleted = []
+
+    def read_counts(self):
+        return dict(self.totals)
+
+    def counters(self):
+        return list(self.counters_)
+
+    def delete_keys(self, keys):
+        self.deleted += keys
+        for key in keys:
+            del self.totals[key]
+
+    def run_stats(self):
+        return (100, 5000)
+
+    def stack(self, stack_id):
+        return [0xFFFF5000, RCV, 0xFFFF1028]
+
+
+def key(dport=443, sport=0, ephemeral=1, reason=2, flags=0x02):
+    return bytes(DropKey(location=RCV, reason=reason, sport=sport, dport=dport, family=4,
+                         state=0, flags=flags, ephemeral=ephemeral))
+
+
+def collector(probe, port_tags=PORT_TAGS_BUCKETED, clock=iter(range(10**9, 10**12, 10**9))):
+    return Collector(probe, REASONS, FakeSymbols(), port_tags, (32768, 60999),
+                     clock=lambda: next(clock))
+
+
+def test_deltas_only_where_something_changed():
+    d = Deltas(idle_intervals=3)
+    assert d.update({b"a": (5, 300)}) == ({b"a": (5, 300)}, [])
+    assert d.update({b"a": (5, 300), b"b": (1, 60)}) == ({b"b": (1, 60)}, [])
+    assert d.update({b"a": (7, 420), b"b": (1, 60)}) == ({b"a": (2, 120)}, [])
+    assert d.update({b"a": (7, 420), b"b": (1, 60)}) == ({}, [])
+    assert d.update({b"a": (7, 420), b"b": (1, 60)}) == ({}, [b"b"])  # idle for 3 intervals
+    # b came back (the kernel counts it from 0 again); a has now been idle for 3 too
+    assert d.update({b"a": (7, 420), b"b": (2, 60)}) == ({b"b": (2, 60)}, [b"a"])
+
+
+def test_points_of_an_interval():
+    probe = StubProbe()
+    c = collector(probe)
+    probe.totals = {key(): (3, 180)}
+    probe.counters_ = [1, 0, 4, 240]
+    points = c.collect()
+    assert [encode(p) for p in points] == [
+        "tcpdrop,dport=443,family=4,flags=SYN,frame=tcp_v4_rcv,reason=NO_SOCKET,sport=ephemeral,"
+        "state=NONE drops=3i,bytes=180i 2000000000",
+        "tcpdrop_agent events_lost=1i,events_ratelimited=0i,map_overflow_drops=4i,"
+        "map_overflow_bytes=240i,keys=1i,keys_evicted=0i,interval_ns=1000000000i 2000000000"]
+    # Nothing new: only the agent's point, with its counters as deltas.
+    points = c.collect()
+    assert [p.measurement for p in points] == ["tcpdrop_agent"]
+    assert points[0].fields["map_overflow_drops"] == 0 and points[0].fields["events_lost"] == 0
+
+
+def test_port_tags_all_and_none():
+    probe = StubProbe()
+    probe.totals = {key(dport=443, sport=50000, ephemeral=0): (1, 60)}
+    [point, _] = collector(probe, PORT_TAGS_ALL).collect()
+    assert (point.tags["sport"], point.tags["dport"]) == ("50000", "443")
+    probe.totals = {key(dport=0, sport=0, ephemeral=0): (1, 60)}
+    [point, _] = collector(probe, PORT_TAGS_NONE).collect()
+    assert "sport" not in point.tags and "dport" not in point.tags
+
+
+def test_flags_without_any_bit_set_are_tagged_none():
+    probe = StubProbe()
+    probe.totals = {key(flags=0): (1, 40)}
+    assert collector(probe).collect()[0].tags["flags"] == "NONE"
+
+
+def test_probe_run_stats_only_when_the_kernel_measures_them():
+    probe = StubProbe()
+    c = collector(probe)
+    assert "probe_runs" not in c.collect()[-1].fields
+    c.stats_enabled = lambda: True
+    probe.run_stats = lambda: (130, 7000)
+    fields = c.collect()[-1].fields
+    assert (fields["probe_runs"], fields["probe_run_time_ns"]) == (30, 2000)
+
+
+def test_a_sampled_event_gives_its_tag_set_a_folded_stack():
+    probe = StubProbe()
+    c = collector(probe)
+    event = DropEvent(location=RCV, reason=2, family=4, state=0, flags=0x02, sport=40000,
+                      dport=443, stack_id=1)
+    assert c.key_of(event) == key()
+    c.on_event(event)
+    probe.totals = {key(): (1, 60)}
+    [point, _] = c.collect()
+    assert point.fields["stack"] == "ip_protocol_deliver_rcu;tcp_v4_rcv"
+    probe.totals = {key(): (2, 120)}
+    assert "stack" not in c.collect()[0].fields  # examples are per interval
+
+
+def test_idle_keys_leave_the_map():
+    probe = StubProbe()
+    c = collector(probe)
+    probe.totals = {key(): (1, 60)}
+    for _ in range(31):
+        c.collect()
+    assert probe.deleted == [key()]
+    assert c.collect()[-1].fields["keys"] == 0
