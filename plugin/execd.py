@@ -32,7 +32,11 @@ class Execd:
     def run(self):
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        # A signal must end the wait: Python retries an interrupted poll().
+        wakeup, signal_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(signal_fd)
         poller = select.poll()
+        poller.register(wakeup, select.POLLIN)
         if self._watch_stdin():
             poller.register(self.stdin_fd, select.POLLIN)
         if self.events:
@@ -42,7 +46,9 @@ class Execd:
             while not self._stop:
                 wait = max(0.0, next_emit - time.monotonic()) if self.signal_mode == "none" else 1.0
                 for fd, _ in poller.poll(wait * 1000):
-                    if fd == self.stdin_fd:
+                    if fd == wakeup:
+                        os.read(wakeup, 512)
+                    elif fd == self.stdin_fd:
                         lines = os.read(fd, 4096)
                         if not lines:  # EOF: Telegraf is stopping
                             self._stop = True
@@ -57,4 +63,7 @@ class Execd:
                         next_emit = time.monotonic() + self.interval
             self.output.write(self.collect())
         finally:
+            signal.set_wakeup_fd(-1)
+            os.close(wakeup)
+            os.close(signal_fd)
             self.output.close()

@@ -7,6 +7,7 @@ space runs per drop.
 """
 import time
 
+from . import log
 from .emit import Point
 from .event import (COUNTER_LOST, COUNTER_OVERFLOW_BYTES, COUNTER_OVERFLOW_DROPS,
                     COUNTER_RATELIMITED, EPHEMERAL_DPORT, EPHEMERAL_SPORT, PORT_TAGS_ALL,
@@ -64,6 +65,7 @@ class Collector:
         self._counters = [0] * len(probe.counters())
         self._runs = probe.run_stats()
         self._last_time = clock()
+        self._warned_full = False
 
     def on_event(self, event):
         """One sampled drop (--stacks): keep its stack as its tag set's example."""
@@ -123,6 +125,11 @@ class Collector:
         counters = self.probe.counters()
         delta = [new - old for new, old in zip(counters, self._counters)]
         self._counters = counters
+        if delta[COUNTER_OVERFLOW_DROPS] and not self._warned_full:
+            log.warn(f"the kernel's table of tag sets is full ({keys} keys): further drops are "
+                     "counted in tcpdrop_agent.map_overflow_drops only; raise --max-keys, or use "
+                     "--port-tags bucketed")
+            self._warned_full = True
         fields = {
             "events_lost": delta[COUNTER_LOST],
             "events_ratelimited": delta[COUNTER_RATELIMITED],

@@ -127,3 +127,67 @@ def tracer():
     yield t
     assert t.stop() == 0
     assert not any("Traceback" in l for l in t.stderr), "".join(t.stderr)
+
+
+def parse_line(line):
+    """(measurement, tags, fields, time) of a line of our own line protocol.
+    Only for lines without escapes; Telegraf's parser checks escaping in test_telegraf.py."""
+    assert "\\" not in line, line
+    head, fields, time_ns = line.rsplit(" ", 2) if '"' not in line else _split_quoted(line)
+    measurement, *tags = head.split(",")
+    values = {}
+    for field in _fields(fields):
+        k, v = field.split("=", 1)
+        values[k] = int(v[:-1]) if v.endswith("i") else v.strip('"')
+    return measurement, dict(t.split("=", 1) for t in tags), values, int(time_ns)
+
+
+def _split_quoted(line):
+    head, rest = line.split(" ", 1)
+    fields, time_ns = rest.rsplit(" ", 1)
+    return head, fields, time_ns
+
+
+def _fields(text):
+    parts, quoted, current = [], False, ""
+    for c in text:
+        if c == '"':
+            quoted = not quoted
+        if c == "," and not quoted:
+            parts.append(current)
+            current = ""
+        else:
+            current += c
+    return parts + [current]
+
+
+class Metrics:
+    """`telegraf-tcpdrop metrics` running in the background, its output parsed."""
+
+    def __init__(self, *args):
+        self.proc = subprocess.Popen([CLI, "metrics", *args], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.points, self.stderr = [], []
+        threading.Thread(target=Tracer._read, args=(self.proc.stdout, self.points, parse_line),
+                         daemon=True).start()
+        threading.Thread(target=Tracer._read, args=(self.proc.stderr, self.stderr, str),
+                         daemon=True).start()
+        assert eventually(lambda: any("I! attached" in l for l in self.stderr) or
+                          self.proc.poll() is not None, timeout=10)
+        assert any("I! attached" in l for l in self.stderr), "".join(self.stderr)
+
+    def total(self, field="drops", measurement="tcpdrop", **tags):
+        """The sum of field over the points so far whose tags include tags."""
+        return sum(f.get(field, 0) for m, t, f, _ in self.points
+                   if m == measurement and all(t.get(k) == v for k, v in tags.items()))
+
+    def wait_total(self, expected, timeout=10.0, **kwargs):
+        eventually(lambda: self.total(**kwargs) >= expected, timeout)
+        return self.total(**kwargs)
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        self.proc.wait(timeout=5)
+        eventually(lambda: self.proc.stdout.closed or not self.proc.stdout.readable(), 1)
+        return self.proc.returncode

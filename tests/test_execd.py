@@ -1,0 +1,102 @@
+"""`metrics` behaves as Telegraf's inputs.execd expects of a long-running input
+(plugins/inputs/execd and internal/process in Telegraf: stdin closed on stop,
+SIGTERM 5 s later, SIGKILL 5 s after that)."""
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import CLI, Metrics, eventually, require_root
+
+pytestmark = pytest.mark.kernel
+
+
+@pytest.fixture
+def metrics():
+    require_root()
+    started = []
+
+    def start(*args):
+        started.append(Metrics(*args))
+        return started[-1]
+    yield start
+    for m in started:
+        m.stop()
+
+
+def test_stdin_closed_exits_within_a_second_with_the_pending_counts(netns, metrics):
+    m = metrics("--interval", "1h", "--port", "7400")
+    netns.traffic("raw-syns", 7400, 7, 40000)
+    time.sleep(0.2)
+    closed = time.monotonic()
+    m.proc.stdin.close()
+    assert m.proc.wait(timeout=1) == 0
+    assert time.monotonic() - closed < 1.0
+    assert eventually(lambda: m.total(dport="7400", flags="SYN") == 7, timeout=1)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_flushes_the_last_interval_and_exits_0(netns, metrics, sig):
+    m = metrics("--interval", "1h", "--port", "7401")
+    netns.traffic("raw-syns", 7401, 5, 40000)
+    time.sleep(0.2)
+    assert m.points == []
+    assert m.stop(sig) == 0
+    assert eventually(lambda: m.total(dport="7401", flags="SYN") == 5, timeout=1)
+    assert [meas for meas, *_ in m.points].count("tcpdrop_agent") == 1
+
+
+def test_signal_stdin_emits_once_per_line(netns, metrics):
+    m = metrics("--signal", "STDIN", "--interval", "100ms", "--port", "7402")
+    time.sleep(0.5)
+    assert m.points == []  # the interval does not apply
+    netns.traffic("raw-syns", 7402, 3, 40000)
+    m.proc.stdin.write("\n")
+    m.proc.stdin.flush()
+    assert eventually(lambda: m.total(dport="7402") == 3, timeout=2)
+    m.proc.stdin.write("\n")
+    m.proc.stdin.flush()
+    assert eventually(lambda: len([p for p in m.points if p[0] == "tcpdrop_agent"]) == 2, timeout=2)
+    assert m.total(dport="7402") == 3
+
+
+def test_interval_none_emits_on_its_own(metrics):
+    m = metrics("--interval", "300ms")
+    assert eventually(lambda: len([p for p in m.points if p[0] == "tcpdrop_agent"]) >= 3, timeout=3)
+    times = [t for meas, _, f, t in m.points if meas == "tcpdrop_agent"]
+    assert all(0.2e9 < b - a < 0.5e9 for a, b in zip(times, times[1:]))
+
+
+def test_closed_stdout_exits_quietly():
+    require_root()
+    proc = subprocess.Popen([CLI, "metrics", "--signal", "STDIN"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert "I! attached" in proc.stderr.readline()
+    proc.stdout.close()
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    assert proc.wait(timeout=5) == 0
+    assert proc.stderr.read() == ""
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--interval", "10"], "'10' is not a duration"),
+    (["--interval", "0s"], "'0s' is not longer than 0"),
+    (["--signal", "SIGHUP"], "invalid choice"),
+    (["--port-tags", "some"], "invalid choice"),
+    (["--max-keys", "0"], "not a whole number > 0"),
+])
+def test_bad_options(args, message):
+    result = subprocess.run([CLI, "metrics", *args], capture_output=True, text=True)
+    assert result.returncode == 2 and message in result.stderr
+
+
+def test_startup_failure_is_one_error_line():
+    require_root()
+    result = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                             "--inh-caps=-all", "--bounding-set=-all", CLI, "metrics"],
+                            capture_output=True, text=True, timeout=10)
+    assert result.returncode == 1
+    assert result.stderr.startswith("E! not allowed to load BPF programs") and \
+        result.stderr.count("\n") == 1
