@@ -68,8 +68,9 @@ def libbpf():
 
 def tracefs():
     """Mounts tracefs if it is not: the classic tracepoint hook needs it."""
-    if os.path.isdir(f"{TRACEFS}/events"):
-        return f"{TRACEFS} mounted"
+    with open("/proc/self/mounts") as f:
+        if any(line.split()[1:3] == [TRACEFS, "tracefs"] for line in f):
+            return f"{TRACEFS} mounted"
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     if libc.mount(b"nodev", TRACEFS.encode(), b"tracefs", 0, None) == 0:
         return f"{TRACEFS} mounted by us"

@@ -44,8 +44,10 @@ class Execd:
         next_emit = time.monotonic() + self.interval
         try:
             while not self._stop:
-                wait = max(0.0, next_emit - time.monotonic()) if self.signal_mode == "none" else 1.0
-                for fd, _ in poller.poll(wait * 1000):
+                wait = None  # STDIN: until a line, a signal or an event
+                if self.signal_mode == "none":
+                    wait = max(0.0, next_emit - time.monotonic()) * 1000
+                for fd, _ in poller.poll(wait):
                     if fd == wakeup:
                         os.read(wakeup, 512)
                     elif fd == self.stdin_fd:

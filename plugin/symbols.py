@@ -25,9 +25,8 @@ class KernelSymbols:
                     entries.append((int(parts[0], 16), parts[2]))
         if entries and all(addr == 0 for addr, _ in entries[:100]):
             raise SymbolsUnavailable(
-                f"{self._path} shows every address as 0: run as root, or set "
-                "kernel.kptr_restrict=0 (sysctl) to let this user see kernel addresses"
-            )
+                f"{self._path} hides kernel addresses from this process: grant it CAP_SYSLOG "
+                "(with sysctl kernel.kptr_restrict at 0 or 1), or run it as root")
         entries.sort()
         self._addrs = [addr for addr, _ in entries]
         self._names = [name for _, name in entries]

@@ -78,6 +78,14 @@ def netns():
     ns.delete()
 
 
+def as_nobody_with(*caps):
+    """setpriv: user nobody with exactly these capabilities (ambient, as systemd's
+    AmbientCapabilities= gives them to Telegraf and so to the processes it starts)."""
+    listed = ",".join(f"+{cap}" for cap in caps) or "-all"
+    return ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+            f"--inh-caps={listed}", f"--ambient-caps={listed}"]
+
+
 def require_root():
     if os.geteuid() != 0:
         pytest.skip("needs root: loads BPF programs and creates network namespaces")

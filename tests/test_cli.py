@@ -8,7 +8,7 @@ import pytest
 
 import telegraf_tcpdrop
 
-from conftest import CLI, eventually, require_root
+from conftest import CLI, as_nobody_with, eventually, require_root
 
 pytestmark = pytest.mark.kernel
 
@@ -56,9 +56,7 @@ def test_unknown_reason():
 
 def test_unprivileged_user():
     require_root()
-    drop_privileges = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                       "--inh-caps=-all", "--bounding-set=-all"]
-    assert_one_error_line(run("trace", prefix=drop_privileges), 1,
+    assert_one_error_line(run("trace", prefix=as_nobody_with()), 1,
                           "E! not allowed to load BPF programs", "CAP_BPF", "CAP_PERFMON")
 
 

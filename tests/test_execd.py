@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import CLI, Metrics, eventually, require_root
+from conftest import CLI, Metrics, as_nobody_with, eventually, require_root
 
 pytestmark = pytest.mark.kernel
 
@@ -94,9 +94,30 @@ def test_bad_options(args, message):
 
 def test_startup_failure_is_one_error_line():
     require_root()
-    result = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                             "--inh-caps=-all", "--bounding-set=-all", CLI, "metrics"],
-                            capture_output=True, text=True, timeout=10)
+    result = subprocess.run([*as_nobody_with(), CLI, "metrics"], capture_output=True, text=True,
+                            timeout=10)
     assert result.returncode == 1
     assert result.stderr.startswith("E! not allowed to load BPF programs") and \
         result.stderr.count("\n") == 1
+
+
+def test_runs_as_an_unprivileged_user_with_the_three_capabilities(netns):
+    """What conf/systemd/telegraf.service.d/tcpdrop.conf grants is enough."""
+    require_root()
+    proc = subprocess.Popen([*as_nobody_with("bpf", "perfmon", "syslog"), CLI, "metrics",
+                             "--signal", "STDIN", "--port", "7403"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert "I! attached to tp_btf/kfree_skb" in proc.stderr.readline()
+    netns.traffic("raw-syns", 7403, 2, 40000)
+    out, err = proc.communicate("\n", timeout=5)
+    assert proc.returncode == 0, err
+    assert "frame=tcp_v4_rcv,reason=NO_SOCKET" in out and "drops=2i" in out
+
+
+def test_without_cap_syslog_the_error_names_it():
+    require_root()
+    result = subprocess.run([*as_nobody_with("bpf", "perfmon"), CLI, "metrics"], capture_output=True,
+                            text=True, timeout=10, stdin=subprocess.DEVNULL)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1].startswith("E! /proc/kallsyms hides kernel addresses")
+    assert "CAP_SYSLOG" in result.stderr
