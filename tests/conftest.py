@@ -199,3 +199,19 @@ class Metrics:
         self.proc.wait(timeout=5)
         eventually(lambda: self.proc.stdout.closed or not self.proc.stdout.readable(), 1)
         return self.proc.returncode
+
+
+@pytest.fixture
+def metrics():
+    """start(*args) runs `metrics` with args; each must end with exit 0 and
+    Telegraf-prefixed stderr lines only."""
+    require_root()
+    started = []
+
+    def start(*args):
+        started.append(Metrics(*args))
+        return started[-1]
+    yield start
+    for m in started:
+        assert m.stop() == 0, m.stderr
+        assert all(line[:3] in ("E! ", "W! ", "I! ", "D! ") for line in m.stderr), m.stderr

@@ -7,22 +7,9 @@ import time
 
 import pytest
 
-from conftest import CLI, Metrics, as_nobody_with, eventually, require_root
+from conftest import CLI, as_nobody_with, eventually, require_root
 
 pytestmark = pytest.mark.kernel
-
-
-@pytest.fixture
-def metrics():
-    require_root()
-    started = []
-
-    def start(*args):
-        started.append(Metrics(*args))
-        return started[-1]
-    yield start
-    for m in started:
-        m.stop()
 
 
 def test_stdin_closed_exits_within_a_second_with_the_pending_counts(netns, metrics):
