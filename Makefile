@@ -20,7 +20,7 @@ clean:
 	rm -rf plugin/tcpdrop.bpf.o $(VENV) build *.egg-info
 
 # What a fresh Debian 12 host needs to build the probe and run the tests.
-APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool make nftables iproute2 util-linux \
+APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool make nftables iproute2 util-linux procps \
 	python3 python3-venv python3-setuptools python3-wheel python3-pytest
 INSTALLED := $(VENV)/.installed
 

@@ -24,8 +24,9 @@ def _escaper(specials):
 
 
 # https://docs.influxdata.com/influxdb/v2/reference/syntax/line-protocol/#special-characters
-_measurement = _escaper("\\, ")
-_key = _escaper("\\,= ")  # tag keys, tag values, field keys
+# A backslash is escaped in string field values only: elsewhere parsers keep it as is.
+_measurement = _escaper(", ")
+_key = _escaper(",= ")  # tag keys, tag values, field keys
 _string = _escaper('\\"')
 
 

@@ -6,7 +6,7 @@ from telegraf_tcpdrop.emit import Point, StdoutOutput, encode
 # Every character line protocol treats specially, in every place it can stand.
 ODD = Point("tcp drop,x", {"frame": "a b,c=d\\e", "z key": "v", "empty": "", "a=b": "x\ny"},
             {"drops": 3, "f,x": 1.5, "ok": True, "stack": 'say "hi"\\now', "n=1": -2}, 1700000000000000000)
-ODD_LINE = ('tcp\\ drop\\,x,a\\=b=x\\ y,frame=a\\ b\\,c\\=d\\\\e,z\\ key=v '
+ODD_LINE = ('tcp\\ drop\\,x,a\\=b=x\\ y,frame=a\\ b\\,c\\=d\\e,z\\ key=v '
             'drops=3i,f\\,x=1.5,ok=true,stack="say \\"hi\\"\\\\now",n\\=1=-2i 1700000000000000000')
 
 

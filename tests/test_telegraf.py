@@ -1,0 +1,166 @@
+"""A real Telegraf, built from its Go module, with the shipped drop-in."""
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import CLI, eventually, require_root
+from telegraf_tcpdrop.emit import Point, encode
+
+pytestmark = pytest.mark.kernel
+ROOT = Path(__file__).parents[1]
+DROP_IN = ROOT / "conf" / "telegraf.d" / "tcpdrop.conf"
+
+
+@pytest.fixture(scope="session")
+def telegraf_bin():
+    require_root()
+    result = subprocess.run(["bash", str(ROOT / "tests" / "peers" / "build-telegraf.sh")],
+                            capture_output=True, text=True, timeout=3000)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.strip().splitlines()[-1]
+
+
+AGENT = """
+[agent]
+  interval = "1s"
+  flush_interval = "1s"
+  omit_hostname = {omit_hostname}
+[[outputs.file]]
+  files = ["{out}"]
+  data_format = "json"
+  json_timestamp_units = "1ns"
+"""
+
+
+class Telegraf:
+    """Telegraf with a config directory of its own; metrics written as JSON lines."""
+
+    def __init__(self, binary, tmp_path, drop_in, omit_hostname=False):
+        self.out = tmp_path / "metrics.json"
+        conf_dir = tmp_path / "telegraf.d"
+        conf_dir.mkdir()
+        (tmp_path / "telegraf.conf").write_text(
+            AGENT.format(out=self.out, omit_hostname=str(omit_hostname).lower()))
+        (conf_dir / "tcpdrop.conf").write_text(drop_in)
+        self.args = [binary, "--config", str(tmp_path / "telegraf.conf"),
+                     "--config-directory", str(conf_dir)]
+        self.proc = None
+
+    def start(self):
+        self.log = open(self.out.with_suffix(".log"), "w+")
+        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def metrics(self):
+        if not self.out.exists():
+            return []
+        return [json.loads(line) for line in self.out.read_text().splitlines() if line]
+
+    def logged(self):
+        self.log.seek(0)
+        return self.log.read()
+
+    def plugin_pid(self):
+        """The pid of the telegraf-tcpdrop process Telegraf started, or None."""
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid), "-f", "telegraf-tcpdrop"],
+                             capture_output=True, text=True).stdout.split()
+        return int(out[0]) if out else None
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=20)
+
+
+def shipped_drop_in():
+    """The drop-in as shipped, pointing at this checkout's command."""
+    text = DROP_IN.read_text()
+    assert '"/usr/bin/telegraf-tcpdrop"' in text
+    return text.replace('"/usr/bin/telegraf-tcpdrop"', json.dumps(CLI))
+
+
+@pytest.fixture
+def telegraf(telegraf_bin, tmp_path):
+    started = []
+
+    def start(drop_in=None, **kwargs):
+        t = Telegraf(telegraf_bin, tmp_path, drop_in or shipped_drop_in(), **kwargs)
+        t.start()
+        started.append(t)
+        return t
+    yield start
+    for t in started:
+        t.stop()
+
+
+def drops(metrics, **tags):
+    return sum(m["fields"]["drops"] for m in metrics
+               if m["name"] == "tcpdrop" and all(m["tags"].get(k) == v for k, v in tags.items()))
+
+
+def test_telegraf_parses_our_escaping(telegraf, tmp_path):
+    """Every special character, read back by Telegraf's own line-protocol parser."""
+    odd = {"frame": "a b,c=d\\e", "z key": "v", "a=b": "x"}
+    fields = {"drops": 3, "f,x": 1.5, "stack": 'say "hi"\\now', "n=1": -2}
+    lines = tmp_path / "lines.txt"
+    lines.write_text(encode(Point("tcp drop,x", odd, fields, 1700000000000000000)) + "\n")
+    t = telegraf(f'[[inputs.execd]]\n  command = ["sh", "-c", "cat {lines}; exec cat >/dev/null"]\n'
+                 '  signal = "none"\n  data_format = "influx"\n', omit_hostname=True)
+    assert eventually(t.metrics, timeout=15), t.logged()
+    [metric] = t.metrics()
+    assert metric == {"name": "tcp drop,x", "tags": odd, "fields": fields,
+                      "timestamp": 1700000000000000000}
+
+
+def test_drop_in_counts_real_drops(telegraf, netns):
+    t = telegraf()
+    assert eventually(lambda: "attached to tp_btf/kfree_skb" in t.logged(), timeout=15), t.logged()
+    netns.traffic("raw-syns", 7500, 50, 40000)
+    assert eventually(lambda: drops(t.metrics(), dport="7500") >= 50, timeout=10), t.logged()
+    time.sleep(2.5)  # two more intervals: nothing counted twice
+    assert drops(t.metrics(), dport="7500", flags="SYN", reason="NO_SOCKET",
+                 sport="ephemeral", state="NONE", family="4", frame="tcp_v4_rcv") == 50
+    assert any(m["name"] == "tcpdrop_agent" for m in t.metrics())
+    assert all(m["tags"].get("host") for m in t.metrics())  # Telegraf adds the host
+    # Our stderr lines reach Telegraf's log at their level.
+    assert re.search(r"I! \[inputs\.execd\] .*attached to tp_btf/kfree_skb", t.logged()), t.logged()
+
+
+def test_telegraf_test_mode(telegraf_bin, tmp_path, netns):
+    conf = tmp_path / "tcpdrop.conf"
+    conf.write_text(shipped_drop_in())
+    proc = subprocess.Popen([telegraf_bin, "--config", str(conf), "--test", "--test-wait", "4"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2)
+    netns.traffic("raw-syns", 7501, 4, 40000)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert re.search(r"^> tcpdrop,dport=7501,.*flags=SYN.*[ ,]drops=4i", out, re.M), out + err
+    assert re.search(r"^> tcpdrop_agent,host=\S+ events_lost=0i", out, re.M), out
+
+
+def test_stopping_telegraf_stops_the_plugin_within_a_second(telegraf):
+    t = telegraf()
+    assert eventually(t.plugin_pid, timeout=15)
+    assert eventually(lambda: "attached" in t.logged(), timeout=15)
+    pid = t.plugin_pid()
+    t.proc.send_signal(signal.SIGTERM)
+    stopped = time.monotonic()
+    assert eventually(lambda: not os.path.exists(f"/proc/{pid}") or
+                      open(f"/proc/{pid}/stat").read().split()[2] == "Z", timeout=1.0)
+    assert time.monotonic() - stopped < 1.0
+    t.proc.wait(timeout=20)
+
+
+def test_telegraf_restarts_a_crashed_plugin(telegraf):
+    t = telegraf(shipped_drop_in().replace('restart_delay = "10s"', 'restart_delay = "1s"'))
+    assert eventually(lambda: "attached" in t.logged(), timeout=15)
+    first = t.plugin_pid()
+    os.kill(first, signal.SIGKILL)
+    assert eventually(lambda: t.plugin_pid() not in (None, first), timeout=10), t.logged()
+    assert eventually(lambda: t.logged().count("attached to tp_btf") == 2, timeout=10), t.logged()
