@@ -53,7 +53,7 @@ def parse_args(argv):
     probe.add_argument("--reason", action="append", default=[], metavar="NAME",
                        help="only this drop reason (repeatable); `reasons` lists them")
     probe.add_argument("--exclude-reason", action="append", metavar="NAME",
-                       help="not this drop reason (repeatable; default: "
+                       help="not this drop reason (repeatable; default without --reason: "
                             f"{', '.join(DEFAULT_EXCLUDE)}; `--exclude-reason none` for none)")
     probe.add_argument("--hook", choices=("auto", *HOOKS), default="auto",
                        help="where to attach (default: auto = the first that works, in this order)")
@@ -136,9 +136,11 @@ def reason_numbers(names, reasons):
 
 def probe_config(args, reasons, **mode):
     """The probe's filters from --reason/--exclude-reason/-4/-6/--port, plus mode fields."""
-    exclude = DEFAULT_EXCLUDE if args.exclude_reason is None else args.exclude_reason
-    exclude = [name for name in exclude if name.lower() != "none" and
-               (name not in DEFAULT_EXCLUDE or name in reasons.names.values())]
+    if args.exclude_reason is not None:
+        exclude = [name for name in args.exclude_reason if name.lower() != "none"]
+    else:  # the default: unless --reason names what to count, or the kernel lacks it
+        exclude = [name for name in DEFAULT_EXCLUDE
+                   if not args.reason and name in reasons.names.values()]
     if args.reason:
         wanted = reason_numbers(args.reason, reasons)
         if any(value >= 256 for value in wanted):

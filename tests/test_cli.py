@@ -141,3 +141,20 @@ def test_closed_stdout_ends_quietly(netns):
     assert proc.returncode == 0
     assert "Traceback" not in proc.stderr.read()
 
+
+
+def test_reason_filters_become_the_probes_mask():
+    from telegraf_tcpdrop.cli import parse_args, probe_config
+    from telegraf_tcpdrop.names import DropReasons
+    reasons = DropReasons({2: "NOT_SPECIFIED", 3: "NO_SOCKET", 104: "QUEUE_PURGE", 200: "X"})
+
+    def wanted(*argv):
+        config = probe_config(parse_args(["metrics", *argv]), reasons)
+        bits = {v for v in range(256) if config.reason_mask[v >> 6] >> (v & 63) & 1}
+        return bits, bool(config.other_reasons)
+    everything = set(range(256))
+    assert wanted() == (everything - {104}, True)  # QUEUE_PURGE excluded by default
+    assert wanted("--exclude-reason", "none") == (everything, True)
+    assert wanted("--exclude-reason", "no_socket") == (everything - {3}, True)
+    assert wanted("--reason", "NO_SOCKET", "--reason", "X") == ({3, 200}, False)
+    assert wanted("--reason", "QUEUE_PURGE") == ({104}, False)  # asked for: not excluded

@@ -37,3 +37,25 @@ def test_full_map_counts_the_overflow(netns, metrics):
     assert [l for l in m.stderr if l.startswith("W! ")] == [
         "W! the kernel's table of tag sets is full (4 keys): further drops are counted in "
         "tcpdrop_agent.map_overflow_drops only; raise --max-keys, or use --port-tags bucketed\n"]
+
+
+def test_stacks_give_each_tag_set_an_example(netns, metrics):
+    m = metrics("--interval", "200ms", "--port", "7303", "--stacks")
+    netns.traffic("raw-syns", 7303, 3, 40000)
+    assert m.wait_total(3, dport="7303") == 3
+    [stack] = [f["stack"] for meas, t, f, _ in m.points if t.get("dport") == "7303" and "stack" in f]
+    assert stack.endswith(";ip_local_deliver_finish;ip_protocol_deliver_rcu;tcp_v4_rcv")
+
+
+def test_batched_and_one_by_one_map_reads_agree(netns):
+    """bpf_map_lookup_batch (5.6+) and the get_next_key walk older kernels use."""
+    from telegraf_tcpdrop import check
+    from telegraf_tcpdrop.event import ProbeConfig
+    from telegraf_tcpdrop.probe import Probe
+    config = ProbeConfig(aggregate=1, other_reasons=1, port=7304, port_tags=1)
+    config.reason_mask[:] = [2**64 - 1] * 4
+    with Probe(check.probe_object(), config, ("tp_btf",)) as probe:
+        netns.traffic("syns", "127.0.0.1", 7304, 41000, 1500)  # > one batch of 1024 keys
+        batched = probe.read_counts()
+        assert len(batched) == 1500
+        assert batched == probe._read_counts_one_by_one()
