@@ -5,13 +5,15 @@ it, and exit 1; usage errors exit 2 (argparse).
 """
 import argparse
 import os
+import socket
 import sys
 import time
+import urllib.parse
 from importlib import metadata
 
-from . import check, log
+from . import check, config, log
 from .duration import parse_duration
-from .emit import StdoutOutput
+from .emit import STATSD_TAG_STYLES, InfluxOutput, StatsdOutput, StdoutOutput
 from .event import ProbeConfig
 from .execd import SIGNALS, Execd
 from .metrics import PORT_TAGS, Collector, ephemeral_range
@@ -38,7 +40,21 @@ examples:
 """
 
 
+DEFAULT_MAX_BUFFERED = 50000
+TOKEN_ENV = "INFLUX_TOKEN"
+
+
 def parse_args(argv):
+    """The command line, over the --config file's values where it has one."""
+    parser, metrics = build_parsers()
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None):
+        metrics.set_defaults(**config.load(args.config, metrics))
+        args = parser.parse_args(argv)
+    return args
+
+
+def build_parsers():
     parser = argparse.ArgumentParser(
         prog="telegraf-tcpdrop", description="The TCP packets the Linux kernel drops, and why.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -92,10 +108,37 @@ def parse_args(argv):
     metrics.add_argument("--max-keys", type=positive, default=DEFAULT_MAX_KEYS, metavar="N",
                          help=f"tag sets the kernel keeps (default: {DEFAULT_MAX_KEYS}); drops "
                               "beyond are counted in tcpdrop_agent.map_overflow_drops")
+    metrics.add_argument("--config", metavar="PATH",
+                         help="a TOML file with any of these options (key = option name with _ "
+                              "for -); the command line wins")
+    out = metrics.add_argument_group("outputs")
+    out.add_argument("--output", choices=("stdout", "influxdb", "statsd"), default="stdout",
+                     help="stdout: line protocol for Telegraf's inputs.execd (default); influxdb: "
+                          "the v2 write API; statsd: StatsD counters")
+    out.add_argument("--influx-url", type=http_url, default="http://localhost:8086", metavar="URL",
+                     help="InfluxDB's URL (default: http://localhost:8086)")
+    out.add_argument("--influx-org", default="", metavar="ORG",
+                     help="organization (InfluxDB 2.x, 3.x, Cloud; 1.8 ignores it)")
+    out.add_argument("--influx-bucket", default="", metavar="BUCKET",
+                     help="bucket; on InfluxDB 1.8 DATABASE/RETENTION-POLICY")
+    out.add_argument("--influx-token-file", metavar="PATH",
+                     help=f"a file holding the token; else ${TOKEN_ENV}. On 1.8: USER:PASSWORD")
+    out.add_argument("--max-buffered-points", type=positive, default=DEFAULT_MAX_BUFFERED,
+                     metavar="N", help="points kept while InfluxDB is unreachable (default: "
+                                       f"{DEFAULT_MAX_BUFFERED}); beyond, the oldest merge per tag set")
+    out.add_argument("--statsd-host", default="localhost", metavar="HOST",
+                     help="StatsD server (default: localhost)")
+    out.add_argument("--statsd-port", type=port_number, default=8125, metavar="PORT",
+                     help="(default: 8125)")
+    out.add_argument("--statsd-protocol", choices=("udp", "tcp"), default="udp",
+                     help="(default: udp)")
+    out.add_argument("--statsd-tags", choices=STATSD_TAG_STYLES, default="influx",
+                     help="influx: name,tag=value:1|c (Telegraf's statsd input, default); "
+                          "dogstatsd: name:1|c|#tag:value; none: tag values in the dotted name")
 
     commands.add_parser("reasons", help="list the drop reasons of the running kernel")
     commands.add_parser("check", help="check that this host can run the probe, and how")
-    return parser.parse_args(argv)
+    return parser, metrics
 
 
 def port_number(text):
@@ -121,6 +164,48 @@ def duration(text):
         return parse_duration(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def http_url(text):
+    url = urllib.parse.urlsplit(text)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http(s) URL "
+                                         "(example: http://localhost:8086)")
+    return text
+
+
+def influx_token(args):
+    """From --influx-token-file, else $INFLUX_TOKEN: never from the command line."""
+    if args.influx_token_file:
+        try:
+            with open(args.influx_token_file) as f:
+                return f.read().strip()
+        except OSError as e:
+            raise UsageError(f"cannot read the InfluxDB token file {args.influx_token_file}: "
+                             f"{e.strerror}") from None
+    if os.environ.get(TOKEN_ENV):
+        return os.environ[TOKEN_ENV]
+    raise UsageError(f"no InfluxDB token: set {TOKEN_ENV} or --influx-token-file "
+                     "(on InfluxDB 1.8: USER:PASSWORD)")
+
+
+def make_output(args):
+    if args.output == "influxdb":
+        if not args.influx_bucket:
+            raise UsageError("--output influxdb needs --influx-bucket (on 1.8: DATABASE/RP)")
+        return InfluxOutput(args.influx_url, args.influx_org, args.influx_bucket,
+                            influx_token(args), args.max_buffered_points)
+    if args.output == "statsd":
+        try:
+            return StatsdOutput(args.statsd_host, args.statsd_port, args.statsd_protocol,
+                                args.statsd_tags)
+        except OSError as e:
+            raise UsageError(f"StatsD host {args.statsd_host!r}: {e}") from None
+    return StdoutOutput()
+
+
+class UsageError(Exception):
+    """A bad option or config value found after parsing: exit 2, like argparse's."""
 
 
 def reason_numbers(names, reasons):
@@ -191,17 +276,21 @@ def run_trace(args):
 
 
 def run_metrics(args):
+    output = make_output(args)
     reasons = check.drop_reasons(check.libbpf())
     low, high = ephemeral_range()
-    config = probe_config(args, reasons, aggregate=1, port_tags=PORT_TAGS[args.port_tags],
-                          ephemeral_low=low, ephemeral_high=high,
-                          events=int(args.stacks), events_per_sec=STACK_SAMPLES)
-    with open_probe(args, config, max_keys=args.max_keys) as probe:
-        collector = Collector(probe, reasons, loaded_symbols(), config.port_tags, (low, high),
-                              stats_enabled=check.bpf_stats_enabled)
+    probe_settings = probe_config(args, reasons, aggregate=1, port_tags=PORT_TAGS[args.port_tags],
+                                  ephemeral_low=low, ephemeral_high=high,
+                                  events=int(args.stacks), events_per_sec=STACK_SAMPLES)
+    with open_probe(args, probe_settings, max_keys=args.max_keys) as probe:
+        collector = Collector(probe, reasons, loaded_symbols(), probe_settings.port_tags,
+                              (low, high), stats_enabled=check.bpf_stats_enabled,
+                              output_health=output.health,
+                              # Telegraf adds the host tag to what it reads from stdout.
+                              host=None if args.output == "stdout" else socket.gethostname())
         if args.stacks:
             probe.on_event(collector.on_event)
-        Execd(collector.collect, StdoutOutput(), args.interval, args.signal,
+        Execd(collector.collect, output, args.interval, args.signal,
               events=probe if args.stacks else None).run()
     return 0
 
@@ -247,12 +336,19 @@ COMMANDS = {"trace": run_trace, "metrics": run_metrics, "reasons": run_reasons, 
 
 
 def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+    except config.ConfigError as e:
+        log.error(str(e))
+        return 2
     try:
         return COMMANDS[args.command](args)
     except (check.StartupError, ProbeError, SymbolsUnavailable) as e:
         log.error(str(e))
         return 1
+    except UsageError as e:
+        log.error(str(e))
+        return 2
     except BrokenPipeError:
         # The reader went away (`trace | head`, Telegraf gone): not an error.
         # Point stdout at /dev/null so that the exit's flush does not fail again.

@@ -1,10 +1,23 @@
-"""Where each interval's points go, and the line protocol they are written in.
+"""Where each interval's points go: the outputs, and the formats they write.
 
-An output takes a batch of Points (`write`) and is closed once (`close`).
-stdout is the Telegraf inputs.execd mode: line protocol, one flush per batch.
+Every output has the same three calls: write(points) once per interval,
+close() once at the end, and health() -> fields about itself for that
+interval's tcpdrop_agent point.
+
+- StdoutOutput: line protocol for Telegraf's inputs.execd.
+- InfluxOutput: InfluxDB's v2 write API (influxdb-client); keeps what it could
+  not deliver, within a bound, and delivers it when the server is back.
+- StatsdOutput: StatsD counters (the statsd package), UDP or TCP.
 """
+import email.utils
+import logging
+import random
 import sys
+import time
+from collections import deque
 from typing import NamedTuple
+
+from . import log
 
 
 class Point(NamedTuple):
@@ -59,5 +72,311 @@ class StdoutOutput:
             self.stream.write("".join(encode(p) + "\n" for p in points))
             self.stream.flush()
 
+    def health(self):
+        return {}
+
     def close(self):
         pass
+
+
+# Fields that are a level, not a count: merging two points keeps the newer.
+GAUGES = {"keys", "buffered_points"}
+
+
+def merge(older, newer):
+    """One point standing for two of the same series: counts add up."""
+    fields = dict(older.fields)
+    for name, value in newer.fields.items():
+        if isinstance(value, int) and name not in GAUGES and name in fields:
+            fields[name] += value
+        else:
+            fields[name] = value
+    return newer._replace(fields=fields)
+
+
+class PointBuffer:
+    """Points not yet delivered, oldest first, at most max_points of them.
+
+    Over the bound, the oldest half is merged per series (one point per tag
+    set, at its newest time): drops keep their exact totals and lose only
+    their time resolution. Only if that is not enough are the oldest points
+    dropped, and counted.
+    """
+
+    def __init__(self, max_points):
+        self.max_points = max_points
+        self.points = deque()
+        self.merged = self.dropped = 0
+
+    def __len__(self):
+        return len(self.points)
+
+    def add(self, points):
+        self.points.extend(points)
+        if len(self.points) > self.max_points:
+            self._merge_oldest_half()
+        while len(self.points) > self.max_points:
+            self.points.popleft()
+            self.dropped += 1
+
+    def _merge_oldest_half(self):
+        oldest = [self.points.popleft() for _ in range(len(self.points) // 2)]
+        series = {}
+        for point in oldest:
+            key = (point.measurement, tuple(sorted(point.tags.items())))
+            series[key] = merge(series[key], point) if key in series else point
+        self.merged += len(oldest) - len(series)
+        self.points.extendleft(sorted(series.values(), key=lambda p: p.time_ns, reverse=True))
+
+    def first(self, n):
+        return [self.points[i] for i in range(min(n, len(self.points)))]
+
+    def remove_first(self, n):
+        for _ in range(n):
+            self.points.popleft()
+
+
+class Backoff:
+    """Exponential, with full jitter; a server's Retry-After wins if longer."""
+
+    def __init__(self, first=1.0, cap=300.0, clock=time.monotonic):
+        self.first, self.cap, self.clock = first, cap, clock
+        self.failures = 0
+        self.until = 0.0
+
+    def ready(self):
+        return self.clock() >= self.until
+
+    def failed(self, retry_after=None, floor=0.0):
+        self.failures += 1
+        delay = random.uniform(0, min(self.cap, self.first * 2 ** (self.failures - 1)))
+        self.until = self.clock() + max(delay, retry_after or 0.0, floor)
+
+    def succeeded(self):
+        self.failures, self.until = 0, 0.0
+
+
+def retry_after_seconds(value):
+    """A Retry-After header (seconds, or an HTTP date) in seconds; None if absent or odd."""
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value)
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+class InfluxOutput:
+    """InfluxDB's v2 write API through influxdb-client: InfluxDB 2.x, 3.x and
+    Cloud, and 1.8+ (token "user:password", bucket "database/retention-policy").
+
+    Nothing is lost while the server is away: points stay in a PointBuffer and
+    go out, oldest first, at the next interval the backoff allows.
+    """
+
+    CHUNK = 5000  # points per request
+    # Client errors that a later retry can fix on the server's side (a token
+    # or bucket created, rights granted): the points are kept.
+    FIXABLE = {401: "the token is not valid (INFLUX_TOKEN or --influx-token-file)",
+               403: "the token may not write to this bucket",
+               404: "no such bucket or organization (--influx-bucket, --influx-org)"}
+
+    def __init__(self, url, org, bucket, token, max_points, write_api=None, clock=time.monotonic):
+        self.bucket, self.org = bucket, org
+        self.buffer = PointBuffer(max_points)
+        self.backoff = Backoff(clock=clock)
+        self.write_errors = self.rejected = 0
+        self._reported = {"merged": 0, "dropped": 0, "write_errors": 0, "rejected": 0}
+        self._problem = None  # what the last E!/W! line said, so it is said once
+        self._client = None
+        if write_api is None:
+            from influxdb_client import InfluxDBClient
+            from influxdb_client.client.write_api import SYNCHRONOUS
+            logging.getLogger("influxdb_client").setLevel(logging.CRITICAL)  # we report
+            self._client = InfluxDBClient(url=url, token=token, org=org, enable_gzip=True,
+                                          timeout=10_000)
+            write_api = self._client.write_api(write_options=SYNCHRONOUS)
+        self._write_api = write_api
+
+    def write(self, points):
+        self.buffer.add(points)
+        if self.backoff.ready():
+            self.flush()
+
+    def flush(self):
+        """Sends what is buffered, oldest first, until done or the server fails."""
+        delivered = 0
+        while len(self.buffer):
+            chunk = self.buffer.first(self.CHUNK)
+            if not self._send(chunk):
+                return
+            self.buffer.remove_first(len(chunk))
+            delivered += len(chunk)
+        if self._problem:
+            log.info(f"InfluxDB takes writes again: {delivered} buffered points delivered")
+            self._problem = None
+        self.backoff.succeeded()
+
+    def _send(self, chunk):
+        """True when the chunk is done with (written, or rejected for good)."""
+        from influxdb_client.rest import ApiException
+        try:
+            self._write_api.write(bucket=self.bucket, org=self.org,
+                                  record=[encode(p) for p in chunk], write_precision="ns")
+            return True
+        except ApiException as e:
+            status, headers = e.status, e.headers or {}
+            self.write_errors += 1
+            if status == 400 or status == 422:
+                # The data itself is refused (e.g. a field type conflict): retrying cannot help.
+                self.rejected += len(chunk)
+                self._say(log.error, f"InfluxDB rejected {len(chunk)} points ({status}): "
+                                     f"{_body(e)}")
+                return True
+            if status in self.FIXABLE:
+                self._say(log.error, f"InfluxDB answered {status}: {self.FIXABLE[status]}; "
+                                     "keeping the points and retrying every few minutes")
+                self.backoff.failed(floor=60.0)
+                return False
+            if status in (408, 429) or status >= 500:
+                self._say(log.warn, f"InfluxDB answered {status}: keeping the points, retrying")
+                self.backoff.failed(retry_after_seconds(headers.get("Retry-After")))
+                return False
+            self._say(log.error, f"InfluxDB answered {status}: {_body(e)}")
+            self.backoff.failed(floor=60.0)
+            return False
+        except Exception as e:  # no answer: refused, reset, timed out, DNS...
+            self.write_errors += 1
+            self._say(log.warn, f"InfluxDB unreachable ({_reason(e)}): keeping the points, retrying")
+            self.backoff.failed()
+            return False
+
+    def _say(self, level, message):
+        kind = message.split(":")[0]
+        if kind != self._problem:
+            level(message)
+            self._problem = kind
+
+    def health(self):
+        now = {"merged": self.buffer.merged, "dropped": self.buffer.dropped,
+               "write_errors": self.write_errors, "rejected": self.rejected}
+        delta = {k: now[k] - self._reported[k] for k in now}
+        self._reported = now
+        return {"buffered_points": len(self.buffer), "merged_points": delta["merged"],
+                "dropped_points": delta["dropped"], "rejected_points": delta["rejected"],
+                "write_errors": delta["write_errors"]}
+
+    def close(self):
+        self.flush()
+        if len(self.buffer):
+            log.error(f"{len(self.buffer)} points could not be delivered to InfluxDB before exit")
+        if self._client:
+            self._client.close()
+
+
+def _body(error):
+    body = error.body.decode(errors="replace") if isinstance(error.body, bytes) else error.body
+    return (body or error.reason or "").strip()
+
+
+def _reason(error):
+    """The innermost cause of a connection error, in a few words."""
+    while getattr(error, "reason", None) is not None and isinstance(error.reason, Exception):
+        error = error.reason
+    return str(error).split(": ")[-1] or type(error).__name__
+
+
+STATSD_TAG_STYLES = ("influx", "dogstatsd", "none")
+_STATSD_UNSAFE = str.maketrans({c: "_" for c in ":|@#,=; \n"})
+
+
+def statsd_safe(text):
+    """StatsD's separators out of a name or tag value (so RST|ACK is RST_ACK)."""
+    return text.translate(_STATSD_UNSAFE)
+
+
+def statsd_lines(point, tag_style):
+    """The StatsD lines of one point: a counter per integer field (a gauge for
+    levels), tags in the chosen style. Strings (stack) have no StatsD form."""
+    tags = sorted((statsd_safe(k), statsd_safe(v)) for k, v in point.tags.items() if v != "")
+    lines = []
+    for field, value in point.fields.items():
+        if not isinstance(value, int) or isinstance(value, bool):
+            continue
+        kind = "g" if field in GAUGES else "c"
+        if tag_style == "influx":  # Telegraf's statsd input: name,tag=value:1|c
+            name = f"{point.measurement}.{field}" + "".join(f",{k}={v}" for k, v in tags)
+            lines.append(f"{name}:{value}|{kind}")
+        elif tag_style == "dogstatsd":  # name:1|c|#tag:value
+            suffix = f"|#{','.join(f'{k}:{v}' for k, v in tags)}" if tags else ""
+            lines.append(f"{point.measurement}.{field}:{value}|{kind}{suffix}")
+        else:  # tag values folded into the dotted name, in tag-key order; their dots
+            # (do_softirq.part.0, a host's domain) would add levels: made _
+            name = ".".join([point.measurement, *(v.replace(".", "_") for _, v in tags), field])
+            lines.append(f"{name}:{value}|{kind}")
+    return lines
+
+
+class StatsdOutput:
+    """StatsD counters through the statsd package, batched into packets under
+    the MTU. Sending never blocks for long and never raises: a failed send is
+    counted (send_errors), as StatsD over UDP is fire-and-forget."""
+
+    def __init__(self, host, port, protocol="udp", tag_style="influx", mtu_payload=1432):
+        import statsd
+
+        output = self
+        self.where = f"{protocol}://{host}:{port}"
+
+        class CountingUDP(statsd.StatsClient):
+            def _send(self, data):  # statsd's own swallows errors: count them instead
+                try:
+                    self._sock.sendto(data.encode("ascii"), self._addr)
+                except OSError as e:
+                    output.failed(e)
+
+        class CountingTCP(statsd.TCPStatsClient):
+            def _send(self, data):
+                try:
+                    super()._send(data)
+                except OSError as e:
+                    output.failed(e)
+                    self.close()  # connect again on the next send
+
+        if protocol == "tcp":
+            self.client = CountingTCP(host, port, timeout=1.0)
+        else:
+            self.client = CountingUDP(host, port, maxudpsize=mtu_payload)
+            self.client._sock.setblocking(False)  # a full socket buffer is an error, not a wait
+        self.tag_style = tag_style
+        self.send_errors = self._reported = 0
+        self._failing = False
+
+    def failed(self, error):
+        self.send_errors += 1
+        if not self._failing:
+            log.warn(f"StatsD at {self.where}: {error.strerror or error}; counts sent meanwhile "
+                     "are lost (send_errors counts the failed sends)")
+            self._failing = True
+
+    def write(self, points):
+        errors = self.send_errors
+        pipe = self.client.pipeline()
+        for point in points:
+            for line in statsd_lines(point, self.tag_style):
+                # Formatted here (the package has no tags); the pipeline packs
+                # the lines into packets under the MTU.
+                pipe._after(line)
+        pipe.send()
+        if self._failing and self.send_errors == errors:
+            log.info(f"StatsD at {self.where} takes counts again")
+            self._failing = False
+
+    def health(self):
+        errors, self._reported = self.send_errors - self._reported, self.send_errors
+        return {"send_errors": errors}
+
+    def close(self):
+        self.client.close()

@@ -56,10 +56,12 @@ class Collector:
     """Reads the probe each interval and makes that interval's points."""
 
     def __init__(self, probe, reasons, symbols, port_tags, ephemeral, clock=time.time_ns,
-                 stats_enabled=lambda: False):
+                 stats_enabled=lambda: False, output_health=dict, host=None):
         self.probe, self.reasons, self.symbols = probe, reasons, symbols
         self.port_tags, self.ephemeral = port_tags, ephemeral
-        self.clock, self.stats_enabled = clock, stats_enabled
+        self.clock, self.stats_enabled, self.output_health = clock, stats_enabled, output_health
+        self._tags = {}  # key -> its tags, made once: buffered points share them
+        self._host = {"host": host} if host else {}
         self.deltas = Deltas()
         self.examples = {}  # key -> folded stack of one drop this interval (--stacks)
         self._counters = [0] * len(probe.counters())
@@ -92,6 +94,7 @@ class Collector:
 
     def tags(self, key):
         tags = {
+            **self._host,
             "family": str(key.family),
             "flags": flag_names(key.flags) or "NONE",
             "frame": self.symbols.function(key.location),
@@ -109,14 +112,18 @@ class Collector:
         totals = self.probe.read_counts()
         changed, idle = self.deltas.update(totals)
         self.probe.delete_keys(idle)
+        for key in idle:
+            self._tags.pop(key, None)
         points = []
         for raw, (drops, nbytes) in changed.items():
             fields = {"drops": drops, "bytes": nbytes}
             if raw in self.examples:
                 fields["stack"] = self.examples[raw]
-            points.append(Point("tcpdrop", self.tags(DropKey.from_buffer_copy(raw)), fields, now))
+            if raw not in self._tags:
+                self._tags[raw] = self.tags(DropKey.from_buffer_copy(raw))
+            points.append(Point("tcpdrop", self._tags[raw], fields, now))
         self.examples.clear()
-        points.append(Point("tcpdrop_agent", {}, self.agent_fields(now, len(totals), len(idle)), now))
+        points.append(Point("tcpdrop_agent", self._host, self.agent_fields(now, len(totals), len(idle)), now))
         self._last_time = now
         return points
 
@@ -139,6 +146,7 @@ class Collector:
             "keys_evicted": evicted,
             "interval_ns": now - self._last_time,
         }
+        fields.update(self.output_health())
         if self.stats_enabled():
             runs, run_time = self.probe.run_stats()
             fields["probe_runs"] = runs - self._runs[0]

@@ -1,0 +1,166 @@
+"""Real servers the outputs talk to, each started on loopback in a directory of
+its own and stopped at the end: VictoriaMetrics and InfluxDB 1.x (Debian's
+packages), Etsy statsd (npm)."""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+CACHE = Path(os.environ.get("TELEGRAF_CACHE", Path.home() / ".cache" / "telegraf-tcpdrop"))
+ETSY_STATSD_VERSION = "0.9.0"
+
+
+def free_port(kind=socket.SOCK_STREAM):
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(condition, timeout=20.0, what="server"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} did not come up in {timeout} s")
+
+
+def http(url, data=None, method=None):
+    request = urllib.request.Request(url, data=data, method=method)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.read().decode()
+
+
+class Server:
+    """A process with a log file; stop() is SIGTERM, then SIGKILL."""
+    proc = None
+
+    def start_process(self, args, workdir):
+        self.log = open(Path(workdir) / "server.log", "w")
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
+                                     cwd=workdir)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class VictoriaMetrics(Server):
+    """Takes InfluxDB's /api/v2/write; answers PromQL-style exports."""
+
+    def __init__(self, workdir):
+        self.workdir, self.port = Path(workdir), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self):
+        self.start_process(["victoria-metrics", f"-httpListenAddr=127.0.0.1:{self.port}",
+                            f"-storageDataPath={self.workdir / 'data'}", "-retentionPeriod=100y",
+                            "-search.latencyOffset=0s", "-loggerLevel=ERROR"], self.workdir)
+        wait_until(lambda: http(f"{self.url}/health") == "OK", what="VictoriaMetrics")
+        return self
+
+    def series(self, name):
+        """[(labels, values)] of every series of metric name, after a flush to storage."""
+        http(f"{self.url}/internal/force_flush")
+        query = urllib.parse.urlencode({"match[]": f'{{__name__="{name}"}}'}).encode()
+        out = http(f"{self.url}/api/v1/export", data=query)
+        return [(s["metric"], s["values"]) for s in map(json.loads, out.splitlines())]
+
+    def total(self, name, **labels):
+        return sum(sum(values) for metric, values in self.series(name)
+                   if all(metric.get(k) == v for k, v in labels.items()))
+
+
+class InfluxDB1(Server):
+    """Debian's influxd 1.x with its HTTP API on a free port, no auth."""
+
+    def __init__(self, workdir):
+        self.workdir, self.port = Path(workdir), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self):
+        d = self.workdir
+        (d / "influxdb.conf").write_text(f"""
+reporting-disabled = true
+bind-address = "127.0.0.1:{free_port()}"
+[meta]
+  dir = "{d / 'meta'}"
+[data]
+  dir = "{d / 'data'}"
+  wal-dir = "{d / 'wal'}"
+  query-log-enabled = false
+[http]
+  bind-address = "127.0.0.1:{self.port}"
+  log-enabled = false
+""")
+        self.start_process(["influxd", "-config", str(d / "influxdb.conf")], d)
+        wait_until(lambda: urllib.request.urlopen(f"{self.url}/ping", timeout=2).status == 204,
+                   what="InfluxDB")
+        return self
+
+    def query(self, q, db):
+        url = f"{self.url}/query?" + urllib.parse.urlencode({"q": q, "db": db})
+        return json.loads(http(url, data=b"", method="POST"))
+
+
+class EtsyStatsd(Server):
+    """Etsy's statsd (npm), console backend off; counters read from its admin port."""
+
+    def __init__(self, workdir, protocol="udp"):
+        self.workdir, self.protocol = Path(workdir), protocol
+        self.port = free_port(socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM)
+        self.admin_port = free_port()
+
+    @staticmethod
+    def install():
+        home = CACHE / f"etsy-statsd-{ETSY_STATSD_VERSION}"
+        stats_js = home / "node_modules" / "statsd" / "stats.js"
+        if not stats_js.exists():
+            home.mkdir(parents=True, exist_ok=True)
+            subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--omit=optional",
+                            "--prefix", str(home), f"statsd@{ETSY_STATSD_VERSION}"],
+                           check=True, capture_output=True)
+        return stats_js
+
+    def start(self):
+        config = self.workdir / "config.js"
+        server = "./servers/udp" if self.protocol == "udp" else "./servers/tcp"
+        config.write_text(json.dumps({
+            "servers": [{"server": server, "address": "127.0.0.1", "port": self.port}],
+            "mgmt_address": "127.0.0.1", "mgmt_port": self.admin_port,
+            "flushInterval": 3600000, "backends": [], "deleteIdleStats": True}))
+        stats_js = self.install()
+        self.start_process([shutil.which("node"), str(stats_js), str(config)], stats_js.parent)
+        wait_until(lambda: socket.create_connection(("127.0.0.1", self.admin_port), 1).close()
+                   is None, what="Etsy statsd")
+        return self
+
+    def admin(self, command):
+        with socket.create_connection(("127.0.0.1", self.admin_port), timeout=5) as s:
+            s.sendall(command.encode() + b"\n")
+            data = b""
+            while not data.endswith(b"END\n\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        return data.decode()
+
+    def counters(self):
+        """{name: value} of the counters received since start."""
+        text = self.admin("counters").rsplit("END", 1)[0]
+        return json.loads(text.replace("'", '"')) if text.strip() else {}

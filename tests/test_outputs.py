@@ -1,0 +1,213 @@
+"""The outputs against real servers on loopback: VictoriaMetrics (InfluxDB's v2
+write API), InfluxDB 1.x behind Telegraf, Telegraf's statsd input, Etsy statsd."""
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import eventually, require_root
+from test_telegraf import Telegraf, shipped_drop_in  # noqa: F401  (telegraf_bin fixture below)
+from test_telegraf import telegraf_bin  # noqa: F401
+
+sys.path.insert(0, str(Path(__file__).parent / "peers"))
+from servers import EtsyStatsd, InfluxDB1, VictoriaMetrics, free_port  # noqa: E402
+
+pytestmark = pytest.mark.kernel
+README = Path(__file__).parents[1] / "README.md"
+
+
+@pytest.fixture
+def servers(tmp_path):
+    require_root()
+    started = []
+
+    def start(kind, *args):
+        workdir = tmp_path / f"{kind.__name__}-{len(started)}"
+        workdir.mkdir()
+        started.append(kind(workdir, *args).start())
+        return started[-1]
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def token(monkeypatch):
+    monkeypatch.setenv("INFLUX_TOKEN", "not-checked-by-victoria-metrics")
+
+
+def influx_args(url):
+    return ["--output", "influxdb", "--influx-url", url, "--influx-bucket", "tcpdrop",
+            "--interval", "300ms"]
+
+
+def test_victoria_metrics_receives_exact_counts(servers, metrics, netns, token):
+    vm = servers(VictoriaMetrics)
+    m = metrics(*influx_args(vm.url), "--port", "7700")
+    netns.traffic("raw-syns", 7700, 500, 40000)
+    syns = dict(dport="7700", flags="SYN", reason="NO_SOCKET", sport="ephemeral")
+    assert eventually(lambda: vm.total("tcpdrop_drops", **syns) == 500, timeout=10), vm.series(
+        "tcpdrop_drops")
+    assert vm.total("tcpdrop_bytes", **syns) == 500 * 40
+    [(labels, _)] = [s for s in vm.series("tcpdrop_drops") if s[0].get("dport") == "7700"]
+    assert labels["host"] == os.uname().nodename and labels["frame"] == "tcp_v4_rcv"
+    assert m.stderr == [l for l in m.stderr if l.startswith("I! ")]
+
+
+def test_outage_loses_nothing(servers, metrics, netns, token):
+    vm = servers(VictoriaMetrics)
+    m = metrics(*influx_args(vm.url), "--port", "7701")
+    netns.traffic("raw-syns", 7701, 200, 40000)
+    assert eventually(lambda: vm.total("tcpdrop_drops", dport="7701", flags="SYN") == 200, 10)
+    vm.stop()
+    for _ in range(6):  # drops go on through ~10 intervals of outage
+        netns.traffic("raw-syns", 7701, 50, 40000)
+        time.sleep(0.5)
+    vm.start()
+    assert eventually(lambda: vm.total("tcpdrop_drops", dport="7701", flags="SYN") == 500, 40), \
+        m.stderr
+    warned = [l for l in m.stderr if l.startswith("W! ")]
+    assert len(warned) == 1 and warned[0].startswith("W! InfluxDB unreachable (")
+    assert re.search(r"I! InfluxDB takes writes again: \d+ buffered points delivered",
+                     "".join(m.stderr))
+    assert vm.total("tcpdrop_agent_write_errors") >= 1
+    assert vm.total("tcpdrop_agent_dropped_points") == 0
+
+
+def test_client_error_is_one_line_and_no_tight_loop(servers, metrics, token):
+    """InfluxDB 1.6 (Debian's) has no /api/v2/write: every write answers 404."""
+    influxdb = servers(InfluxDB1)
+    m = metrics(*influx_args(influxdb.url))
+    time.sleep(2)  # six intervals
+    errors = [l for l in m.stderr if l.startswith("E! ")]
+    assert errors == ["E! InfluxDB answered 404: no such bucket or organization (--influx-bucket, "
+                      "--influx-org); keeping the points and retrying every few minutes\n"]
+    assert m.proc.poll() is None
+
+
+def readme_query(title):
+    """The InfluxQL query under a README paragraph starting with title."""
+    text = README.read_text()
+    block = text[text.index(title):]
+    return block.split("```sql\n", 1)[1].split("```", 1)[0].strip()
+
+
+def test_readme_top_reasons_query_on_influxdb_1_through_telegraf(servers, telegraf_bin, tmp_path,
+                                                                  netns):
+    influxdb = servers(InfluxDB1)
+    influxdb.query("CREATE DATABASE telegraf", "telegraf")
+    t = Telegraf(telegraf_bin, tmp_path, shipped_drop_in())
+    t.args += ["--config", str(tmp_path / "influx.conf")]
+    (tmp_path / "influx.conf").write_text(
+        f'[[outputs.influxdb]]\n  urls = ["{influxdb.url}"]\n  database = "telegraf"\n')
+    t.start()
+    try:
+        assert eventually(lambda: "attached" in t.logged(), timeout=15), t.logged()
+        netns.drop_input_port(7801)
+        netns.traffic("raw-syns", 7800, 30, 40000)          # 30 SYN + 30 RST: NO_SOCKET
+        for sport in range(40100, 40105):                    # 5 SYNs: NETFILTER_DROP
+            netns.traffic("syn", "127.0.0.1", 7801, sport, 0.1)
+        query = readme_query("Top 5 drop reasons per host")
+
+        def reasons():
+            result = influxdb.query(query, "telegraf")["results"][0]
+            rows = [row for s in result.get("series", []) for row in s["values"]]
+            return {row[2]: row[1] for row in rows}  # time, top, reason
+        assert eventually(lambda: reasons().get("NO_SOCKET", 0) >= 60 and
+                          reasons().get("NETFILTER_DROP", 0) >= 5, timeout=15), reasons()
+        top = reasons()
+        assert max(top, key=top.get) == "NO_SOCKET"
+        assert {"NO_SOCKET", "NETFILTER_DROP"} <= set(top) and len(top) <= 5
+    finally:
+        t.stop()
+
+
+STATSD_TELEGRAF = """
+[agent]
+  interval = "1s"
+  flush_interval = "1s"
+  omit_hostname = true
+[[inputs.statsd]]
+  protocol = "{protocol}"
+  service_address = "127.0.0.1:{port}"
+  datadog_extensions = true
+  delete_counters = true
+[[outputs.file]]
+  files = ["{out}"]
+  data_format = "json"
+"""
+
+
+@pytest.mark.parametrize("style, protocol", [("influx", "udp"), ("dogstatsd", "udp"),
+                                             ("influx", "tcp")])
+def test_telegraf_statsd_input_parses_our_tags(telegraf_bin, tmp_path, metrics, netns, style,
+                                               protocol):
+    port = free_port()
+    t = Telegraf(telegraf_bin, tmp_path, "")
+    (tmp_path / "telegraf.conf").write_text(STATSD_TELEGRAF.format(protocol=protocol, port=port,
+                                                                   out=t.out))
+    t.start()
+    try:
+        assert eventually(lambda: "Started the statsd service" in t.logged() or
+                          "Listening on" in t.logged(), timeout=15), t.logged()
+        m = metrics("--output", "statsd", "--statsd-port", str(port), "--statsd-protocol",
+                    protocol, "--statsd-tags", style, "--interval", "300ms", "--port", "7900")
+        netns.traffic("raw-syns", 7900, 25, 40000)
+
+        def counted():
+            return sum(x["fields"]["value"] for x in t.metrics()
+                       if x["name"] == "tcpdrop_drops" and x["tags"].get("dport") == "7900"
+                       and x["tags"].get("flags") == "SYN")
+        assert eventually(lambda: counted() == 25, timeout=15), t.metrics()[-5:]
+        [tags] = {tuple(sorted(x["tags"].items())) for x in t.metrics()
+                  if x["name"] == "tcpdrop_drops" and x["tags"].get("flags") == "SYN"}
+        assert dict(tags) == {"dport": "7900", "family": "4", "flags": "SYN",
+                              "frame": "tcp_v4_rcv", "host": os.uname().nodename,
+                              "metric_type": "counter",
+                              "reason": "NO_SOCKET", "sport": "ephemeral", "state": "NONE"}
+        assert m.proc.poll() is None
+    finally:
+        t.stop()
+
+
+ETSY_NAMES = {
+    "influx": "tcpdrop.dropsdport=7901family=4flags=SYNframe=tcp_v4_rcvhost={host}"
+              "reason=NO_SOCKETsport=ephemeralstate=NONE",
+    "dogstatsd": "tcpdrop.drops;dport=7901;family=4;flags=SYN;frame=tcp_v4_rcv;host={host};"
+                 "reason=NO_SOCKET;sport=ephemeral;state=NONE",
+    "none": "tcpdrop.7901.4.SYN.tcp_v4_rcv.{host}.NO_SOCKET.ephemeral.NONE.drops",
+}
+
+
+@pytest.mark.parametrize("style", ["influx", "dogstatsd", "none"])
+def test_etsy_statsd_counts_every_tag_style(servers, metrics, netns, style):
+    etsy = servers(EtsyStatsd)
+    metrics("--output", "statsd", "--statsd-port", str(etsy.port), "--statsd-tags", style,
+            "--interval", "300ms", "--port", "7901")
+    netns.traffic("raw-syns", 7901, 17, 40000)
+    name = ETSY_NAMES[style].format(host=os.uname().nodename)
+    assert eventually(lambda: etsy.counters().get(name) == 17, timeout=10), \
+        etsy.counters()
+
+
+def test_statsd_down_then_up_over_tcp(servers, metrics, netns, tmp_path):
+    port = free_port()
+    m = metrics("--output", "statsd", "--statsd-port", str(port), "--statsd-protocol", "tcp",
+                "--statsd-tags", "none", "--interval", "200ms", "--port", "7902")
+    assert eventually(lambda: any(l.startswith("W! StatsD at tcp://localhost:") for l in m.stderr),
+                      timeout=5), m.stderr
+    time.sleep(1)
+    assert m.proc.poll() is None and len([l for l in m.stderr if l.startswith("W! ")]) == 1
+    etsy = EtsyStatsd(tmp_path, "tcp")
+    etsy.port = port
+    etsy.start()
+    try:
+        netns.traffic("raw-syns", 7902, 9, 40000)
+        name = f"tcpdrop.7902.4.SYN.tcp_v4_rcv.{os.uname().nodename}.NO_SOCKET.ephemeral.NONE.drops"
+        assert eventually(lambda: etsy.counters().get(name) == 9, timeout=10), etsy.counters()
+        assert any(l.startswith("I! StatsD at tcp://localhost:") for l in m.stderr), m.stderr
+    finally:
+        etsy.stop()

@@ -1,0 +1,142 @@
+"""The outputs' own logic, without a server: buffer bounds, backoff, answers."""
+import io
+
+import pytest
+import urllib3
+from influxdb_client.rest import ApiException
+
+from telegraf_tcpdrop.emit import (Backoff, InfluxOutput, Point, PointBuffer, merge,
+                                   retry_after_seconds, statsd_lines)
+
+
+def point(t, reason="NO_SOCKET", drops=1, nbytes=60):
+    return Point("tcpdrop", {"reason": reason}, {"drops": drops, "bytes": nbytes}, t)
+
+
+def agent(t, keys, lost):
+    return Point("tcpdrop_agent", {}, {"keys": keys, "events_lost": lost}, t)
+
+
+def test_merge_adds_counts_and_keeps_levels():
+    merged = merge(agent(1, keys=5, lost=2), agent(2, keys=7, lost=3))
+    assert merged == agent(2, keys=7, lost=5)
+
+
+def test_buffer_over_its_bound_merges_the_oldest_half_per_series():
+    buffer = PointBuffer(max_points=4)
+    buffer.add([point(1), point(2, "NETFILTER_DROP"), point(3), point(4, drops=2)])
+    buffer.add([point(5)])  # 5 > 4: the oldest 2 merge... but they are two series
+    assert len(buffer) == 4 and buffer.dropped == 1 and buffer.merged == 0
+    buffer = PointBuffer(max_points=4)
+    buffer.add([point(1), point(2), point(3, "NETFILTER_DROP"), point(4, drops=2)])
+    buffer.add([point(5)])
+    assert list(buffer.points) == [point(2, drops=2, nbytes=120), point(3, "NETFILTER_DROP"),
+                                   point(4, drops=2), point(5)]
+    assert (buffer.merged, buffer.dropped) == (1, 0)
+    # Totals survive merging exactly.
+    assert sum(p.fields["drops"] for p in buffer.points if p.tags["reason"] == "NO_SOCKET") == 5
+
+
+def test_backoff_grows_with_jitter_and_retry_after_wins():
+    now = [0.0]
+    b = Backoff(first=1.0, cap=8.0, clock=lambda: now[0])
+    delays = []
+    for _ in range(6):
+        b.failed()
+        delays.append(b.until - now[0])
+    assert all(0 <= d <= min(8.0, 2 ** i) for i, d in enumerate(delays))
+    b.failed(retry_after=30.0)
+    assert b.until == 30.0 and not b.ready()
+    b.succeeded()
+    assert b.ready() and b.failures == 0
+
+
+def test_retry_after_header():
+    assert retry_after_seconds("120") == 120.0
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
+    assert retry_after_seconds(None) is None and retry_after_seconds("soon") is None
+
+
+class WriteApi:
+    """Answers each write as told: None = accepted, else an HTTP status (with headers)."""
+
+    def __init__(self, *answers):
+        self.answers, self.written = list(answers), []
+
+    def write(self, bucket, org, record, write_precision):
+        answer = self.answers.pop(0) if self.answers else None
+        if answer is None:
+            self.written += record
+            return
+        if answer == "refused":
+            raise urllib3.exceptions.NewConnectionError(None, "Connection refused")
+        status, headers = answer if isinstance(answer, tuple) else (answer, {})
+        response = urllib3.response.HTTPResponse(body=io.BytesIO(b'{"message":"nope"}'),
+                                                 status=status, headers=headers, reason="R",
+                                                 preload_content=True)
+        raise ApiException(http_resp=response)
+
+
+def influx(*answers, now=None):
+    clock = now or [0.0]
+    return InfluxOutput("http://x", "org", "b", "t", 100, write_api=WriteApi(*answers),
+                        clock=lambda: clock[0]), clock
+
+
+def test_outage_keeps_points_and_delivers_them_in_order(capsys):
+    out, now = influx("refused", (503, {"Retry-After": "20"}))
+    out.write([point(1)])                     # refused: kept
+    now[0] = 1000.0
+    out.write([point(2)])                     # 503, Retry-After 20 s: kept
+    now[0] = 1010.0
+    out.write([point(3)])                     # too early: not even tried
+    assert out._write_api.written == [] and len(out.buffer) == 3
+    now[0] = 1021.0
+    out.write([point(4)])
+    assert [line.split()[-1] for line in out._write_api.written] == ["1", "2", "3", "4"]
+    assert out.health()["write_errors"] == 2 and len(out.buffer) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("W! InfluxDB unreachable (Connection refused)")
+    assert err[1] == "W! InfluxDB answered 503: keeping the points, retrying"
+    assert err[2] == "I! InfluxDB takes writes again: 4 buffered points delivered"
+
+
+def test_rejected_data_is_dropped_and_counted(capsys):
+    out, _ = influx(400)
+    out.write([point(1), point(2)])
+    assert len(out.buffer) == 0 and out.health()["rejected_points"] == 2
+    assert capsys.readouterr().err.startswith('E! InfluxDB rejected 2 points (400): {"message":"nope"}')
+
+
+def test_bad_token_is_said_once_and_retried_slowly(capsys):
+    out, now = influx(401, 401, 401)
+    out.write([point(1)])
+    now[0] = 30.0
+    out.write([point(2)])  # within the 60 s floor: no request
+    now[0] = 61.0
+    out.write([point(3)])
+    assert len(out._write_api.answers) == 1 and len(out.buffer) == 3
+    assert capsys.readouterr().err.count("E! InfluxDB answered 401: the token is not valid") == 1
+
+
+@pytest.mark.parametrize("style, lines", [
+    ("influx", ["tcpdrop.drops,flags=RST_ACK,reason=NO_SOCKET:3|c",
+                "tcpdrop.bytes,flags=RST_ACK,reason=NO_SOCKET:120|c"]),
+    ("dogstatsd", ["tcpdrop.drops:3|c|#flags:RST_ACK,reason:NO_SOCKET",
+                   "tcpdrop.bytes:120|c|#flags:RST_ACK,reason:NO_SOCKET"]),
+    ("none", ["tcpdrop.RST_ACK.NO_SOCKET.drops:3|c", "tcpdrop.RST_ACK.NO_SOCKET.bytes:120|c"]),
+])
+def test_statsd_lines(style, lines):
+    p = Point("tcpdrop", {"reason": "NO_SOCKET", "flags": "RST|ACK"},
+              {"drops": 3, "bytes": 120, "stack": "a;b"}, 1)
+    assert statsd_lines(p, style) == lines
+
+
+def test_statsd_none_style_keeps_one_level_per_tag():
+    p = Point("tcpdrop", {"frame": "do_softirq.part.0", "host": "web1.example.com"}, {"drops": 1}, 1)
+    assert statsd_lines(p, "none") == ["tcpdrop.do_softirq_part_0.web1_example_com.drops:1|c"]
+
+
+def test_statsd_levels_are_gauges():
+    assert statsd_lines(agent(1, keys=4, lost=0), "none") == ["tcpdrop_agent.keys:4|g",
+                                                                "tcpdrop_agent.events_lost:0|c"]
