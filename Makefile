@@ -10,7 +10,7 @@ VENV := .venv
 BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_$(ARCH) -Wall -Werror \
 	-ffile-prefix-map=$(CURDIR)/=
 
-.PHONY: probe setup run test clean help
+.PHONY: probe setup run test deb clean help
 probe: plugin/tcpdrop.bpf.o
 
 plugin/tcpdrop.bpf.o: plugin/tcpdrop.c plugin/tcpdrop.h plugin/kernel.h
@@ -47,3 +47,28 @@ help:
 	@echo "make run    install what is missing, build the probe, start the tracer"
 	@echo "make test   the same set-up, then the test suite (root: it loads the probe)"
 	@echo "make probe  build plugin/tcpdrop.bpf.o only"
+	@echo "make deb    build/deb/telegraf-tcpdrop_<version>_<arch>.deb, then lintian"
+
+# The Debian package, from the files git tracks (a clean clone builds the
+# same): build/deb/telegraf-tcpdrop_<version>_<arch>.deb. Version from
+# pyproject.toml. The pinned wheels of the private InfluxDB client are
+# fetched here (pip, hashes checked), so the package build itself is offline.
+DEB_BUILD := build/deb
+DEB_PACKAGES := debhelper dh-python python3-all python3-setuptools python3-pip dpkg-dev \
+	fakeroot lintian clang llvm libbpf-dev
+VERSION = $(shell $(PYTHON) -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
+
+deb:
+	@if dpkg-query -W -f='$${Status}\n' $(DEB_PACKAGES) 2>&1 | grep -qv 'install ok installed'; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends $(DEB_PACKAGES); fi
+	rm -rf $(DEB_BUILD) && mkdir -p $(DEB_BUILD)/src
+	git ls-files -z | tar --null -T - -cf - | tar -xf - -C $(DEB_BUILD)/src
+	cp -r packaging/deb/debian $(DEB_BUILD)/src/debian
+	cp conf/systemd/telegraf-tcpdrop.service $(DEB_BUILD)/src/debian/telegraf-tcpdrop.service
+	printf 'telegraf-tcpdrop (%s) unstable; urgency=medium\n\n  * Release %s.\n\n -- telegraf-tcpdrop developers <dev@telegraf-tcpdrop.invalid>  %s\n' \
+		'$(VERSION)' '$(VERSION)' "$$(date -R -d @$$(git log -1 --format=%ct))" > $(DEB_BUILD)/src/debian/changelog
+	$(PYTHON) -m pip download -q --no-deps --require-hashes -r packaging/deb/vendor.txt \
+		-d $(DEB_BUILD)/src/vendor-wheels
+	cd $(DEB_BUILD)/src && dpkg-buildpackage -b -us -uc
+	lintian --info --display-info $(DEB_BUILD)/telegraf-tcpdrop_$(VERSION)_*.deb

@@ -58,7 +58,7 @@ def build_parsers():
     parser = argparse.ArgumentParser(
         prog="telegraf-tcpdrop", description="The TCP packets the Linux kernel drops, and why.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=metadata.version("telegraf-tcpdrop"))
+    parser.add_argument("--version", action=VersionAction)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     probe = argparse.ArgumentParser(add_help=False)  # options of both trace and metrics
@@ -139,6 +139,18 @@ def build_parsers():
     commands.add_parser("reasons", help="list the drop reasons of the running kernel")
     commands.add_parser("check", help="check that this host can run the probe, and how")
     return parser, metrics
+
+
+class VersionAction(argparse.Action):
+    """--version, looked up only when asked for (the man page is built from
+    this parser before the package is installed)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, help="show the version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(metadata.version("telegraf-tcpdrop"))
+        parser.exit()
 
 
 def port_number(text):
