@@ -215,3 +215,13 @@ def metrics():
     for m in started:
         assert m.stop() == 0, m.stderr
         assert all(line[:3] in ("E! ", "W! ", "I! ", "D! ") for line in m.stderr), m.stderr
+
+
+@pytest.fixture(scope="session")
+def telegraf_bin():
+    """A custom Telegraf built from its Go module (tests/peers/build-telegraf.sh, cached)."""
+    require_root()
+    result = subprocess.run(["bash", str(TESTS / "peers" / "build-telegraf.sh")],
+                            capture_output=True, text=True, timeout=3000)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.strip().splitlines()[-1]

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import eventually, require_root
-from test_telegraf import Telegraf, shipped_drop_in  # noqa: F401  (telegraf_bin fixture below)
-from test_telegraf import telegraf_bin  # noqa: F401
+from test_telegraf import Telegraf, shipped_drop_in
 
 sys.path.insert(0, str(Path(__file__).parent / "peers"))
 from servers import EtsyStatsd, InfluxDB1, VictoriaMetrics, free_port  # noqa: E402

@@ -9,21 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CLI, eventually, require_root
+from conftest import CLI, eventually
 from telegraf_tcpdrop.emit import Point, encode
 
 pytestmark = pytest.mark.kernel
 ROOT = Path(__file__).parents[1]
 DROP_IN = ROOT / "conf" / "telegraf.d" / "tcpdrop.conf"
-
-
-@pytest.fixture(scope="session")
-def telegraf_bin():
-    require_root()
-    result = subprocess.run(["bash", str(ROOT / "tests" / "peers" / "build-telegraf.sh")],
-                            capture_output=True, text=True, timeout=3000)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout.strip().splitlines()[-1]
 
 
 AGENT = """

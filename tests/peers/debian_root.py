@@ -1,0 +1,113 @@
+"""A clean Debian 12 root (debootstrap minbase) to install the .deb into, as
+a user's host would: dependencies from Debian's archive, the host's kernel
+(/proc, /sys and /dev are bound in), and the host's loopback network.
+
+The mirror is this machine's own (its apt sources); the downloaded base
+system is cached as a tarball, so later roots unpack without the network.
+"""
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from servers import CACHE
+
+SUITE = "bookworm"
+TARBALL = CACHE / f"{SUITE}-minbase.tgz"       # debootstrap's download
+ROOT_TARBALL = CACHE / f"{SUITE}-minbase-root.tar"  # the root it made from it
+# Written to by apt, dpkg and the kernel, not by a package's files.
+VOLATILE = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var/cache", "/var/lib/apt", "/var/lib/dpkg",
+            "/var/log", "/root", "/var/lib/systemd", "/etc/ld.so.cache")
+
+
+def debian_mirror():
+    """The first Debian archive URI in this machine's apt sources."""
+    sources = Path("/etc/apt/sources.list.d/debian.sources")
+    text = sources.read_text() if sources.exists() else Path("/etc/apt/sources.list").read_text()
+    for uri in re.findall(r"^(?:URIs:|deb(?:\s+\[[^]]*\])?)\s+(\S+)", text, re.M):
+        if "security" not in uri:
+            return uri
+    raise RuntimeError("no Debian mirror in this machine's apt sources")
+
+
+class DebianRoot:
+    def __init__(self, path):
+        self.path = Path(path)
+        self.mounts = []
+
+    def create(self):
+        if not ROOT_TARBALL.exists():
+            self._bootstrap()
+        self.path.mkdir(parents=True)
+        subprocess.run(["tar", "-xpf", str(ROOT_TARBALL), "-C", str(self.path)], check=True)
+        apt = self.path / "etc" / "apt"
+        for sources in Path("/etc/apt").glob("sources.list.d/*.sources"):
+            shutil.copy(sources, apt / "sources.list.d")
+        (apt / "sources.list").write_text("" if list(apt.glob("sources.list.d/*.sources"))
+                                          else Path("/etc/apt/sources.list").read_text())
+        shutil.copy("/etc/resolv.conf", self.path / "etc" / "resolv.conf")
+        # No service starts inside the root (it has no init of its own).
+        policy = self.path / "usr" / "sbin" / "policy-rc.d"
+        policy.write_text("#!/bin/sh\nexit 101\n")
+        policy.chmod(0o755)
+        self.mount(["-t", "proc", "proc"], "proc")
+        self.mount(["--rbind", "/sys"], "sys")
+        self.mount(["--rbind", "/dev"], "dev")
+        return self
+
+    def _bootstrap(self):
+        """debootstrap once; its download and its result are cached."""
+        mirror = debian_mirror()
+        if not TARBALL.exists():
+            work = self.path.parent / "debootstrap-download"
+            subprocess.run(["debootstrap", "--variant=minbase", f"--make-tarball={TARBALL}",
+                            SUITE, str(work), mirror], check=True, capture_output=True)
+            shutil.rmtree(work, ignore_errors=True)
+        made = self.path.parent / "debootstrap-root"
+        subprocess.run(["debootstrap", "--variant=minbase", f"--unpack-tarball={TARBALL}",
+                        SUITE, str(made), mirror], check=True, capture_output=True)
+        subprocess.run(["tar", "-cpf", f"{ROOT_TARBALL}.part", "-C", str(made), "."], check=True)
+        os.replace(f"{ROOT_TARBALL}.part", ROOT_TARBALL)
+        subprocess.run(["rm", "-rf", "--one-file-system", str(made)], check=True)
+
+    def mount(self, how, where):
+        target = self.path / where
+        subprocess.run(["mount", *how, str(target)], check=True)
+        subprocess.run(["mount", "--make-rslave", str(target)], check=True)
+        self.mounts.append(target)
+
+    ENV = {"PATH": "/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive",
+           "LANG": "C.UTF-8", "HOME": "/root"}
+
+    def run(self, *cmd, check=True, input=None, timeout=600):
+        result = subprocess.run(["chroot", str(self.path), *cmd], capture_output=True, text=True,
+                                env=self.ENV, input=input, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n"
+                                 f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        return result
+
+    def popen(self, *cmd, env=(), **kwargs):
+        return subprocess.Popen(["chroot", str(self.path), *cmd], env={**self.ENV, **dict(env)},
+                                **kwargs)
+
+    def apt(self, *args):
+        return self.run("apt-get", "-y", "-q", "-o", "Dpkg::Use-Pty=0", *args)
+
+    def files(self):
+        """Every file, link and directory of the root but the volatile ones."""
+        found = set()
+        for top, dirs, files in os.walk(self.path):
+            inside = "/" + os.path.relpath(top, self.path).lstrip(".")
+            dirs[:] = [d for d in dirs if os.path.join(inside, d) not in VOLATILE]
+            found.update(os.path.join(inside, name) for name in dirs + files)
+        return found
+
+    def destroy(self):
+        for target in reversed(self.mounts):
+            subprocess.run(["umount", "-R", "-l", str(target)], check=False)
+        self.mounts.clear()
+        # --one-file-system: never into the host's /dev, /sys or /proc, even
+        # if an unmount above had failed.
+        subprocess.run(["rm", "-rf", "--one-file-system", str(self.path)], check=False)

@@ -1,0 +1,194 @@
+"""The .deb as a user meets it: built from the tree, lintian-clean, installed
+with apt into a clean Debian 12 root, used, removed, purged, upgraded."""
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import eventually, require_root
+
+sys.path.insert(0, str(Path(__file__).parent / "peers"))
+from debian_root import DebianRoot  # noqa: E402
+from servers import VictoriaMetrics, free_port  # noqa: E402
+
+pytestmark = pytest.mark.kernel
+ROOT = Path(__file__).parents[1]
+DROP_IN = "/etc/telegraf/telegraf.d/tcpdrop.conf"
+
+
+def build_deb(tree):
+    result = subprocess.run(["make", "-C", str(tree), "deb"], capture_output=True, text=True,
+                            timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    [deb] = (Path(tree) / "build" / "deb").glob("telegraf-tcpdrop_*.deb")
+    return deb, result.stdout
+
+
+@pytest.fixture(scope="module")
+def deb():
+    require_root()
+    return build_deb(ROOT)
+
+
+@pytest.fixture(scope="module")
+def newer_deb(tmp_path_factory):
+    """The same tree as version 0.0.1 higher: what an upgrade brings."""
+    tree = tmp_path_factory.mktemp("newer") / "src"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(tree)], check=True)
+    pyproject = tree / "pyproject.toml"
+    text = pyproject.read_text()
+    major, minor, patch = re.search(r'^version = "(\d+)\.(\d+)\.(\d+)"', text, re.M).groups()
+    pyproject.write_text(text.replace(f'version = "{major}.{minor}.{patch}"',
+                                      f'version = "{major}.{minor}.{int(patch) + 1}"'))
+    return build_deb(tree)[0]
+
+
+@pytest.fixture(scope="module")
+def telegraf_root(tmp_path_factory, telegraf_bin):
+    """A clean root with Telegraf's binary and a main config (not the package)."""
+    root = DebianRoot(tmp_path_factory.mktemp("root") / "debian").create()
+    shutil.copy(telegraf_bin, root.path / "usr" / "local" / "bin" / "telegraf")
+    (root.path / "etc" / "telegraf").mkdir()
+    (root.path / "etc" / "telegraf" / "telegraf.conf").write_text(f"""
+[agent]
+  interval = "1s"
+  flush_interval = "1s"
+  omit_hostname = true
+[[inputs.statsd]]
+  service_address = "127.0.0.1:{free_port()}"
+[[outputs.file]]
+  files = ["/tmp/metrics.json"]
+  data_format = "json"
+""")
+    root.apt("update")
+    yield root
+    root.destroy()
+
+
+def install_dependencies(root, deb):
+    """What apt would pull in for the package, installed on its own first."""
+    depends = subprocess.run(["dpkg-deb", "-f", str(deb), "Depends"], capture_output=True,
+                             text=True, check=True).stdout
+    names = [re.split(r"[ :(]", d.strip())[0] for d in depends.split(",")]
+    root.apt("install", "--no-install-recommends", *names)
+
+
+def install(root, deb):
+    shutil.copy(deb, root.path / "tmp")
+    return root.apt("install", "--no-install-recommends", f"/tmp/{deb.name}")
+
+
+def telegraf_starts(root):
+    """Whether Telegraf, with the main config and the drop-in directory, is still
+    running after its inputs have started (it exits at once if one cannot start;
+    `telegraf --test` does not, so it cannot tell), and its log."""
+    telegraf = root.popen("telegraf", "--config", "/etc/telegraf/telegraf.conf",
+                          "--config-directory", "/etc/telegraf/telegraf.d",
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(4)
+    running = telegraf.poll() is None
+    telegraf.terminate()
+    return running, telegraf.communicate(timeout=20)[0]
+
+
+def test_lintian_finds_no_error_and_no_warning(deb):
+    _, output = deb
+    assert not re.search(r"^[EW]: ", output, re.M), output[-3000:]
+
+
+def test_installed_package_works(deb, telegraf_root, netns):
+    root = telegraf_root
+    install_dependencies(root, deb[0])
+    root.before = root.files()  # what the purge below must come back to
+    install(root, deb[0])
+    check = root.run("telegraf-tcpdrop", "check")
+    assert check.stdout.count("\nok ") == 7 and "ok    hook: tp_btf/kfree_skb attaches" in check.stdout
+    assert Path(root.path / "usr/share/man/man8/telegraf-tcpdrop.8.gz").exists()
+
+    # trace sees a real drop
+    trace = root.popen("telegraf-tcpdrop", "trace", "--json", "--port", "7950",
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert "I! attached" in trace.stderr.readline()
+    netns.traffic("syn", "127.0.0.1", 7950, 40950)
+    drop = json.loads(trace.stdout.readline())
+    trace.terminate()
+    assert (drop["dport"], drop["reason"], drop["flags"]) == (7950, "NO_SOCKET", "SYN")
+
+    # metrics reaches InfluxDB's write API with the bundled client
+    vm = VictoriaMetrics(root.path.parent).start()
+    try:
+        metrics = root.popen("telegraf-tcpdrop", "metrics", "--output", "influxdb", "--influx-url",
+                             vm.url, "--influx-bucket", "b", "--interval", "300ms", "--port", "7951",
+                             env={"INFLUX_TOKEN": "x"}, stdin=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+        assert "I! attached" in metrics.stderr.readline()
+        netns.traffic("raw-syns", 7951, 40, 40000)
+        assert eventually(lambda: vm.total("tcpdrop_drops", dport="7951", flags="SYN") == 40, 15)
+        metrics.terminate()
+        assert metrics.wait(timeout=10) == 0, metrics.stderr.read()
+    finally:
+        vm.stop()
+
+    # Telegraf starts with the installed drop-in and reports drops
+    log = open(root.path / "tmp" / "telegraf.log", "w+")
+    telegraf = root.popen("telegraf", "--config", "/etc/telegraf/telegraf.conf",
+                          "--config-directory", "/etc/telegraf/telegraf.d",
+                          stdout=log, stderr=subprocess.STDOUT)
+    try:
+        out = root.path / "tmp" / "metrics.json"
+        assert eventually(lambda: out.exists() and "tcpdrop_agent" in out.read_text(), 20), \
+            (root.path / "tmp" / "telegraf.log").read_text()
+        netns.traffic("raw-syns", 7952, 20, 40000)
+
+        def counted():
+            return sum(m["fields"]["drops"] for m in map(json.loads, out.read_text().splitlines())
+                       if m["name"] == "tcpdrop" and m["tags"].get("dport") == "7952")
+        assert eventually(lambda: counted() == 20, 15)
+    finally:
+        telegraf.terminate()
+        telegraf.wait(timeout=20)
+
+
+def test_remove_leaves_telegraf_startable_and_purge_leaves_nothing(deb, telegraf_root):
+    root = telegraf_root
+    assert hasattr(root, "before"), "runs after test_installed_package_works"
+    root.apt("remove", "telegraf-tcpdrop")
+    assert not (root.path / DROP_IN[1:]).exists()
+    running, log = telegraf_starts(root)
+    assert running, log
+    # The control: with the drop-in where Telegraf reads it, Telegraf would not start.
+    shutil.copy(root.path / (DROP_IN[1:] + ".removed"), root.path / DROP_IN[1:])
+    running, log = telegraf_starts(root)
+    assert not running and "failed to start process" in log, log
+    (root.path / DROP_IN[1:]).unlink()
+
+    root.apt("purge", "telegraf-tcpdrop")
+    leftovers = root.files() - root.before
+    assert sorted(leftovers) == [], "\n".join(sorted(leftovers))
+    assert root.files() == root.before  # nothing of the dependencies went either
+
+
+def test_reinstall_and_upgrade_keep_an_edited_conffile(deb, newer_deb, tmp_path):
+    root = DebianRoot(tmp_path / "debian").create()
+    try:
+        root.apt("update")
+        install(root, deb[0])
+        drop_in = root.path / DROP_IN[1:]
+        edited = drop_in.read_text().replace('restart_delay = "10s"', 'restart_delay = "30s"')
+        drop_in.write_text(edited)
+        root.apt("remove", "telegraf-tcpdrop")
+        install(root, deb[0])
+        assert drop_in.read_text() == edited
+        upgrade = install(root, newer_deb)
+        assert drop_in.read_text() == edited
+        assert "conffile" not in upgrade.stdout.lower()  # no prompt: the shipped file is unchanged
+        version = root.run("dpkg-query", "-W", "-f", "${Version}", "telegraf-tcpdrop").stdout
+        assert version == newer_deb.name.split("_")[1]
+        assert root.run("dpkg", "--audit").stdout == ""
+    finally:
+        root.destroy()
