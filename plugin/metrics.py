@@ -123,7 +123,8 @@ class Collector:
                 self._tags[raw] = self.tags(DropKey.from_buffer_copy(raw))
             points.append(Point("tcpdrop", self._tags[raw], fields, now))
         self.examples.clear()
-        points.append(Point("tcpdrop_agent", self._host, self.agent_fields(now, len(totals), len(idle)), now))
+        health = self.agent_fields(now, len(totals), len(idle))
+        points.append(Point("tcpdrop_agent", self._host, health, now))
         self._last_time = now
         return points
 

@@ -56,8 +56,9 @@ if [[ -z ${RUSTUP_TOOLCHAIN:-} ]] && command -v rustup >/dev/null; then
     RUSTUP_TOOLCHAIN=$(cd / && rustup show active-toolchain 2>/dev/null | awk 'NR==1{print $1}')
     [[ -n $RUSTUP_TOOLCHAIN ]] && export RUSTUP_TOOLCHAIN
 fi
-# ... and as libflux's crates say #![deny(warnings)], lints added to newer
-# compilers would fail the build: make them warnings.
+# ... and as libflux's crates say #![deny(warnings)], a lint added to a newer
+# compiler could fail the build (Rust 1.95 warns about nothing today): make
+# lints warnings.
 export RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }--cap-lints warn"
 
 mkdir -p "$dir"
