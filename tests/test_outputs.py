@@ -2,6 +2,7 @@
 write API), InfluxDB 1.x behind Telegraf, Telegraf's statsd input, Etsy statsd."""
 import os
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ from conftest import eventually, require_root
 from test_telegraf import Telegraf, shipped_drop_in
 
 sys.path.insert(0, str(Path(__file__).parent / "peers"))
-from servers import EtsyStatsd, InfluxDB1, VictoriaMetrics, free_port  # noqa: E402
+from servers import EtsyStatsd, InfluxDB1, InfluxDB2, VictoriaMetrics, free_port  # noqa: E402
 
 pytestmark = pytest.mark.kernel
 README = Path(__file__).parents[1] / "README.md"
@@ -87,11 +88,40 @@ def test_client_error_is_one_line_and_no_tight_loop(servers, metrics, token):
     assert m.proc.poll() is None
 
 
-def readme_query(title):
-    """The InfluxQL query under a README paragraph starting with title."""
+def readme_query(title, language="sql"):
+    """The first query in the given language after the README text title."""
     text = README.read_text()
     block = text[text.index(title):]
-    return block.split("```sql\n", 1)[1].split("```", 1)[0].strip()
+    return block.split(f"```{language}\n", 1)[1].split("```", 1)[0].strip()
+
+
+@pytest.fixture(scope="session")
+def influxd2_bin():
+    """InfluxDB 2.x built from its Go module (tests/peers/build-influxdb2.sh, cached)."""
+    require_root()
+    script = Path(__file__).parent / "peers" / "build-influxdb2.sh"
+    result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=3600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_influxdb2_receives_exact_counts_and_answers_the_readme_flux_query(
+        servers, metrics, netns, influxd2_bin, monkeypatch):
+    influxdb = servers(InfluxDB2, influxd2_bin)
+    monkeypatch.setenv("INFLUX_TOKEN", InfluxDB2.TOKEN)
+    metrics("--output", "influxdb", "--influx-url", influxdb.url, "--influx-org", InfluxDB2.ORG,
+            "--influx-bucket", InfluxDB2.BUCKET, "--interval", "300ms", "--port", "7703")
+    netns.traffic("raw-syns", 7703, 300, 40000)
+    total = ('from(bucket: "telegraf") |> range(start: -1h) |> filter(fn: (r) => '
+             'r._measurement == "tcpdrop" and r._field == "drops" and r.dport == "7703" '
+             'and r.flags == "SYN") |> group() |> sum()')
+
+    def drops():
+        rows = influxdb.flux(total)
+        return int(rows[0]["_value"]) if rows else 0
+    assert eventually(lambda: drops() == 300, timeout=15), influxdb.flux(total)
+    new_sites = influxdb.flux(readme_query("The same with Flux", "flux"))
+    assert {(row["frame"], row["host"]) for row in new_sites} >= {("tcp_v4_rcv", os.uname().nodename)}
 
 
 def test_readme_top_reasons_query_on_influxdb_1_through_telegraf(servers, telegraf_bin, tmp_path,

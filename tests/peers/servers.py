@@ -1,6 +1,9 @@
 """Real servers the outputs talk to, each started on loopback in a directory of
 its own and stopped at the end: VictoriaMetrics and InfluxDB 1.x (Debian's
-packages), Etsy statsd (npm)."""
+packages), InfluxDB 2.x (built from its Go module, build-influxdb2.sh), Etsy
+statsd (npm)."""
+import csv
+import io
 import json
 import os
 import shutil
@@ -34,8 +37,8 @@ def wait_until(condition, timeout=20.0, what="server"):
     raise TimeoutError(f"{what} did not come up in {timeout} s")
 
 
-def http(url, data=None, method=None):
-    request = urllib.request.Request(url, data=data, method=method)
+def http(url, data=None, method=None, headers=None):
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     with urllib.request.urlopen(request, timeout=10) as response:
         return response.read().decode()
 
@@ -115,6 +118,43 @@ bind-address = "127.0.0.1:{free_port()}"
     def query(self, q, db):
         url = f"{self.url}/query?" + urllib.parse.urlencode({"q": q, "db": db})
         return json.loads(http(url, data=b"", method="POST"))
+
+
+class InfluxDB2(Server):
+    """influxd 2.x, set up with an organization, a bucket and a token."""
+    ORG, BUCKET, TOKEN = "tcpdrop", "telegraf", "tcpdrop-test-token"
+
+    def __init__(self, workdir, binary):
+        self.workdir, self.binary, self.port = Path(workdir), binary, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self):
+        d = self.workdir
+        self.start_process([self.binary, "--http-bind-address", f"127.0.0.1:{self.port}",
+                            "--bolt-path", str(d / "influxd.bolt"), "--engine-path", str(d / "engine"),
+                            "--sqlite-path", str(d / "influxd.sqlite"), "--reporting-disabled",
+                            "--log-level", "warn"], d)
+        wait_until(lambda: '"pass"' in http(f"{self.url}/health"), what="InfluxDB 2")
+        if not (d / "set-up").exists():
+            http(f"{self.url}/api/v2/setup", method="POST", headers={"Content-Type": "application/json"},
+                 data=json.dumps({"username": "tcpdrop", "password": "tcpdrop-password",
+                                  "org": self.ORG, "bucket": self.BUCKET, "token": self.TOKEN}).encode())
+            (d / "set-up").touch()
+        return self
+
+    def flux(self, query):
+        """The rows of a Flux query's answer, as dicts (annotated CSV, annotations left out)."""
+        out = http(f"{self.url}/api/v2/query?org={self.ORG}", data=query.encode(), method="POST",
+                   headers={"Authorization": f"Token {self.TOKEN}",
+                            "Content-Type": "application/vnd.flux", "Accept": "application/csv"})
+        rows = [r for r in csv.reader(io.StringIO(out)) if r and not r[0].startswith("#")]
+        tables, header = [], None
+        for row in rows:
+            if row[1:2] == ["result"]:  # each table starts with its header
+                header = row
+            elif header:
+                tables.append(dict(zip(header, row)))
+        return tables
 
 
 class EtsyStatsd(Server):
