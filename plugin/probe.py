@@ -84,8 +84,14 @@ class Probe:
                                 f"find program {prog_name}")
             lib.bpf_program__set_autoload(prog, name == hook)
         self._set_config()
-        drops = lb.check_ptr(lib.bpf_object__find_map_by_name(self._obj, b"drops"), "find map drops")
-        lb.check_int(lib.bpf_map__set_max_entries(drops, self.max_keys), "set drops map size")
+        # Maps the mode does not use shrink to their minimum: kernel memory.
+        sizes = {"drops": self.max_keys if self.config.aggregate else 1}
+        if not self.config.events:
+            sizes.update(events=os.sysconf("SC_PAGE_SIZE"), stacks=1)
+        for name, size in sizes.items():
+            bpf_map = lb.check_ptr(lib.bpf_object__find_map_by_name(self._obj, name.encode()),
+                                   f"find map {name}")
+            lb.check_int(lib.bpf_map__set_max_entries(bpf_map, size), f"size map {name}")
         lb.check_int(lib.bpf_object__load(self._obj), "load")
         prog = lib.bpf_object__find_program_by_name(self._obj, HOOKS[hook][0].encode())
         self._prog_fd = lib.bpf_program__fd(prog)
