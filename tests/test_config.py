@@ -80,3 +80,10 @@ def test_the_systemd_unit_verifies(tmp_path):
                              str(tmp_path / "telegraf-tcpdrop.service")],
                             capture_output=True, text=True)
     assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def test_readme_shows_the_shipped_drop_in():
+    """The README opens with the sample config: the very file that ships."""
+    readme = (ROOT / "README.md").read_text()
+    shown = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    assert shown == (ROOT / "conf" / "telegraf.d" / "tcpdrop.conf").read_text()
