@@ -14,7 +14,7 @@ from conftest import eventually, require_root
 
 sys.path.insert(0, str(Path(__file__).parent / "peers"))
 from debian_root import DebianRoot  # noqa: E402
-from servers import VictoriaMetrics, free_port  # noqa: E402
+from servers import EtsyStatsd, VictoriaMetrics, free_port  # noqa: E402
 
 pytestmark = pytest.mark.kernel
 ROOT = Path(__file__).parents[1]
@@ -133,6 +133,24 @@ def test_installed_package_works(deb, telegraf_root, netns):
         assert metrics.wait(timeout=10) == 0, metrics.stderr.read()
     finally:
         vm.stop()
+
+    # metrics reaches a StatsD server with Debian's python3-statsd
+    (root.path.parent / "etsy").mkdir(exist_ok=True)
+    etsy = EtsyStatsd(root.path.parent / "etsy").start()
+    try:
+        metrics = root.popen("telegraf-tcpdrop", "metrics", "--output", "statsd", "--statsd-port",
+                             str(etsy.port), "--statsd-tags", "dogstatsd", "--interval", "300ms",
+                             "--port", "7953", stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)
+        assert "I! attached" in metrics.stderr.readline()
+        netns.traffic("raw-syns", 7953, 30, 40000)
+        name = re.compile(r"tcpdrop\.drops;dport=7953;.*flags=SYN;")
+        assert eventually(lambda: [v for k, v in etsy.counters().items() if name.match(k)] == [30],
+                          15), etsy.counters()
+        metrics.terminate()
+        assert metrics.wait(timeout=10) == 0, metrics.stderr.read()
+    finally:
+        etsy.stop()
 
     # Telegraf starts with the installed drop-in and reports drops
     log = open(root.path / "tmp" / "telegraf.log", "w+")

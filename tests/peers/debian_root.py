@@ -46,7 +46,9 @@ class DebianRoot:
             shutil.copy(sources, apt / "sources.list.d")
         (apt / "sources.list").write_text("" if list(apt.glob("sources.list.d/*.sources"))
                                           else Path("/etc/apt/sources.list").read_text())
-        shutil.copy("/etc/resolv.conf", self.path / "etc" / "resolv.conf")
+        # A host's own name files (minbase has no /etc/hosts: no "localhost").
+        for name in ("resolv.conf", "hosts"):
+            shutil.copy(f"/etc/{name}", self.path / "etc" / name)
         # No service starts inside the root (it has no init of its own).
         policy = self.path / "usr" / "sbin" / "policy-rc.d"
         policy.write_text("#!/bin/sh\nexit 101\n")
