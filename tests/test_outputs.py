@@ -77,10 +77,33 @@ def test_outage_loses_nothing(servers, metrics, netns, token):
     assert vm.total("tcpdrop_agent_dropped_points") == 0
 
 
-def test_client_error_is_one_line_and_no_tight_loop(servers, metrics, token):
-    """InfluxDB 1.6 (Debian's) has no /api/v2/write: every write answers 404."""
-    influxdb = servers(InfluxDB1)
-    m = metrics(*influx_args(influxdb.url))
+@pytest.fixture(scope="session")
+def influxd18_bin():
+    """InfluxDB 1.8, the first 1.x with the v2 write API (tests/peers/build-influxdb1.sh)."""
+    return build_peer("build-influxdb1.sh")
+
+
+def test_influxdb_1_8_with_user_password_token_and_db_rp_bucket(servers, metrics, netns,
+                                                                influxd18_bin, monkeypatch):
+    influxdb = servers(InfluxDB1, influxd18_bin)
+    influxdb.query("CREATE DATABASE tcp", "tcp")
+    monkeypatch.setenv("INFLUX_TOKEN", "someone:secret")  # auth is off: any pair is taken
+    metrics("--output", "influxdb", "--influx-url", influxdb.url, "--influx-bucket", "tcp/autogen",
+            "--interval", "300ms", "--port", "7702")
+    netns.traffic("raw-syns", 7702, 120, 40000)
+    query = """SELECT sum("drops") FROM "tcpdrop" WHERE "dport" = '7702' AND "flags" = 'SYN'"""
+
+    def drops():
+        series = influxdb.query(query, "tcp")["results"][0].get("series", [])
+        return series[0]["values"][0][1] if series else 0
+    assert eventually(lambda: drops() == 120, timeout=15), influxdb.query(query, "tcp")
+
+
+def test_client_error_is_one_line_and_no_tight_loop(servers, metrics, influxd18_bin, token):
+    """A database that does not exist: InfluxDB 1.8 answers 404 to every write."""
+    influxdb = servers(InfluxDB1, influxd18_bin)
+    m = metrics("--output", "influxdb", "--influx-url", influxdb.url, "--influx-bucket",
+                "nosuchdb/autogen", "--interval", "300ms")
     time.sleep(2)  # six intervals
     errors = [l for l in m.stderr if l.startswith("E! ")]
     assert errors == ["E! InfluxDB answered 404: no such bucket or organization (--influx-bucket, "
@@ -95,14 +118,19 @@ def readme_query(title, language="sql"):
     return block.split(f"```{language}\n", 1)[1].split("```", 1)[0].strip()
 
 
-@pytest.fixture(scope="session")
-def influxd2_bin():
-    """InfluxDB 2.x built from its Go module (tests/peers/build-influxdb2.sh, cached)."""
+def build_peer(script):
+    """A server built from source by tests/peers/SCRIPT (cached): its binary's path."""
     require_root()
-    script = Path(__file__).parent / "peers" / "build-influxdb2.sh"
-    result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=3600)
+    result = subprocess.run(["bash", str(Path(__file__).parent / "peers" / script)],
+                            capture_output=True, text=True, timeout=3600)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session")
+def influxd2_bin():
+    """InfluxDB 2.x built from its Go module and Flux's crates (build-influxdb2.sh)."""
+    return build_peer("build-influxdb2.sh")
 
 
 def test_influxdb2_receives_exact_counts_and_answers_the_readme_flux_query(

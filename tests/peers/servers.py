@@ -1,7 +1,7 @@
 """Real servers the outputs talk to, each started on loopback in a directory of
 its own and stopped at the end: VictoriaMetrics and InfluxDB 1.x (Debian's
-packages), InfluxDB 2.x (built from its Go module, build-influxdb2.sh), Etsy
-statsd (npm)."""
+packages), InfluxDB 1.8 and 2.x (built from their Go modules,
+build-influxdb1.sh and build-influxdb2.sh), Etsy statsd (npm)."""
 import csv
 import io
 import json
@@ -89,10 +89,10 @@ class VictoriaMetrics(Server):
 
 
 class InfluxDB1(Server):
-    """Debian's influxd 1.x with its HTTP API on a free port, no auth."""
+    """influxd 1.x (Debian's 1.6, or 1.8 from build-influxdb1.sh) on a free port, no auth."""
 
-    def __init__(self, workdir):
-        self.workdir, self.port = Path(workdir), free_port()
+    def __init__(self, workdir, binary="influxd"):
+        self.workdir, self.binary, self.port = Path(workdir), binary, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
 
     def start(self):
@@ -110,7 +110,7 @@ bind-address = "127.0.0.1:{free_port()}"
   bind-address = "127.0.0.1:{self.port}"
   log-enabled = false
 """)
-        self.start_process(["influxd", "-config", str(d / "influxdb.conf")], d)
+        self.start_process([self.binary, "-config", str(d / "influxdb.conf")], d)
         wait_until(lambda: urllib.request.urlopen(f"{self.url}/ping", timeout=2).status == 204,
                    what="InfluxDB")
         return self
