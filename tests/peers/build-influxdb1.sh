@@ -20,24 +20,10 @@ INFLUXDB_VERSION=v1.8.10
 INFLUXDB_BRANCH=1.8
 INFLUXDB_COMMIT=688e697c51fd
 
-die() { echo "build-influxdb1: error: $*" >&2; exit 1; }
-log() { echo "build-influxdb1: $*" >&2; }
-
-dir="${TELEGRAF_CACHE:-${HOME:?is not set (set HOME or TELEGRAF_CACHE)}/.cache/telegraf-tcpdrop}/influxdb-${INFLUXDB_VERSION}"
-bin="$dir/influxd"
-
-if [[ -x $bin ]]; then echo "$bin"; exit 0; fi
-
-GO=$(command -v go || true)
-if [[ -z $GO && -x /usr/local/go/bin/go ]]; then GO=/usr/local/go/bin/go; fi
-[[ -n $GO ]] || die "Go is needed to build influxd (no 'go' on PATH or in /usr/local/go/bin)"
-
-# Use exactly this toolchain, module mode, no workspace, static binary.
-export GOTOOLCHAIN=local GO111MODULE=on GOWORK=off GOFLAGS=-buildvcs=false CGO_ENABLED=0
-
-mkdir -p "$dir"
-tmp=$(mktemp -d "$dir/.build.XXXXXX")
-trap 'rm -rf "$tmp"' EXIT
+NAME=build-influxdb1 CACHED="influxdb-${INFLUXDB_VERSION}/influxd"
+source "$(dirname "$0")/go-build.sh"
+# A static binary.
+export GOFLAGS=-buildvcs=false CGO_ENABLED=0
 
 log "building InfluxDB $INFLUXDB_VERSION with $("$GO" env GOVERSION)"
 start=$SECONDS

@@ -26,17 +26,8 @@ INFLUXDB_DATE=2026-05-11T18:30:49Z
 # Same tags as upstream's GNUmakefile, minus 'assets' (the UI).
 TAGS=sqlite_foreign_keys,sqlite_json
 
-die() { echo "build-influxdb2: error: $*" >&2; exit 1; }
-log() { echo "build-influxdb2: $*" >&2; }
-
-dir="${TELEGRAF_CACHE:-${HOME:?is not set (set HOME or TELEGRAF_CACHE)}/.cache/telegraf-tcpdrop}/influxdb-${INFLUXDB_VERSION}"
-bin="$dir/influxd"
-
-if [[ -x $bin ]]; then echo "$bin"; exit 0; fi
-
-GO=$(command -v go || true)
-if [[ -z $GO && -x /usr/local/go/bin/go ]]; then GO=/usr/local/go/bin/go; fi
-[[ -n $GO ]] || die "Go is needed to build influxd (no 'go' on PATH or in /usr/local/go/bin)"
+NAME=build-influxdb2 CACHED="influxdb-${INFLUXDB_VERSION}/influxd"
+source "$(dirname "$0")/go-build.sh"
 CARGO=$(command -v cargo || true)
 if [[ -z $CARGO && -x $HOME/.cargo/bin/cargo ]]; then CARGO=$HOME/.cargo/bin/cargo; fi
 [[ -n $CARGO ]] || die "cargo (Rust) is needed to build libflux, influxd's Flux engine"
@@ -46,8 +37,8 @@ export CARGO
 # The Go tools and the wrapper call 'go' and 'cargo' by name.
 export GO PATH="$(dirname "$GO"):$(dirname "$CARGO"):$PATH"
 
-# Use exactly this toolchain, module mode, no workspace; cgo is required.
-export GOTOOLCHAIN=local GO111MODULE=on GOWORK=off GOFLAGS="-buildvcs=false -mod=readonly" CGO_ENABLED=1
+# cgo is required.
+export GOFLAGS="-buildvcs=false -mod=readonly" CGO_ENABLED=1
 
 # Flux's rust-toolchain.toml asks rustup for Rust 1.83 plus five
 # cross-compile targets. Use the toolchain already installed instead (rustup
@@ -60,10 +51,6 @@ fi
 # compiler could fail the build (Rust 1.95 warns about nothing today): make
 # lints warnings.
 export RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }--cap-lints warn"
-
-mkdir -p "$dir"
-tmp=$(mktemp -d "$dir/.build.XXXXXX")
-trap 'chmod -R u+w "$tmp" 2>/dev/null; rm -rf "$tmp"' EXIT
 
 log "building InfluxDB $INFLUXDB_VERSION with $("$GO" env GOVERSION) and $("$CARGO" --version)"
 start=$SECONDS

@@ -19,26 +19,12 @@ TELEGRAF_VERSION=v1.39.3
 PLUGINS=(inputs.execd inputs.statsd outputs.file outputs.influxdb
          outputs.discard parsers.influx serializers.influx serializers.json)
 
-die() { echo "build-telegraf: error: $*" >&2; exit 1; }
-log() { echo "build-telegraf: $*" >&2; }
-
 tags="custom,$(IFS=,; echo "${PLUGINS[*]}")"
 hash=$(printf '%s' "$tags" | sha256sum | cut -c1-8)
-dir="${TELEGRAF_CACHE:-${HOME:?is not set (set HOME or TELEGRAF_CACHE)}/.cache/telegraf-tcpdrop}/telegraf-${TELEGRAF_VERSION}-${hash}"
-bin="$dir/telegraf"
-
-if [[ -x $bin ]]; then echo "$bin"; exit 0; fi
-
-GO=$(command -v go || true)
-if [[ -z $GO && -x /usr/local/go/bin/go ]]; then GO=/usr/local/go/bin/go; fi
-[[ -n $GO ]] || die "Go is needed to build Telegraf (no 'go' on PATH or in /usr/local/go/bin)"
-
-# Use exactly this toolchain, module mode, no workspace, static binary.
-export GOTOOLCHAIN=local GO111MODULE=on GOWORK=off GOFLAGS=-buildvcs=false CGO_ENABLED=0
-
-mkdir -p "$dir"
-tmp=$(mktemp -d "$dir/.build.XXXXXX")
-trap 'rm -rf "$tmp"' EXIT
+NAME=build-telegraf CACHED="telegraf-${TELEGRAF_VERSION}-${hash}/telegraf"
+source "$(dirname "$0")/go-build.sh"
+# A static binary.
+export GOFLAGS=-buildvcs=false CGO_ENABLED=0
 
 log "building Telegraf $TELEGRAF_VERSION with $("$GO" env GOVERSION), tags: $tags"
 start=$SECONDS
