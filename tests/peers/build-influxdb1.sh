@@ -26,7 +26,6 @@ source "$(dirname "$0")/go-build.sh"
 export GOFLAGS=-buildvcs=false CGO_ENABLED=0
 
 log "building InfluxDB $INFLUXDB_VERSION with $("$GO" env GOVERSION)"
-start=$SECONDS
 # influxdb 1.8's go.mod has no replace directives, so 'go install pkg@version'
 # works straight from the (read-only) module cache; GOBIN picks the target.
 # main.version is printed as "v<version>", hence no leading v.
@@ -39,6 +38,4 @@ GOBIN="$tmp" "$GO" install -trimpath \
 ver=$("$tmp/influxd" version) || die "built binary does not run"
 [[ $ver == *"InfluxDB ${INFLUXDB_VERSION} "* ]] || die "unexpected version: $ver"
 
-mv -f "$tmp/influxd" "$bin"
-log "built in $((SECONDS - start))s: $ver"
-echo "$bin"
+cache_built "$ver"

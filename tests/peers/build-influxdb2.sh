@@ -53,7 +53,6 @@ fi
 export RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }--cap-lints warn"
 
 log "building InfluxDB $INFLUXDB_VERSION with $("$GO" env GOVERSION) and $("$CARGO" --version)"
-start=$SECONDS
 
 # influxdb's go.mod has a replace directive, so 'go install pkg@version' is
 # refused: build from a copy of the module's sources instead.
@@ -83,6 +82,4 @@ fi
 ver=$("$tmp/influxd" version) || die "built binary does not run"
 [[ $ver == *"InfluxDB ${INFLUXDB_VERSION}"* ]] || die "unexpected version: $ver"
 
-mv -f "$tmp/influxd" "$bin"
-log "built in $((SECONDS - start))s: $ver"
-echo "$bin"
+cache_built "$ver"

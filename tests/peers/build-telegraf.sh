@@ -27,7 +27,6 @@ source "$(dirname "$0")/go-build.sh"
 export GOFLAGS=-buildvcs=false CGO_ENABLED=0
 
 log "building Telegraf $TELEGRAF_VERSION with $("$GO" env GOVERSION), tags: $tags"
-start=$SECONDS
 # Telegraf's go.mod has no replace directives, so 'go install pkg@version'
 # works straight from the (read-only) module cache; GOBIN picks the target.
 GOBIN="$tmp" "$GO" install -trimpath -tags "$tags" \
@@ -42,6 +41,4 @@ for p in "${PLUGINS[@]}"; do
     grep -qx "$p" <<<"$have" || die "plugin $p missing from the built binary"
 done
 
-mv -f "$tmp/telegraf" "$bin"
-log "built in $((SECONDS - start))s: $("$bin" --version)"
-echo "$bin"
+cache_built "$("$tmp/telegraf" --version)"

@@ -16,3 +16,11 @@ export GOTOOLCHAIN=local GO111MODULE=on GOWORK=off
 mkdir -p "$(dirname "$bin")"
 tmp=$(mktemp -d "$(dirname "$bin")/.build.XXXXXX")
 trap 'chmod -R u+w "$tmp" 2>/dev/null; rm -rf "$tmp"' EXIT
+
+start=$SECONDS
+# The last step: the binary built in $tmp goes into the cache, its path to stdout.
+cache_built() {
+    mv -f "$tmp/${bin##*/}" "$bin"
+    log "built in $((SECONDS - start))s: $1"
+    echo "$bin"
+}
