@@ -64,10 +64,12 @@ def test_missing_file(tmp_path):
 @pytest.mark.parametrize("argv, env, message", [
     (["--output", "influxdb"], {}, "E! --output influxdb needs --influx-bucket"),
     (["--output", "influxdb", "--influx-bucket", "b"], {}, "E! no InfluxDB token: set INFLUX_TOKEN"),
-    (["--output", "influxdb", "--influx-bucket", "b", "--influx-token-file", "/nonexistent"], {},
-     "E! cannot read the InfluxDB token file /nonexistent: No such file or directory"),
+    (["--output", "influxdb", "--influx-bucket", "b", "--influx-token-file", "{tmp}/no-token"], {},
+     "E! cannot read the InfluxDB token file {tmp}/no-token: No such file or directory"),
 ])
-def test_influx_settings_are_checked_before_start(argv, env, message):
+def test_influx_settings_are_checked_before_start(argv, env, message, tmp_path):
+    argv = [arg.format(tmp=tmp_path) for arg in argv]
+    message = message.format(tmp=tmp_path)
     result = subprocess.run([CLI, "metrics", *argv], capture_output=True, text=True,
                             env={"PATH": "/usr/bin:/bin", **env})
     assert result.returncode == 2 and result.stderr.startswith(message), result.stderr
