@@ -6,11 +6,11 @@ The mirror is this machine's own (its apt sources); the downloaded base
 system is cached as a tarball, so later roots unpack without the network.
 """
 import os
-import re
 import shutil
 import subprocess
 from pathlib import Path
 
+from kernel_vm import host_mirrors
 from servers import CACHE
 
 SUITE = "bookworm"
@@ -19,16 +19,6 @@ ROOT_TARBALL = CACHE / f"{SUITE}-minbase-root.tar"  # the root it made from it
 # Written to by apt, dpkg and the kernel, not by a package's files.
 VOLATILE = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var/cache", "/var/lib/apt", "/var/lib/dpkg",
             "/var/log", "/root", "/var/lib/systemd", "/etc/ld.so.cache")
-
-
-def debian_mirror():
-    """The first Debian archive URI in this machine's apt sources."""
-    sources = Path("/etc/apt/sources.list.d/debian.sources")
-    text = sources.read_text() if sources.exists() else Path("/etc/apt/sources.list").read_text()
-    for uri in re.findall(r"^(?:URIs:|deb(?:\s+\[[^]]*\])?)\s+(\S+)", text, re.M):
-        if "security" not in uri:
-            return uri
-    raise RuntimeError("no Debian mirror in this machine's apt sources")
 
 
 class DebianRoot:
@@ -60,7 +50,7 @@ class DebianRoot:
 
     def _bootstrap(self):
         """debootstrap once; its download and its result are cached."""
-        mirror = debian_mirror()
+        mirror = host_mirrors()[""][0]
         if not TARBALL.exists():
             work = self.path.parent / "debootstrap-download"
             subprocess.run(["debootstrap", "--variant=minbase", f"--make-tarball={TARBALL}",

@@ -33,7 +33,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-CACHE = Path(os.environ.get("TELEGRAF_CACHE", Path.home() / ".cache" / "telegraf-tcpdrop"))
+from servers import CACHE
+
 KERNELS = CACHE / "kernels"
 VENV = CACHE / "virtme-ng-venv"
 VIRTME_NG = "virtme-ng==1.42"
@@ -149,14 +150,14 @@ def _apt_options(release):
     (state / "cache" / "archives" / "partial").mkdir(parents=True, exist_ok=True)
     (state / "sources.list").write_text("".join(
         f"deb [signed-by={keyring}] {uri} {release}{suffix} main\n"
-        for suffix, (uri, keyring) in _host_mirrors().items()))
+        for suffix, (uri, keyring) in host_mirrors().items()))
     return ["-o", f"Dir::Etc::SourceList={state / 'sources.list'}",
             "-o", "Dir::Etc::SourceParts=/dev/null",
             "-o", f"Dir::State::Lists={state / 'lists'}",
             "-o", f"Dir::Cache={state / 'cache'}"]
 
 
-def _host_mirrors():
+def host_mirrors():
     """{"": (debian URI, keyring), "-security": (debian-security URI, keyring)}
     from this machine's apt sources (deb822 or one-line)."""
     mirrors = {}
