@@ -1,6 +1,9 @@
 """Kernel addresses to symbol names, from /proc/kallsyms.
 
-Read once, on first use, so start-up does not pay for it.
+Read on first use, so start-up does not pay for it, and again when the
+loaded modules have changed (nf_tables loaded by the first nft rule, say):
+an address in a module loaded after the read would otherwise resolve to the
+last symbol before it, in some other module.
 """
 import bisect
 
@@ -10,13 +13,24 @@ class SymbolsUnavailable(Exception):
 
 
 class KernelSymbols:
-    def __init__(self, path="/proc/kallsyms"):
-        self._path = path
+    def __init__(self, path="/proc/kallsyms", modules_path="/proc/modules"):
+        self._path, self._modules_path = path, modules_path
         self._addrs = None
         self._names = None
+        self._modules = None
         self._cache = {}
 
+    def _loaded_modules(self):
+        """{(name, base address)} of the loaded modules."""
+        try:
+            with open(self._modules_path) as f:
+                return {tuple(line.split()[0:6:5]) for line in f}
+        except OSError:  # no module support
+            return set()
+
     def _load(self):
+        self._modules = self._loaded_modules()
+        self._cache.clear()
         entries = []
         with open(self._path, encoding="ascii", errors="replace") as f:
             for line in f:
@@ -41,7 +55,7 @@ class KernelSymbols:
         """(name, offset) of the function holding addr, or (None, 0)."""
         if addr in self._cache:
             return self._cache[addr]
-        if self._addrs is None:
+        if self._addrs is None or self._loaded_modules() != self._modules:
             self._load()
         i = bisect.bisect_right(self._addrs, addr) - 1
         found = (self._names[i], addr - self._addrs[i]) if i >= 0 else (None, 0)

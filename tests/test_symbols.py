@@ -17,7 +17,24 @@ ffffffffc0000000 t nft_do_chain\t[nf_tables]
 def symbols(tmp_path):
     path = tmp_path / "kallsyms"
     path.write_text(KALLSYMS)
-    return KernelSymbols(path)
+    return KernelSymbols(path, tmp_path / "modules")
+
+
+def test_a_module_loaded_later_is_read_when_it_shows_up(tmp_path):
+    """The first nft rule loads nf_tables after start-up: its addresses must
+    not resolve to the last symbol of the modules known before."""
+    kallsyms, modules = tmp_path / "kallsyms", tmp_path / "modules"
+    kallsyms.write_text(KALLSYMS)
+    modules.write_text("nf_tables 356352 0 - Live 0xffffffffc0000000\n")
+    symbols = KernelSymbols(kallsyms, modules)
+    assert symbols.format(0xFFFFFFFFC0100010) == "nft_do_chain+0x100010"
+    kallsyms.write_text(KALLSYMS + "ffffffffc0100000 t ipt_do_table\t[ip_tables]\n")
+    modules.write_text("nf_tables 356352 1 - Live 0xffffffffc0000000\n")  # only a count changed
+    assert symbols.format(0xFFFFFFFFC0100020) == "nft_do_chain+0x100020"
+    modules.write_text("nf_tables 356352 0 - Live 0xffffffffc0000000\n"
+                       "ip_tables 32768 0 - Live 0xffffffffc0100000\n")
+    assert symbols.format(0xFFFFFFFFC0100018) == "ipt_do_table+0x18"
+    assert symbols.count() == 6
 
 
 def test_resolve_to_the_function_holding_the_address(symbols):
