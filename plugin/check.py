@@ -6,6 +6,7 @@ StartupError with one line saying what is missing and how to get it.
 """
 import ctypes
 import ctypes.util
+import importlib.util
 import os
 import platform
 from importlib import resources
@@ -55,8 +56,59 @@ def kernel_btf():
         raise StartupError(
             f"kernel {platform.release()} has no BTF ({VMLINUX_BTF} is missing), which the CO-RE "
             "probe needs: use a kernel built with CONFIG_DEBUG_INFO_BTF=y (most distribution "
-            "kernels since 2020); a bcc backend for kernels without BTF is planned")
+            "kernels since 2020), or the bcc backend")
     return f"{VMLINUX_BTF} ({os.path.getsize(VMLINUX_BTF)} bytes)"
+
+
+def bcc():
+    """python3-bpfcc, found without importing it (that loads LLVM)."""
+    spec = importlib.util.find_spec("bcc")
+    if spec is None:
+        raise StartupError("bcc's Python module is missing, which the bcc backend needs: "
+                           "apt install python3-bpfcc")
+    return spec.origin
+
+
+def kernel_headers():
+    """The running kernel's headers, where bcc looks for them."""
+    release = platform.release()
+    for path in (os.environ.get("BCC_KERNEL_SOURCE"), f"/lib/modules/{release}/build"):
+        if path and os.path.isdir(os.path.join(path, "include")):
+            return path
+    if os.path.exists("/sys/kernel/kheaders.tar.xz"):
+        return "/sys/kernel/kheaders.tar.xz"
+    raise StartupError(f"no headers for kernel {release} (/lib/modules/{release}/build), which "
+                       f"the bcc backend compiles against: apt install linux-headers-{release}")
+
+
+def backend(requested="auto"):
+    """(backend, why): CO-RE where the kernel has BTF, else bcc where it can
+    compile; StartupError naming what is missing for both."""
+    if requested != "auto":
+        return requested, "asked for with --backend"
+    try:
+        kernel_btf()
+        libbpf()
+        return "core", "the kernel has BTF and libbpf is installed"
+    except StartupError as e:
+        no_core = str(e)
+    try:
+        bcc()
+        kernel_headers()
+    except StartupError as e:
+        raise StartupError(f"{no_core}; {e}") from None
+    return "bcc", f"not CO-RE: {no_core}"
+
+
+def format_file():
+    """The text of skb/kfree_skb's tracefs format file: the bcc backend reads
+    the tracepoint's fields from it."""
+    try:
+        with open(KFREE_SKB_FORMAT) as f:
+            return f.read()
+    except OSError as e:
+        raise StartupError(f"cannot read {KFREE_SKB_FORMAT} ({e.strerror}): is tracefs "
+                           f"mounted? mount -t tracefs nodev {TRACEFS}") from None
 
 
 def libbpf():
@@ -86,9 +138,8 @@ def drop_reasons(lib):
             reasons = DropReasons.from_btf(btf)
         return reasons or DropReasons({})
     try:
-        with open(KFREE_SKB_FORMAT) as f:
-            return DropReasons.from_format(f.read())
-    except OSError:
+        return DropReasons.from_format(format_file())
+    except StartupError:
         return DropReasons({})
 
 

@@ -17,7 +17,8 @@ from .emit import STATSD_TAG_STYLES, InfluxOutput, StatsdOutput, StdoutOutput
 from .event import ProbeConfig
 from .execd import SIGNALS, Execd
 from .metrics import PORT_TAGS, Collector, ephemeral_range
-from .probe import DEFAULT_MAX_KEYS, HOOKS, Probe, ProbeError
+from .bcc_loader import BccLoader
+from .probe import DEFAULT_MAX_KEYS, HOOKS, CoreLoader, Probe, ProbeError
 from .symbols import KernelSymbols, SymbolsUnavailable
 from .trace import Tracer
 
@@ -41,6 +42,7 @@ examples:
 
 
 DEFAULT_MAX_BUFFERED = 50000
+BACKENDS = ("auto", "core", "bcc")
 TOKEN_ENV = "INFLUX_TOKEN"
 
 
@@ -73,6 +75,10 @@ def build_parsers():
                             f"{', '.join(DEFAULT_EXCLUDE)}; `--exclude-reason none` for none)")
     probe.add_argument("--hook", choices=("auto", *HOOKS), default="auto",
                        help="where to attach (default: auto = the first that works, in this order)")
+    probe.add_argument("--backend", choices=BACKENDS, default="auto",
+                       help="core: the CO-RE object (needs kernel BTF); bcc: compile here with "
+                            "bcc (needs python3-bpfcc and kernel headers); default: auto = core "
+                            "where the kernel has BTF, else bcc")
     probe.add_argument("-v", "--verbose", action="store_true", help="show libbpf's log")
 
     trace = commands.add_parser(
@@ -137,7 +143,10 @@ def build_parsers():
                           "dogstatsd: name:1|c|#tag:value; none: tag values in the dotted name")
 
     commands.add_parser("reasons", help="list the drop reasons of the running kernel")
-    commands.add_parser("check", help="check that this host can run the probe, and how")
+    check_command = commands.add_parser("check", help="check that this host can run the probe, and how")
+    check_command.add_argument("--backend", choices=BACKENDS, default="auto",
+                               help="the backend to check (default: auto, the one trace and "
+                                    "metrics would use)")
     return parser, metrics
 
 
@@ -254,21 +263,33 @@ def probe_config(args, reasons, **mode):
 
 def open_probe(args, config, **probe_options):
     """Checks the host, then loads and attaches the probe; StartupError if it cannot."""
-    obj = check.probe_object()
+    backend, _ = check.backend(args.backend)
+    hooks = tuple(HOOKS) if backend == "core" else ("tracepoint", "kprobe")  # tp_btf needs BTF
+    if args.hook != "auto":
+        if args.hook not in hooks:
+            raise UsageError(f"--hook {args.hook} needs kernel BTF, which the bcc backend is "
+                             "for the lack of: use --backend core")
+        hooks = (args.hook,)
     check.privileges()
-    check.kernel_btf()
     try:
         check.tracefs()
         tracefs_problem = ""
     except check.StartupError as e:
         tracefs_problem = f"; also, {e}"
-    hooks = tuple(HOOKS) if args.hook == "auto" else (args.hook,)
+    if backend == "core":
+        loader = CoreLoader(check.probe_object(), verbose=args.verbose)
+        check.kernel_btf()
+    else:
+        check.bcc()
+        check.kernel_headers()
+        loader = BccLoader(check.format_file(), verbose=args.verbose)
     started = time.monotonic()
     try:
-        probe = Probe(obj, config, hooks, verbose=args.verbose, **probe_options)
+        probe = Probe(loader, config, hooks, **probe_options)
     except ProbeError as e:
         raise check.StartupError(f"{e}{tracefs_problem}") from None
-    log.info(f"attached to {HOOKS[probe.hook][1]} in {(time.monotonic() - started) * 1000:.0f} ms")
+    log.info(f"attached to {HOOKS[probe.hook][1]} ({backend}) in "
+             f"{(time.monotonic() - started) * 1000:.0f} ms")
     return probe
 
 
@@ -317,14 +338,24 @@ def run_reasons(_args):
     return 0
 
 
-def run_check(_args):
+def run_check(args):
     """Each requirement on one line; then loads and attaches the probe for real."""
+    try:
+        backend, why = check.backend(args.backend)
+        print(f"ok    backend: {backend} ({why})", flush=True)
+    except check.StartupError as e:
+        print(f"FAIL  backend: {e}", flush=True)
+        return 1
     lib = check.libbpf()
+    if backend == "core":
+        needs = [("libbpf", lambda: lib.libbpf_version_string().decode()),
+                 ("probe object", check.probe_object),
+                 ("kernel BTF", check.kernel_btf)]
+    else:
+        needs = [("bcc", check.bcc), ("kernel headers", check.kernel_headers)]
     steps = [
-        ("libbpf", lambda: lib.libbpf_version_string().decode()),
-        ("probe object", check.probe_object),
+        *needs,
         ("privileges", check.privileges),
-        ("kernel BTF", check.kernel_btf),
         ("tracefs", check.tracefs),
         ("drop reasons", lambda: f"{len(check.drop_reasons(lib).names)} names from the running kernel"),
         ("symbols", lambda: f"{KernelSymbols().count()} kernel functions in /proc/kallsyms"),
@@ -338,8 +369,8 @@ def run_check(_args):
             failed += 1
     if failed:
         return 1
-    hook = argparse.Namespace(hook="auto", verbose=False)
-    with open_probe(hook, ProbeConfig()) as probe:
+    options = argparse.Namespace(backend=backend, hook="auto", verbose=False)
+    with open_probe(options, ProbeConfig()) as probe:
         print(f"ok    hook: {HOOKS[probe.hook][1]} attaches", flush=True)
     return 0
 

@@ -27,7 +27,7 @@ typedef _Bool bool;
 #define false 0
 #define true 1
 
-/* UAPI constants (stable ABI, not relocated) used by the maps and helpers. */
+/* Constants (stable ABI, not relocated), as the kernel headers define them. */
 enum bpf_map_type {
 	BPF_MAP_TYPE_PERCPU_HASH = 5,
 	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
@@ -35,6 +35,11 @@ enum bpf_map_type {
 	BPF_MAP_TYPE_RINGBUF = 27,
 };
 #define BPF_NOEXIST 1	/* bpf_map_update_elem(): only if the key is new */
+#define ETH_P_IP	0x0800
+#define ETH_P_IPV6	0x86DD
+#define IPPROTO_TCP	6
+#define EEXIST		17
+#define NSEC_PER_SEC	1000000000ULL
 
 #pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
 

@@ -1,9 +1,12 @@
-"""Loads plugin/tcpdrop.c's object into the kernel through the system libbpf.
+"""Loads plugin/tcpdrop.c into the kernel, and reads its maps.
 
-Lifecycle, top to bottom: open -> choose the hook -> set .rodata -> load ->
-attach -> poll -> close. Hooks are tried in order of preference; each failed
-try is closed and reported if none works. close() releases everything in
-reverse order and is safe to call twice.
+Lifecycle, top to bottom: choose the hook -> load -> attach -> poll -> close.
+Hooks are tried in order of preference; each failed try is closed and
+reported if none works. Two loaders build the same program: CoreLoader (the
+CO-RE object, through the system libbpf) and bcc_loader.BccLoader (the
+source, compiled here by bcc). Both hand over file descriptors, so reading
+the maps and the ring buffer is one code path, through libbpf. close()
+releases everything in reverse order and is safe to call twice.
 """
 import ctypes
 import os
@@ -14,8 +17,11 @@ from .btf import Btf
 from .event import COUNTER_MAX, MAX_STACK_DEPTH, DropCount, DropEvent, DropKey, ProbeConfig
 
 DEFAULT_MAX_KEYS = 16384
+RINGBUF_BYTES = 256 * 1024
+MAX_STACKS = 4096  # distinct kernel stacks kept for events
 BATCH = 1024  # keys per bpf_map_lookup_batch() call
 ENOENT, EINVAL, ENOTSUPP = 2, 22, 524
+MAPS = ("drops", "events", "stacks", "counters")
 
 # Program name in tcpdrop.c -> what it attaches to, in order of preference.
 HOOKS = {
@@ -29,91 +35,48 @@ class ProbeError(Exception):
     pass
 
 
+class HookError(Exception):
+    """One hook could not be loaded or attached; the next one is tried."""
+
+
+def map_sizes(config, max_keys):
+    """max_entries of the sized maps: those the mode does not use shrink to
+    their minimum (kernel memory)."""
+    if config.events:
+        sizes = {"events": RINGBUF_BYTES, "stacks": MAX_STACKS}
+    else:
+        sizes = {"events": os.sysconf("SC_PAGE_SIZE"), "stacks": 1}
+    return {"drops": max_keys if config.aggregate else 1, **sizes}
+
+
 class Probe:
-    def __init__(self, object_path, config=None, hooks=tuple(HOOKS), verbose=False,
-                 max_keys=DEFAULT_MAX_KEYS):
-        self.object_path = os.fspath(object_path)
+    def __init__(self, loader, config=None, hooks=tuple(HOOKS), max_keys=DEFAULT_MAX_KEYS):
+        """loader: a CoreLoader or a BccLoader, which Probe closes."""
         self.config = config or ProbeConfig()
-        self.verbose = verbose
         self.max_keys = max_keys
         self._batch_lookup = True  # until the kernel says it has none (< 5.6)
         self.hook = None  # the hook that attached
+        self.backend = loader.name
         self._lib = lb.load()
-        self._warnings = []
-        lb.set_log_handler(self._on_libbpf_log)
-        self._obj = self._link = self._ringbuf = self._sample_cb = self._callback_error = None
-        try:
-            self._attach_first(hooks)
-        finally:
-            lb.set_log_handler(None)
+        self._loader = loader
+        self._ringbuf = self._sample_cb = self._callback_error = None
+        self._attach_first(hooks)
         self.ncpus = lb.check_int(self._lib.libbpf_num_possible_cpus(), "libbpf_num_possible_cpus")
 
     def _attach_first(self, hooks):
         failures = []
         for hook in hooks:
             try:
-                self._load_and_attach(hook)
+                self._prog_fd, self._fds = self._loader.load(
+                    hook, self.config, map_sizes(self.config, self.max_keys))
                 self.hook = hook
                 return
-            except lb.LibbpfError as e:
-                failures.append(f"{HOOKS[hook][1]}: {e}{self._last_log()}")
-                self.close()
+            except HookError as e:
+                failures.append(f"{HOOKS[hook][1]}: {e}")
+                self._loader.close()
         raise ProbeError("no hook could be attached (" + "; ".join(failures) +
-                         "); -v shows libbpf's log")
+                         "); -v shows the loader's log")
 
-    def _on_libbpf_log(self, level, line):
-        """libbpf's log: all of it to stderr when verbose; warnings kept to
-        explain a failure."""
-        if self.verbose:
-            log.debug(line)
-        if level == lb.LIBBPF_WARN and line:
-            self._warnings.append(line)
-        return 0
-
-    def _last_log(self):
-        last = self._warnings[-1] if self._warnings else ""
-        self._warnings.clear()
-        return f" ({last})" if last else ""
-
-    def _load_and_attach(self, hook):
-        lib = self._lib
-        self._obj = lb.check_ptr(lib.bpf_object__open_file(self.object_path.encode(), None),
-                                 f"open {self.object_path}")
-        for name, (prog_name, _) in HOOKS.items():
-            prog = lb.check_ptr(lib.bpf_object__find_program_by_name(self._obj, prog_name.encode()),
-                                f"find program {prog_name}")
-            lib.bpf_program__set_autoload(prog, name == hook)
-        self._set_config()
-        # Maps the mode does not use shrink to their minimum: kernel memory.
-        sizes = {"drops": self.max_keys if self.config.aggregate else 1}
-        if not self.config.events:
-            sizes.update(events=os.sysconf("SC_PAGE_SIZE"), stacks=1)
-        for name, size in sizes.items():
-            bpf_map = lb.check_ptr(lib.bpf_object__find_map_by_name(self._obj, name.encode()),
-                                   f"find map {name}")
-            lb.check_int(lib.bpf_map__set_max_entries(bpf_map, size), f"size map {name}")
-        lb.check_int(lib.bpf_object__load(self._obj), "load")
-        prog = lib.bpf_object__find_program_by_name(self._obj, HOOKS[hook][0].encode())
-        self._prog_fd = lib.bpf_program__fd(prog)
-        self._link = lb.check_ptr(lib.bpf_program__attach(prog), "attach")
-        self._fds = {name: self._map_fd(name) for name in ("drops", "events", "stacks", "counters")}
-
-    def _set_config(self):
-        """Write self.config into .rodata, where `cfg` lives, before load freezes it."""
-        rodata = lb.check_ptr(self._lib.bpf_object__find_map_by_name(self._obj, b".rodata"),
-                              "find .rodata")
-        size = ctypes.c_size_t()
-        data = lb.check_ptr(self._lib.bpf_map__initial_value(rodata, ctypes.byref(size)),
-                            ".rodata initial value")
-        offset = Btf(self._lib, self._lib.bpf_object__btf(self._obj), owned=False) \
-            .datasec_offset(".rodata", "cfg")
-        assert offset + ctypes.sizeof(ProbeConfig) <= size.value
-        ctypes.memmove(data + offset, ctypes.addressof(self.config), ctypes.sizeof(ProbeConfig))
-
-    def _map_fd(self, name):
-        m = lb.check_ptr(self._lib.bpf_object__find_map_by_name(self._obj, name.encode()),
-                         f"find map {name}")
-        return self._lib.bpf_map__fd(m)
 
     def on_event(self, callback):
         """Call callback(DropEvent) for each event from poll(). An exception
@@ -228,14 +191,85 @@ class Probe:
     def close(self):
         if self._ringbuf:
             self._lib.ring_buffer__free(self._ringbuf)
-        if self._link:
-            self._lib.bpf_link__destroy(self._link)
-        if self._obj:
-            self._lib.bpf_object__close(self._obj)
-        self._ringbuf = self._link = self._obj = None
+        self._ringbuf = None
+        self._loader.close()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
+
+
+class CoreLoader:
+    """The CO-RE object (tcpdrop.bpf.o), through the system libbpf."""
+    name = "core"
+
+    def __init__(self, object_path, verbose=False):
+        self.object_path = os.fspath(object_path)
+        self.verbose = verbose
+        self._lib = lb.load()
+        self._warnings = []
+        self._obj = self._link = None
+
+    def load(self, hook, config, sizes):
+        """(program fd, {map name: fd}) of the object loaded and attached at hook."""
+        lb.set_log_handler(self._on_libbpf_log)
+        try:
+            return self._load_and_attach(hook, config, sizes)
+        except lb.LibbpfError as e:
+            raise HookError(f"{e}{self._last_log()}") from None
+        finally:
+            lb.set_log_handler(None)
+
+    def _on_libbpf_log(self, level, line):
+        """libbpf's log: all of it to stderr when verbose; warnings kept to
+        explain a failure."""
+        if self.verbose:
+            log.debug(line)
+        if level == lb.LIBBPF_WARN and line:
+            self._warnings.append(line)
+        return 0
+
+    def _last_log(self):
+        last = self._warnings[-1] if self._warnings else ""
+        self._warnings.clear()
+        return f" ({last})" if last else ""
+
+    def _load_and_attach(self, hook, config, sizes):
+        lib = self._lib
+        self._obj = lb.check_ptr(lib.bpf_object__open_file(self.object_path.encode(), None),
+                                 f"open {self.object_path}")
+        for name, (prog_name, _) in HOOKS.items():
+            prog = lb.check_ptr(lib.bpf_object__find_program_by_name(self._obj, prog_name.encode()),
+                                f"find program {prog_name}")
+            lib.bpf_program__set_autoload(prog, name == hook)
+        self._set_config(config)
+        for name, size in sizes.items():
+            lb.check_int(lib.bpf_map__set_max_entries(self._map(name), size), f"size map {name}")
+        lb.check_int(lib.bpf_object__load(self._obj), "load")
+        prog = lib.bpf_object__find_program_by_name(self._obj, HOOKS[hook][0].encode())
+        self._link = lb.check_ptr(lib.bpf_program__attach(prog), "attach")
+        return lib.bpf_program__fd(prog), {name: lib.bpf_map__fd(self._map(name)) for name in MAPS}
+
+    def _set_config(self, config):
+        """Write config into .rodata, where `cfg` lives, before load freezes it."""
+        rodata = self._map(".rodata")
+        size = ctypes.c_size_t()
+        data = lb.check_ptr(self._lib.bpf_map__initial_value(rodata, ctypes.byref(size)),
+                            ".rodata initial value")
+        offset = Btf(self._lib, self._lib.bpf_object__btf(self._obj), owned=False) \
+            .datasec_offset(".rodata", "cfg")
+        assert offset + ctypes.sizeof(ProbeConfig) <= size.value
+        ctypes.memmove(data + offset, ctypes.addressof(config), ctypes.sizeof(ProbeConfig))
+
+    def _map(self, name):
+        return lb.check_ptr(self._lib.bpf_object__find_map_by_name(self._obj, name.encode()),
+                            f"find map {name}")
+
+    def close(self):
+        if self._link:
+            self._lib.bpf_link__destroy(self._link)
+        if self._obj:
+            self._lib.bpf_object__close(self._obj)
+        self._link = self._obj = None

@@ -8,20 +8,40 @@
  *   kprobe/tcp_drop             kernels 4.7-5.18 without a drop reason
  * TCP is decided from the packet itself, so drops that happen before any
  * socket lookup (closed port, netfilter) are seen too.
+ *
+ * Two ways to build it, one source:
+ *   CO-RE (default)   clang, once, against kernel.h; libbpf relocates the
+ *                     struct offsets to the running kernel's BTF at load.
+ *   bcc (TCPDROP_BCC) compiled on the monitored host at start-up against
+ *                     its kernel headers, for kernels without BTF
+ *                     (plugin/bcc_loader.py passes the -D settings below).
+ * Only the declarations differ; the handler is the same code.
  */
+#ifndef TCPDROP_BCC
 #include "kernel.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
+#else
+#include <linux/skbuff.h>
+#include <net/sock.h>
+#endif
 #include "tcpdrop.h"
 
+struct budget {
+	__u64 window_start;
+	__u32 used;
+};
+
+#ifndef TCPDROP_BCC
 char LICENSE[] SEC("license") = "GPL";
 
 const volatile struct probe_config cfg = {};
 
 /* Drop counts per tag set, per CPU: no atomics, no cache line ping-pong in a
- * drop storm. User space sums the CPUs. max_entries is set by the loader. */
+ * drop storm. User space sums the CPUs. The loader sizes drops, events and
+ * stacks for the mode it runs in (plugin/probe.py, map_sizes). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 16384);
@@ -48,11 +68,6 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
-struct budget {
-	__u64 window_start;
-	__u32 used;
-};
-
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
@@ -60,12 +75,90 @@ struct {
 	__type(value, struct budget);
 } budgets SEC(".maps");
 
-#define ETH_P_IP	0x0800
-#define ETH_P_IPV6	0x86DD
-#define IPPROTO_TCP	6
+/* Each map operation the handler does, in libbpf's terms (bcc's below). */
+static __always_inline struct drop_count *drops_lookup(struct drop_key *key)
+{
+	return bpf_map_lookup_elem(&drops, key);
+}
+
+static __always_inline long drops_insert(struct drop_key *key, struct drop_count *first)
+{
+	return bpf_map_update_elem(&drops, key, first, BPF_NOEXIST);
+}
+
+static __always_inline __u64 *counter(__u32 *slot)
+{
+	return bpf_map_lookup_elem(&counters, slot);
+}
+
+static __always_inline struct budget *budget(__u32 *zero)
+{
+	return bpf_map_lookup_elem(&budgets, zero);
+}
+
+static __always_inline struct drop_event *event_reserve(void)
+{
+	return bpf_ringbuf_reserve(&events, sizeof(struct drop_event), 0);
+}
+
+static __always_inline long stack_id(void *ctx)
+{
+	return bpf_get_stackid(ctx, &stacks, 0);
+}
+
+#else /* TCPDROP_BCC: the same maps and settings, in bcc's terms */
+
+/* The loader's settings, as a C initializer: compiled in, folded away. */
+static const struct probe_config cfg = TCPDROP_CFG;
+
+BPF_PERCPU_HASH(drops, struct drop_key, struct drop_count, TCPDROP_MAX_KEYS);
+BPF_RINGBUF_OUTPUT(events, TCPDROP_RINGBUF_PAGES);
+BPF_STACK_TRACE(stacks, TCPDROP_MAX_STACKS);
+BPF_PERCPU_ARRAY(counters, __u64, COUNTER_MAX);
+BPF_PERCPU_ARRAY(budgets, struct budget, 1);
+
+static __always_inline struct drop_count *drops_lookup(struct drop_key *key)
+{
+	return drops.lookup(key);
+}
+
+static __always_inline long drops_insert(struct drop_key *key, struct drop_count *first)
+{
+	return drops.insert(key, first);	/* BPF_NOEXIST */
+}
+
+static __always_inline __u64 *counter(__u32 *slot)
+{
+	return counters.lookup(slot);
+}
+
+static __always_inline struct budget *budget(__u32 *zero)
+{
+	return budgets.lookup(zero);
+}
+
+static __always_inline struct drop_event *event_reserve(void)
+{
+	return events.ringbuf_reserve(sizeof(struct drop_event));
+}
+
+static __always_inline long stack_id(void *ctx)
+{
+	return stacks.get_stackid(ctx, 0);
+}
+
+#define SEC(name)	/* bcc gives each program its own section */
+
+/* No BTF, so no CO-RE: the headers' offsets are this kernel's already. */
+#define BPF_CORE_READ(src, field) ({					\
+	typeof((src)->field) __val = 0;					\
+	bpf_probe_read_kernel((void *)&__val, sizeof(__val), (const void *)&(src)->field); \
+	__val; })
+#define bpf_htons(x) htons(x)
+#define bpf_ntohs(x) ntohs(x)
+#endif /* TCPDROP_BCC */
+
 #define NETWORK_HEADER_UNSET 0xffff	/* skb->network_header before it is set */
-#define NSEC_PER_SEC	1000000000ULL
-#define EEXIST		17
 
 /* Wire formats, not kernel structs: these never move. */
 struct tcp_head {		/* the first 14 bytes of a TCP header */
@@ -123,7 +216,7 @@ union packet {
 static __always_inline void count(enum counter slot, __u64 n)
 {
 	__u32 key = slot;
-	__u64 *value = bpf_map_lookup_elem(&counters, &key);
+	__u64 *value = counter(&key);
 
 	if (value)
 		*value += n;
@@ -139,7 +232,7 @@ static __always_inline bool over_budget(void)
 
 	if (!cfg.events_per_sec)
 		return false;
-	b = bpf_map_lookup_elem(&budgets, &zero);
+	b = budget(&zero);
 	if (!b)
 		return true;
 	now = bpf_ktime_get_ns();
@@ -185,17 +278,17 @@ static __always_inline __u16 port_tag(__u16 port, __u8 *ephemeral, __u8 bit)
 
 static __always_inline void count_drop(struct drop_key *key, __u32 bytes)
 {
-	struct drop_count *c = bpf_map_lookup_elem(&drops, key);
+	struct drop_count *c = drops_lookup(key);
 
 	if (!c) {
 		struct drop_count first = { .drops = 1, .bytes = bytes };
-		long err = bpf_map_update_elem(&drops, key, &first, BPF_NOEXIST);
+		long err = drops_insert(key, &first);
 
 		if (!err)
 			return;
 		/* -EEXIST: another CPU added the key first; else the map is full */
 		if (err == -EEXIST)
-			c = bpf_map_lookup_elem(&drops, key);
+			c = drops_lookup(key);
 		if (!c) {
 			count(COUNTER_OVERFLOW_DROPS, 1);
 			count(COUNTER_OVERFLOW_BYTES, bytes);
@@ -242,13 +335,14 @@ static __always_inline void send_event(void *ctx, struct sk_buff *skb, struct so
 				       __u16 sport, __u16 dport, bool btf)
 {
 	struct net_device *dev;
+	struct net *net = NULL;
 	struct drop_event *e;
 
 	if (over_budget()) {
 		count(COUNTER_RATELIMITED, 1);
 		return;
 	}
-	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	e = event_reserve();
 	if (!e) {
 		count(COUNTER_LOST, 1);
 		return;
@@ -273,14 +367,15 @@ static __always_inline void send_event(void *ctx, struct sk_buff *skb, struct so
 	 * the socket's where there is no device yet. */
 	dev = btf ? skb->dev : BPF_CORE_READ(skb, dev);
 	if (dev)
-		e->netns = btf ? dev->nd_net.net->ns.inum
-			       : BPF_CORE_READ(dev, nd_net.net, ns.inum);
+		net = btf ? dev->nd_net.net : BPF_CORE_READ(dev, nd_net.net);
 	else if (sk)
-		e->netns = btf ? sk->__sk_common.skc_net.net->ns.inum
-			       : BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+		net = btf ? sk->__sk_common.skc_net.net
+			  : BPF_CORE_READ(sk, __sk_common.skc_net.net);
+	if (net)
+		e->netns = btf ? net->ns.inum : BPF_CORE_READ(net, ns.inum);
 	e->pid = bpf_get_current_pid_tgid() >> 32;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	e->stack_id = bpf_get_stackid(ctx, &stacks, 0);
+	e->stack_id = stack_id(ctx);
 	bpf_ringbuf_submit(e, 0);
 }
 
@@ -367,6 +462,7 @@ static __always_inline int handle_drop(void *ctx, struct sk_buff *skb,
 	return 0;
 }
 
+#ifndef TCPDROP_BCC	/* tp_btf needs BTF, which is why bcc is here */
 SEC("tp_btf/kfree_skb")
 int BPF_PROG(kfree_skb_btf, struct sk_buff *skb, void *location)
 {
@@ -386,25 +482,50 @@ int BPF_PROG(kfree_skb_btf, struct sk_buff *skb, void *location)
 	}
 	return handle_drop(ctx, skb, sk, (__u64)location, reason, true);
 }
+#endif
 
+/* The classic record's fields differ by kernel: reason came in 5.17, rx_sk in
+ * 6.11. CO-RE asks the kernel's BTF at load; bcc's loader reads the
+ * tracepoint's format file and defines TP_HAS_REASON and TP_HAS_RX_SK. */
+#ifndef TCPDROP_BCC
+#define TP_REASON(args)	(bpf_core_field_exists(args->reason) ? args->reason : REASON_UNKNOWN)
+#define TP_RX_SK(args)	(bpf_core_field_exists(args->rx_sk) ? args->rx_sk : NULL)
+#else
+/* bcc builds the record's struct from the format file for this name. */
+#define kfree_skb_tp tracepoint__skb__kfree_skb
+#define trace_event_raw_kfree_skb tracepoint__skb__kfree_skb
+#ifdef TP_HAS_REASON
+#define TP_REASON(args)	(args->reason)
+#else
+#define TP_REASON(args)	REASON_UNKNOWN
+#endif
+#ifdef TP_HAS_RX_SK
+#define TP_RX_SK(args)	((struct sock *)args->rx_sk)
+#else
+#define TP_RX_SK(args)	NULL
+#endif
+#endif
+
+#if !defined(TCPDROP_BCC) || defined(TCPDROP_HOOK_TRACEPOINT)
 SEC("tracepoint/skb/kfree_skb")
 int kfree_skb_tp(struct trace_event_raw_kfree_skb *args)
 {
-	struct sk_buff *skb = args->skbaddr;
-	__u32 reason = REASON_UNKNOWN;
-	struct sock *sk = NULL;
+	struct sk_buff *skb = (struct sk_buff *)args->skbaddr;
+	struct sock *sk = TP_RX_SK(args);
 
-	if (bpf_core_field_exists(args->reason))
-		reason = args->reason;
-	if (bpf_core_field_exists(args->rx_sk))
-		sk = args->rx_sk;
 	if (!sk)
 		sk = BPF_CORE_READ(skb, sk);
-	return handle_drop(args, skb, sk, (__u64)args->location, reason, false);
+	return handle_drop(args, skb, sk, (__u64)args->location, TP_REASON(args), false);
 }
+#endif
 
+#if !defined(TCPDROP_BCC) || defined(TCPDROP_HOOK_KPROBE)
+#ifndef TCPDROP_BCC
 SEC("kprobe/tcp_drop")
 int BPF_KPROBE(tcp_drop, struct sock *sk, struct sk_buff *skb)
+#else
+int tcp_drop(struct pt_regs *ctx, struct sock *sk, struct sk_buff *skb)
+#endif
 {
 	__u64 caller = 0;
 
@@ -413,3 +534,4 @@ int BPF_KPROBE(tcp_drop, struct sock *sk, struct sk_buff *skb)
 	bpf_probe_read_kernel(&caller, sizeof(caller), (void *)PT_REGS_SP(ctx));
 	return handle_drop(ctx, skb, sk, caller, REASON_UNKNOWN, false);
 }
+#endif

@@ -1,4 +1,5 @@
 """The command as a user meets it: usage, start-up errors, check, reasons, the human format."""
+import os
 import re
 import signal
 import subprocess
@@ -63,8 +64,9 @@ def test_unprivileged_user():
 def test_no_kernel_btf():
     require_root()
     hide_btf = in_mount_namespace("mount -t tmpfs none /sys/kernel/btf")
-    assert_one_error_line(run("trace", prefix=hide_btf), 1,
-                          "has no BTF", "CONFIG_DEBUG_INFO_BTF", "bcc")
+    # auto looks for the bcc backend next, which lacks this kernel's headers
+    assert_one_error_line(run("trace", prefix=hide_btf), 1, "has no BTF", "CONFIG_DEBUG_INFO_BTF",
+                          "or the bcc backend; no headers for kernel", "linux-headers-")
 
 
 def test_no_libbpf():
@@ -89,7 +91,8 @@ def test_no_probe_object(tmp_path):
 
 def test_tracefs_is_mounted_when_missing():
     require_root()
-    no_tracefs = in_mount_namespace("umount /sys/kernel/tracing")
+    # Unmounted here whether or not it was mounted before (a fresh boot has it not).
+    no_tracefs = in_mount_namespace("{ umount /sys/kernel/tracing 2>/dev/null || true; }")
     result = run("check", prefix=no_tracefs)
     assert result.returncode == 0, result
     assert "ok    tracefs: /sys/kernel/tracing mounted by us" in result.stdout
@@ -99,8 +102,29 @@ def test_check_passes_on_this_host():
     require_root()
     result = run("check")
     assert result.returncode == 0, result
-    assert result.stdout.count("\nok ") + result.stdout.startswith("ok ") == 8, result.stdout
+    assert result.stdout.count("\nok ") + result.stdout.startswith("ok ") == 9, result.stdout
+    assert result.stdout.startswith("ok    backend: core (the kernel has BTF and libbpf is installed)")
     assert "ok    hook: tp_btf/kfree_skb attaches" in result.stdout
+
+
+def test_bcc_backend_without_kernel_headers():
+    """This host has bcc (python3-bpfcc) but no headers for its own kernel."""
+    require_root()
+    release = os.uname().release
+    assert not os.path.exists(f"/lib/modules/{release}/build")
+    result = run("check", "--backend", "bcc")
+    assert result.returncode == 1, result
+    assert result.stdout.startswith("ok    backend: bcc (asked for with --backend)\nok    bcc: ")
+    assert f"FAIL  kernel headers: no headers for kernel {release} " in result.stdout
+    assert f"apt install linux-headers-{release}" in result.stdout
+    assert_one_error_line(run("trace", "--backend", "bcc"), 1, "E! no headers for kernel",
+                          f"apt install linux-headers-{release}")
+
+
+def test_tp_btf_hook_is_not_for_the_bcc_backend():
+    require_root()
+    assert_one_error_line(run("trace", "--backend", "bcc", "--hook", "tp_btf"), 2,
+                          "E! --hook tp_btf needs kernel BTF", "--backend core")
 
 
 def test_reasons_lists_the_running_kernels_names():
@@ -128,7 +152,7 @@ def test_trace_human_output_and_clean_exit(netns):
     assert re.fullmatch(r"\d\d:\d\d:\d\d \d+ +4  127\.0\.0\.1:40100 +> 127\.0\.0\.1:7200 +"
                         r"NONE \(SYN\) NO_SOCKET\n", lines[0]), lines[0]
     assert lines[1].startswith("tcp_v4_rcv+0x") and len(lines) > 4
-    assert re.search(r"I! attached to tp_btf/kfree_skb in \d+ ms", err)
+    assert re.search(r"I! attached to tp_btf/kfree_skb \(core\) in \d+ ms", err)
 
 
 def test_closed_stdout_ends_quietly(netns):

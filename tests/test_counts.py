@@ -51,10 +51,10 @@ def test_batched_and_one_by_one_map_reads_agree(netns):
     """bpf_map_lookup_batch (5.6+) and the get_next_key walk older kernels use."""
     from telegraf_tcpdrop import check
     from telegraf_tcpdrop.event import ProbeConfig
-    from telegraf_tcpdrop.probe import Probe
+    from telegraf_tcpdrop.probe import CoreLoader, Probe
     config = ProbeConfig(aggregate=1, other_reasons=1, port=7304, port_tags=1)
     config.reason_mask[:] = [2**64 - 1] * 4
-    with Probe(check.probe_object(), config, ("tp_btf",)) as probe:
+    with Probe(CoreLoader(check.probe_object()), config, ("tp_btf",)) as probe:
         netns.traffic("syns", "127.0.0.1", 7304, 41000, 1500)  # > one batch of 1024 keys
         batched = probe.read_counts()
         assert len(batched) == 1500

@@ -1,0 +1,91 @@
+"""The bcc backend: plugin/tcpdrop.c compiled on this host by bcc, against the
+running kernel's headers, for kernels without BTF (where CO-RE cannot load).
+
+The same source as the CO-RE object, built with -DTCPDROP_BCC: the settings
+that CoreLoader writes into .rodata are compiled in here as a C initializer,
+and the tracepoint's fields are read from its format file instead of BTF.
+Compiling takes a second or two on a real machine (minutes under emulation).
+"""
+import os
+import time
+from importlib import resources
+
+from . import log
+from .event import ProbeConfig
+from .probe import HOOKS, MAPS, HookError
+
+TRACEPOINT_FUNCTION = "tracepoint__skb__kfree_skb"  # the name bcc generates the record's struct for
+
+
+def config_initializer(config):
+    """A ProbeConfig as a C designated initializer: {.port = 9, ...}."""
+    fields = []
+    for name, _ in ProbeConfig._fields_:
+        value = getattr(config, name)
+        if name == "reason_mask":
+            fields.append(".reason_mask = {" + ", ".join(f"{word:#x}ULL" for word in value) + "}")
+        elif name != "pad":
+            fields.append(f".{name} = {value}")
+    return "{" + ", ".join(fields) + "}"
+
+
+def format_fields(format_text):
+    """The field names of a tracefs event format file."""
+    names = set()
+    for line in format_text.splitlines():
+        line = line.strip()
+        if line.startswith("field:"):
+            declaration = line.split(";")[0].removeprefix("field:")
+            names.add(declaration.split()[-1].split("[")[0])
+    return names
+
+
+class BccLoader:
+    name = "bcc"
+
+    def __init__(self, tracepoint_format, verbose=False):
+        """tracepoint_format: the text of skb/kfree_skb's format file."""
+        self.fields = format_fields(tracepoint_format)
+        self.verbose = verbose
+        self._bpf = None
+
+    def cflags(self, hook, config, sizes):
+        source_dir = resources.files(__package__)
+        flags = ["-DTCPDROP_BCC", f"-I{source_dir}", f"-DTCPDROP_HOOK_{hook.upper()}",
+                 f"-DTCPDROP_CFG={config_initializer(config)}",
+                 f"-DTCPDROP_MAX_KEYS={sizes['drops']}",
+                 f"-DTCPDROP_RINGBUF_PAGES={sizes['events'] // os.sysconf('SC_PAGE_SIZE')}",
+                 f"-DTCPDROP_MAX_STACKS={sizes['stacks']}"]
+        flags += [f"-DTP_HAS_{field.upper()}" for field in ("reason", "rx_sk") if field in self.fields]
+        return flags
+
+    def load(self, hook, config, sizes):
+        """(program fd, {map name: fd}) of the source compiled, loaded and attached at hook."""
+        if hook not in ("tracepoint", "kprobe"):
+            raise HookError("needs BTF: the CO-RE backend only")
+        from bcc import BPF  # loads LLVM: only when this backend is used
+
+        flags = self.cflags(hook, config, sizes)
+        if self.verbose:
+            log.debug("bcc cflags: " + " ".join(flags))
+        source = (resources.files(__package__) / "tcpdrop.c").read_text()
+        started = time.monotonic()
+        try:
+            # Compiles, loads, and attaches the tracepoint program (bcc does
+            # that itself for functions named tracepoint__*).
+            self._bpf = BPF(text=source, cflags=flags)
+            if hook == "kprobe":
+                function = HOOKS["kprobe"][0]
+                self._bpf.attach_kprobe(event="tcp_drop", fn_name=function)
+            else:
+                function = TRACEPOINT_FUNCTION
+            prog_fd = self._bpf.funcs[function.encode()].fd
+        except Exception as e:  # bcc raises bare Exception for every failure
+            raise HookError(str(e)) from None
+        log.info(f"bcc compiled and loaded the probe in {time.monotonic() - started:.1f} s")
+        return prog_fd, {name: self._bpf[name].map_fd for name in MAPS}
+
+    def close(self):
+        if self._bpf:
+            self._bpf.cleanup()
+        self._bpf = None
