@@ -5,8 +5,9 @@ under QEMU (software emulation, TCG: no /dev/kvm) with virtme-ng.
         what a VM needs (apt: qemu-system-x86 busybox-static kmod udev, and
         virtme-ng in a venv of its own), downloads the newest Debian
         `linux-image-<kernel>.0-N-amd64` (generic flavour: the cloud one has
-        no 9p) if it is not cached, and returns its directory (boot/vmlinuz-*,
-        lib/modules/*, depmod'ed). 6.1 comes from this machine's own apt
+        no 9p) and its `linux-headers-*` if they are not cached, and returns
+        its directory (boot/vmlinuz-*, lib/modules/* depmod'ed, with build/
+        and source/ linked to the headers in usr/src/, where bcc looks). 6.1 comes from this machine's own apt
         sources (bookworm); 5.10 from bullseye and bullseye-security on the
         same mirrors, through a private apt list and state (the host's apt
         is left alone). Needs root and the network; raises KernelVmError.
@@ -61,7 +62,7 @@ def prepare(kernel):
     _sh(["apt-get", "-q", *apt, "update"], "apt-get update")
     version = _newest(kernel, apt)
     root = KERNELS / version
-    if not (root / "boot" / f"vmlinuz-{version}").exists():
+    if not (root / "lib" / "modules" / version / "build").exists():
         _download(version, apt, root)
     return root
 
@@ -99,7 +100,8 @@ def _release(kernel):
 def _cached(kernel):
     """The newest prepared kernel of this series, or None."""
     _release(kernel)
-    found = [p for p in KERNELS.glob(f"{kernel}.0-*-amd64") if (p / "boot").is_dir()]
+    found = [p for p in KERNELS.glob(f"{kernel}.0-*-amd64")
+             if (p / "lib" / "modules" / p.name / "build").exists()]
     return max(found, key=lambda p: _abi(p.name), default=None) if VENV.exists() else None
 
 
@@ -192,22 +194,32 @@ def _newest(kernel, apt):
 
 
 def _download(version, apt, root):
-    """apt-get download + dpkg-deb -x the image into root, then depmod."""
+    """apt-get download + dpkg-deb -x the image and the headers into root,
+    then depmod."""
     KERNELS.mkdir(parents=True, exist_ok=True)
+    common = version.removesuffix("-amd64") + "-common"
+    packages = [f"linux-image-{version}", f"linux-headers-{version}", f"linux-headers-{common}"]
     with tempfile.TemporaryDirectory(dir=KERNELS, prefix=".download-") as tmp:
-        _sh(["apt-get", "-q", *apt, "download", f"linux-image-{version}"],
-            f"downloading linux-image-{version}", cwd=tmp)
-        deb, = Path(tmp).glob("*.deb")
+        _sh(["apt-get", "-q", *apt, "download", *packages], f"downloading {' '.join(packages)}",
+            cwd=tmp)
         tree = Path(tmp) / "tree"
-        _sh(["dpkg-deb", "-x", str(deb), str(tree)], f"unpacking {deb.name}")
+        for deb in Path(tmp).glob("*.deb"):
+            _sh(["dpkg-deb", "-x", str(deb), str(tree)], f"unpacking {deb.name}")
         modules = next((m for m in (tree / "lib" / "modules" / version,
                                     tree / "usr" / "lib" / "modules" / version) if m.is_dir()), None)
         if modules is None:
-            raise KernelVmError(f"{deb.name} has no lib/modules/{version}")
+            raise KernelVmError(f"linux-image-{version} has no lib/modules/{version}")
         staged = Path(tmp) / "kernel"
         (staged / "lib" / "modules").mkdir(parents=True)
         (tree / "boot").rename(staged / "boot")
+        (tree / "usr" / "src").rename(staged / "src")
         modules.rename(staged / "lib" / "modules" / version)
         _sh(["depmod", "-b", str(staged), version], "depmod")
+        # Where bcc finds the headers: absolute links, valid in the guest,
+        # which sees the host's files at the same paths.
+        for link, headers in (("build", version), ("source", common)):
+            target = staged / "lib" / "modules" / version / link
+            target.unlink(missing_ok=True)
+            target.symlink_to(root / "src" / f"linux-headers-{headers}")
         shutil.rmtree(root, ignore_errors=True)
         staged.rename(root)  # complete or absent

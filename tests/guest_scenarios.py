@@ -1,0 +1,110 @@
+"""Runs inside a kernel VM (tests/test_kernels.py): every backend that can run
+on this kernel, started once each, then the drop scenarios of test_drops.py,
+each in its own network namespace, seen by all of them at once.
+
+    python guest_scenarios.py OUTFILE
+
+Writes OUTFILE (JSON): per run (core, bcc), the command's `I!` lines, its
+start-up time and RSS, the trace events and the metrics lines; per scenario,
+its netns inode and ports; and whether tcp_drop is a kernel symbol. The bcc
+runs see no kernel BTF (a tmpfs over /sys/kernel/btf, in a mount namespace
+of their own), so `--backend auto` has to choose bcc by itself.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from conftest import CLI, Netns, eventually
+
+HIDE_BTF = ["unshare", "-m", "sh", "-c", 'mount -t tmpfs none /sys/kernel/btf && exec "$@"', "sh"]
+# trace: every event; metrics: every port as a tag, so lines name their scenario.
+COMMANDS = {"trace": ["trace", "--json", "--no-stack", "--rate-limit", "0"],
+            "metrics": ["metrics", "--signal", "STDIN", "--port-tags", "all"]}
+
+
+class Run:
+    """One telegraf-tcpdrop command, started and waited for until attached."""
+
+    def __init__(self, prefix, command):
+        self.command = command
+        started = time.monotonic()
+        self.proc = subprocess.Popen([*prefix, CLI, *COMMANDS[command]], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.stdout, self.stderr = [], []
+        for stream, lines in ((self.proc.stdout, self.stdout), (self.proc.stderr, self.stderr)):
+            threading.Thread(target=lambda s=stream, l=lines: l.extend(s), daemon=True).start()
+        attached = eventually(lambda: any("I! attached" in l for l in self.stderr) or
+                              self.proc.poll() is not None, timeout=600, interval=0.05)
+        self.startup = time.monotonic() - started
+        if not attached or self.proc.poll() is not None:
+            raise SystemExit(f"{command} did not start: {''.join(self.stderr)}")
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            self.rss_kib = int(next(l for l in f if l.startswith("VmRSS:")).split()[1])
+
+    def stop(self):
+        if self.command == "trace":
+            self.proc.send_signal(signal.SIGINT)
+        self.proc.stdin.close()  # metrics: emit what is pending and exit
+        self.proc.wait(timeout=60)
+        time.sleep(0.2)  # the reader threads reach EOF
+        return {"exit": self.proc.returncode, "stderr": self.stderr, "startup_s": self.startup,
+                "rss_kib": self.rss_kib, "stdout": self.stdout}
+
+
+def scenarios():
+    """Each scenario of test_drops.py in a namespace of its own: {name: details}."""
+    done = {}
+
+    def scenario(name, kind, *args, nft_port=None):
+        ns = Netns()
+        if nft_port:
+            ns.drop_input_port(nft_port)
+        done[name] = {"netns": ns.inode, **ns.traffic(kind, *args)}
+        return ns
+
+    namespaces = [
+        scenario("syn4", "syn", "127.0.0.1", 9, 40001),
+        scenario("syn6", "syn", "::1", 9, 40001),
+        scenario("ip-options", "syn-with-ip-options", 9, 40004),
+        scenario("ipv6-extensions", "syn-with-ipv6-extensions", 9, 40004),
+        scenario("netfilter4", "syn", "127.0.0.1", 8080, 40002, 0.3, nft_port=8080),
+        scenario("netfilter6", "syn", "::1", 8080, 40002, 0.3, nft_port=8080),
+        scenario("old-segment", "old-segment", 7000),
+        scenario("listen-overflow", "listen-overflow", 7001),
+        scenario("udp4", "udp", "127.0.0.1", 9),
+        scenario("udp6", "udp", "::1", 9),
+        scenario("icmp", "icmp-bad-checksum"),
+    ]
+    time.sleep(1)  # the last events through the ring buffers
+    for ns in namespaces:
+        ns.delete()
+    return done
+
+
+def main(outfile):
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    with open("/proc/kallsyms") as f:
+        tcp_drop = any(line.split()[2] == "tcp_drop" for line in f)
+    backends = {"core": []}
+    if os.path.isdir(f"/lib/modules/{os.uname().release}/build"):
+        backends["bcc"] = HIDE_BTF
+    runs = {(backend, command): Run(prefix, command)
+            for backend, prefix in backends.items() for command in COMMANDS}
+    done = scenarios()
+    result = {"kernel": os.uname().release, "tcp_drop_symbol": tcp_drop, "scenarios": done,
+              "runs": {f"{backend} {command}": run.stop()
+                       for (backend, command), run in runs.items()}}
+    if not tcp_drop:  # asking for its kprobe must then fail, and say why
+        kprobe = subprocess.run([CLI, "trace", "--hook", "kprobe"], capture_output=True,
+                                text=True, timeout=120)
+        result["kprobe"] = {"exit": kprobe.returncode, "stderr": kprobe.stderr}
+    Path(outfile).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
