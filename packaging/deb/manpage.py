@@ -17,7 +17,8 @@ from telegraf_tcpdrop import cli  # noqa: E402
 
 SECTIONS = {
     "REQUIREMENTS": """
-Linux with BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF=y) and libbpf (libbpf1).
+Linux 5.8+ with BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF=y) and libbpf (libbpf1);
+or, without BTF, python3-bpfcc and the kernel's headers (linux-headers-*): the bcc backend.
 Root, or the capabilities CAP_BPF and CAP_PERFMON (CAP_SYS_ADMIN before Linux 5.8), and
 CAP_SYSLOG to read kernel addresses from /proc/kallsyms. The package grants these three
 to telegraf.service (/lib/systemd/system/telegraf.service.d/tcpdrop.conf) and to
