@@ -48,6 +48,7 @@ class DropKey(ctypes.Structure):
         ("state", ctypes.c_uint8),
         ("flags", ctypes.c_uint8),
         ("ephemeral", ctypes.c_uint8),
+        ("pad", ctypes.c_uint32),
     ]
 
 

@@ -39,6 +39,7 @@ struct drop_key {
 	__u8 state;
 	__u8 flags;
 	__u8 ephemeral;		/* EPHEMERAL_SPORT | EPHEMERAL_DPORT: port was in the ephemeral range */
+	__u32 pad;		/* 0: a hash key has no padding, whose bytes would be left to chance */
 };
 
 struct drop_count {
