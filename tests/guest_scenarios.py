@@ -4,7 +4,8 @@ each in its own network namespace, seen by all of them at once.
 
     python guest_scenarios.py OUTFILE
 
-Writes OUTFILE (JSON): per run (core, bcc), the command's `I!` lines, its
+Writes OUTFILE (JSON): per run (core on tp_btf, core on the classic
+tracepoint, bcc), the command's `I!` lines, its
 start-up time and RSS, the trace events and the metrics lines; per scenario,
 its netns inode and ports; and whether tcp_drop is a kernel symbol. The bcc
 runs see no kernel BTF (a tmpfs over /sys/kernel/btf, in a mount namespace
@@ -30,10 +31,10 @@ COMMANDS = {"trace": ["trace", "--json", "--no-stack", "--rate-limit", "0"],
 class Run:
     """One telegraf-tcpdrop command, started and waited for until attached."""
 
-    def __init__(self, prefix, command):
+    def __init__(self, prefix, options, command):
         self.command = command
         started = time.monotonic()
-        self.proc = subprocess.Popen([*prefix, CLI, *COMMANDS[command]], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([*prefix, CLI, *COMMANDS[command], *options], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.stdout, self.stderr = [], []
         for stream, lines in ((self.proc.stdout, self.stdout), (self.proc.stderr, self.stderr)):
@@ -90,11 +91,12 @@ def main(outfile):
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     with open("/proc/kallsyms") as f:
         tcp_drop = any(line.split()[2] == "tcp_drop" for line in f)
-    backends = {"core": []}
+    # name: (command prefix, options)
+    backends = {"core": ([], []), "core-tracepoint": ([], ["--hook", "tracepoint"])}
     if os.path.isdir(f"/lib/modules/{os.uname().release}/build"):
-        backends["bcc"] = HIDE_BTF
-    runs = {(backend, command): Run(prefix, command)
-            for backend, prefix in backends.items() for command in COMMANDS}
+        backends["bcc"] = (HIDE_BTF, [])
+    runs = {(backend, command): Run(prefix, options, command)
+            for backend, (prefix, options) in backends.items() for command in COMMANDS}
     done = scenarios()
     result = {"kernel": os.uname().release, "tcp_drop_symbol": tcp_drop, "scenarios": done,
               "runs": {f"{backend} {command}": run.stop()
