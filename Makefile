@@ -10,7 +10,7 @@ VENV := .venv
 BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_$(ARCH) -Wall -Werror \
 	-ffile-prefix-map=$(CURDIR)/=
 
-.PHONY: probe setup run test deb clean help
+.PHONY: probe setup run test bench deb clean help
 probe: plugin/tcpdrop.bpf.o
 
 plugin/tcpdrop.bpf.o: plugin/tcpdrop.c plugin/tcpdrop.h plugin/kernel.h
@@ -43,9 +43,20 @@ run: setup
 test: setup
 	$(VENV)/bin/python -m pytest -v $(PYTEST_ARGS)
 
+# The benchmark (bench/run.py: ~15 min, then docs/performance.md and its plots).
+BENCH_PACKAGES := bpftrace bpfcc-tools python3-matplotlib libc6-dev
+
+bench: setup
+	@if dpkg-query -W -f='$${Status}\n' $(BENCH_PACKAGES) 2>&1 | grep -qv 'install ok installed'; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends $(BENCH_PACKAGES); fi
+	$(VENV)/bin/python bench/run.py
+	$(VENV)/bin/python bench/report.py
+
 help:
 	@echo "make run    install what is missing, build the probe, start the tracer"
 	@echo "make test   the same set-up, then the test suite (root: it loads the probe)"
+	@echo "make bench  the benchmark: drop storms, each monitor's cost -> docs/performance.md"
 	@echo "make probe  build plugin/tcpdrop.bpf.o only"
 	@echo "make deb    build/deb/telegraf-tcpdrop_<version>_<arch>.deb, then lintian"
 

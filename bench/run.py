@@ -1,0 +1,312 @@
+"""The benchmark: one TCP drop storm after another, each seen by one monitor,
+and what each monitor cost. Run as root: `make bench` (or `--smoke`: one short
+run of each monitor, seconds, for CI).
+
+A storm is an exact number of SYNs from bench/synflood (raw socket,
+sendmmsg) in a network namespace of its own, to a closed port (each SYN and
+the RST that answers it are dropped: 2 drops per packet, NO_SOCKET) or to a
+port nftables drops (1 drop per packet, NETFILTER_DROP). Per run it records:
+packets sent and drops/s, the kernel ns per run of each BPF program the
+monitor attached (kernel.bpf_stats_enabled: run_time_ns / run_cnt), the
+monitor's CPU % of one core and peak RSS, drops seen vs sent, events lost
+or held back, and the time from start to attached.
+
+Monitors: none; floor (an empty tp_btf program, bench/floor.bpf.c); ours
+(`metrics` on tp_btf and on the classic tracepoint, `trace`); bpftrace
+counting skb:kfree_skb by reason and location. Sweeps: drop rate (up to the
+most this box takes) and distinct tag sets (1 to 10,000 source ports). Then
+the same storm in Debian's 6.1 kernel under QEMU (tests/peers/kernel_vm.py),
+where bcc runs: bcc's own tcpdrop, the per-event anchor, against ours on
+both backends (`--plan anchor`, run inside the VM by this script).
+Writes bench/results/<date>.json; bench/report.py turns it into
+docs/performance.md and its plots.
+"""
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from telegraf_tcpdrop import check
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+BUILD = ROOT / "build" / "bench"
+CLI = Path(sys.executable).parent / "telegraf-tcpdrop"
+PORTS = {"closed": 9, "nft": 8080}
+DROPS_PER_PACKET = {"closed": 2, "nft": 1}  # closed: the SYN, and the RST that answers it
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+REASONS = check.drop_reasons(check.libbpf())
+BPFTRACE = "tracepoint:skb:kfree_skb { @drops[args->reason, ksym(args->location)] = count(); }"
+
+
+def sh(*cmd, **kwargs):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kwargs).stdout
+
+
+class Storm:
+    """A network namespace whose loopback takes the SYNs, with nftables
+    dropping one port."""
+
+    def __init__(self):
+        self.name = f"tcpdrop-bench-{os.getpid()}"
+        sh("ip", "netns", "add", self.name)
+        self.sh("ip", "link", "set", "lo", "up")
+        self.sh("nft", "-f", "-", input=f"""table inet bench {{
+            chain input {{ type filter hook input priority 0; tcp dport {PORTS['nft']} drop; }}
+        }}""")
+
+    def sh(self, *cmd, **kwargs):
+        return sh("ip", "netns", "exec", self.name, *cmd, **kwargs)
+
+    def send(self, kind, packets, sports=None, pps=0):
+        """(packets sent, seconds) of one storm."""
+        args = [str(BUILD / "synflood"), "127.0.0.1", str(PORTS[kind]), str(packets)]
+        if sports or pps:
+            args += [str(sports or 28232), str(pps)]
+        out = dict(kv.split("=") for kv in self.sh(*args).split())
+        return int(out["sent"]), float(out["seconds"])
+
+    def close(self):
+        subprocess.run(["ip", "netns", "del", self.name], check=False)
+
+
+def bpf_programs():
+    """{id: (name, run_time_ns, run_cnt)} of every loaded BPF program."""
+    listed = json.loads(sh("bpftool", "prog", "show", "--json"))
+    return {p["id"]: (p.get("name", ""), p.get("run_time_ns", 0), p.get("run_cnt", 0))
+            for p in listed}
+
+
+class Monitor:
+    """One monitor process (or none, or the floor program loaded here)."""
+
+    def __init__(self, name, command=None, ready=None, floor=False):
+        self.name, self.command, self.ready, self.floor = name, command, ready, floor
+        self.proc, self.lines, self.stderr, self._floor = None, [], [], None
+
+    def start(self):
+        before = set(bpf_programs())
+        started = time.monotonic()
+        if self.floor:
+            self._floor = load_floor()
+        elif self.command:
+            self.proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, text=True)
+            for stream, into in ((self.proc.stdout, self.lines), (self.proc.stderr, self.stderr)):
+                threading.Thread(target=lambda s=stream, i=into: i.extend(s), daemon=True).start()
+            deadline = time.monotonic() + 600  # bcc compiles for a minute under QEMU
+            while not any(self.ready in line for line in self.lines + self.stderr):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"{self.name} did not start: {''.join(self.stderr)}")
+                time.sleep(0.005)
+        self.startup = time.monotonic() - started
+        deadline = time.monotonic() + 5  # the program shows up in the kernel's list
+        while True:
+            self.prog_ids = set(bpf_programs()) - before
+            if self.prog_ids or not (self.floor or self.command) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+
+    def cpu_seconds(self):
+        if not self.proc:
+            return 0.0
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+    def peak_rss_kib(self):
+        if not self.proc:
+            return 0
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            return int(next(line for line in f if line.startswith("VmHWM:")).split()[1])
+
+    def stop(self):
+        """Seconds from the stop signal to exit."""
+        started = time.monotonic()
+        if self._floor:
+            self._floor.close()
+        if self.proc:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+            time.sleep(0.2)  # the readers reach EOF
+        return time.monotonic() - started
+
+
+def load_floor():
+    from telegraf_tcpdrop import libbpf as lb
+
+    class Floor:
+        def __init__(self):
+            self.lib = lb.load()
+            self.obj = lb.check_ptr(self.lib.bpf_object__open_file(
+                str(BUILD / "floor.bpf.o").encode(), None), "open floor.bpf.o")
+            lb.check_int(self.lib.bpf_object__load(self.obj), "load floor.bpf.o")
+            prog = self.lib.bpf_object__find_program_by_name(self.obj, b"floor_kfree_skb")
+            self.link = lb.check_ptr(self.lib.bpf_program__attach(prog), "attach floor")
+
+        def close(self):
+            self.lib.bpf_link__destroy(self.link)
+            self.lib.bpf_object__close(self.obj)
+    return Floor()
+
+
+HIDE_BTF = ["unshare", "-m", "sh", "-c", 'mount -t tmpfs none /sys/kernel/btf && exec "$@"', "sh"]
+
+
+def monitors(kind, port_tags="bucketed"):
+    port = str(PORTS[kind])
+    metrics = [str(CLI), "metrics", "--port", port, "--interval", "1s", "--port-tags", port_tags]
+    attached = "I! attached"
+    return {
+        "metrics-bcc": Monitor("metrics-bcc", HIDE_BTF + metrics, attached),
+        "bcc-tcpdrop": Monitor("bcc-tcpdrop", ["/usr/sbin/tcpdrop-bpfcc"], "TIME"),
+        "none": Monitor("none"),
+        "floor": Monitor("floor", floor=True),
+        "metrics": Monitor("metrics", metrics, attached),
+        "metrics-tracepoint": Monitor("metrics-tracepoint", metrics + ["--hook", "tracepoint"], attached),
+        "trace": Monitor("trace", [str(CLI), "trace", "--json", "--no-stack", "--port", port], attached),
+        "bpftrace": Monitor("bpftrace", ["bpftrace", "-e", BPFTRACE], "Attaching"),
+    }
+
+
+def seen(monitor, kind):
+    """What the monitor reported of the storm: {drops, overflow, events, held_back}."""
+    if monitor.name.startswith("metrics"):
+        drops = sum(int(m.group(1)) for line in monitor.lines if line.startswith("tcpdrop,")
+                    for m in [re.search(r" drops=(\d+)i", line)])
+        overflow = sum(int(m.group(1)) for line in monitor.lines if line.startswith("tcpdrop_agent")
+                       for m in [re.search(r"map_overflow_drops=(\d+)i", line)])
+        return {"drops": drops + overflow, "overflow": overflow}
+    if monitor.name == "trace":
+        held = sum(int(m.group(1)) for line in monitor.stderr
+                   for m in [re.search(r"W! (\d+) drops not shown", line)] if m)
+        return {"drops": len(monitor.lines) + held, "events": len(monitor.lines), "held_back": held}
+    if monitor.name == "bcc-tcpdrop":  # 12:00:01 0 4 127.0.0.1:32768 > 127.0.0.1:8080 NONE (SYN)
+        port = PORTS[kind]
+        return {"drops": sum(1 for line in monitor.lines if re.match(rf"\d\d:.* > \S+:{port} ", line))}
+    if monitor.name == "bpftrace":  # @drops[3, tcp_v4_rcv]: 2000
+        reason = REASONS.number({"closed": "NO_SOCKET", "nft": "NETFILTER_DROP"}[kind])
+        counts = [int(m.group(1)) for line in monitor.lines
+                  for m in [re.match(rf"@drops\[{reason}, .*\]: (\d+)", line)] if m]
+        return {"drops": sum(counts)}
+    return {}
+
+
+SETTLE_SECONDS = 1.5  # after attaching: the one-off start-up work (kallsyms) is not the storm's
+
+
+def run_one(storm, monitor, kind, packets, sports=None, pps=0, idle_seconds=0):
+    monitor.start()
+    time.sleep(SETTLE_SECONDS if monitor.proc else 0)
+    programs, cpu, wall = bpf_programs(), monitor.cpu_seconds(), time.monotonic()
+    if idle_seconds:
+        time.sleep(idle_seconds)
+        sent, seconds = 0, idle_seconds
+    else:
+        sent, seconds = storm.send(kind, packets, sports, pps)
+    time.sleep(1.2)  # one more metrics interval: the storm's last counts
+    after, cpu_after = bpf_programs(), monitor.cpu_seconds()
+    wall = time.monotonic() - wall
+    rss = monitor.peak_rss_kib()
+    stop = monitor.stop()
+    runs = {after[i][0]: (after[i][1] - programs[i][1], after[i][2] - programs[i][2])
+            for i in monitor.prog_ids if i in after and i in programs}
+    return {
+        "monitor": monitor.name, "kind": kind, "packets": sent, "sports": sports, "pps_asked": pps,
+        "drops_expected": sent * DROPS_PER_PACKET[kind], "seconds": seconds,
+        "drops_per_s": sent * DROPS_PER_PACKET[kind] / seconds if sent else 0,
+        "programs": {name: {"runs": n, "ns_per_run": ns / n if n else None} for name, (ns, n) in runs.items()},
+        "cpu_percent": 100 * (cpu_after - cpu) / wall, "peak_rss_kib": rss,
+        "startup_s": monitor.startup, "stop_s": stop, "seen": seen(monitor, kind),
+    }
+
+
+def build():
+    """The generator and the floor program, where missing or older than their source."""
+    BUILD.mkdir(parents=True, exist_ok=True)
+    for source, target, cmd in (
+            ("synflood.c", "synflood", ["clang", "-O2", "-Wall", "-o"]),
+            ("floor.bpf.c", "floor.bpf.o", ["clang", "-g", "-O2", "-target", "bpf",
+                                            "-D__TARGET_ARCH_x86", "-Wall", "-Werror", "-c", "-o"])):
+        source, target = BENCH / source, BUILD / target
+        if not target.exists() or target.stat().st_mtime < source.stat().st_mtime:
+            sh(*cmd, str(target), str(source))
+
+
+def plan(name):
+    """(sweep, kind, monitor names, [(packets, sports, pps, idle seconds)], port tags)."""
+    if name == "smoke":
+        return [("smoke", "nft", ["floor", "metrics", "trace"], [(20000, None, 0, 0)], "bucketed")]
+    if name == "anchor":  # inside the 6.1 VM, under emulation: fewer packets
+        return [("anchor", "nft", ["none", "floor", "metrics", "metrics-bcc", "trace", "bcc-tcpdrop"],
+                 [(20000, None, 0, 0)], "bucketed")]
+    everyone = ["none", "floor", "metrics", "metrics-tracepoint", "trace", "bpftrace"]
+    rates = [(0, None, 0, 3)] + [(pps * 3, None, pps, 0) for pps in (20000, 50000, 100000)] + \
+            [(1000000, None, 0, 0)]
+    keys = [(1000000, sports, 0, 0) for sports in (1, 10, 100, 1000, 10000)]
+    return [("rate", "closed", everyone, rates, "bucketed"),
+            ("nft", "nft", everyone, [(1000000, None, 0, 0)], "bucketed"),
+            ("keys", "closed", ["floor", "metrics", "bpftrace"], keys, "all")]
+
+
+def in_vm(kernel):
+    """The anchor plan run by this script inside a VM of that kernel; its runs."""
+    sys.path.insert(0, str(ROOT / "tests" / "peers"))
+    import kernel_vm
+    shared = kernel_vm.CACHE / "vm-out" / f"bench-{kernel}.json"
+    shared.parent.mkdir(parents=True, exist_ok=True)
+    shared.unlink(missing_ok=True)
+    code, output = kernel_vm.run(kernel, f"{sys.executable} {Path(__file__).resolve()} --plan anchor "
+                                         f"--out {shared}", timeout=1800)
+    if code != 0 or not shared.exists():
+        raise SystemExit(f"the benchmark in the {kernel} VM failed ({code}):\n{output[-3000:]}")
+    result = json.loads(shared.read_text())
+    return [{**run, "kernel": result["kernel"]} for run in result["runs"]]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--plan", choices=("full", "smoke", "anchor"), default="full",
+                        help="full: every sweep here, then the anchor in the 6.1 VM (default); "
+                             "smoke: one short run per monitor (CI); anchor: the VM's part")
+    parser.add_argument("--out", type=Path, help="the results file (default: "
+                                                 "bench/results/<date>.json)")
+    args = parser.parse_args()
+    out = args.out or BENCH / "results" / f"{datetime.now(timezone.utc):%Y-%m-%d}.json"
+    build()
+    stats = Path("/proc/sys/kernel/bpf_stats_enabled")
+    stats_before = stats.read_text().strip()
+    stats.write_text("1")
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)  # a VM's own loopback
+    storm = Storm()
+    results = []
+    try:
+        for sweep, kind, names, steps, port_tags in plan(args.plan):
+            for packets, sports, pps, idle in steps:
+                for name in names:
+                    result = run_one(storm, monitors(kind, port_tags)[name], kind, packets, sports,
+                                     pps, idle)
+                    results.append({"sweep": sweep, **result})
+                    print(json.dumps(results[-1]), flush=True)
+    finally:
+        storm.close()
+        stats.write_text(stats_before)
+    results = [{**run, "kernel": os.uname().release} for run in results]
+    if args.plan == "full":
+        results += in_vm("6.1")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"kernel": os.uname().release, "cpus": os.cpu_count(),
+                               "runs": results}, indent=1))
+    print(out)
+
+
+if __name__ == "__main__":
+    main()
