@@ -97,8 +97,10 @@ class Monitor:
         if self.floor:
             self._floor = load_floor()
         elif self.command:
+            # unbuffered: bcc's tcpdrop is a Python script, and its header says it attached
             self.proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE, text=True)
+                                         stderr=subprocess.PIPE, text=True,
+                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
             for stream, into in ((self.proc.stdout, self.lines), (self.proc.stderr, self.stderr)):
                 threading.Thread(target=lambda s=stream, i=into: i.extend(s), daemon=True).start()
             deadline = time.monotonic() + 600  # bcc compiles for a minute under QEMU

@@ -56,6 +56,18 @@ class DropCount(ctypes.Structure):
     _fields_ = [("drops", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
 
 
+HOT_SLOTS = 64
+
+
+class HotSlot(ctypes.Structure):
+    _fields_ = [
+        ("key", DropKey),
+        ("count", DropCount),
+        ("epoch", ctypes.c_uint32),
+        ("claimed", ctypes.c_uint32),
+    ]
+
+
 class ProbeConfig(ctypes.Structure):
     _fields_ = [
         ("reason_mask", ctypes.c_uint64 * 4),

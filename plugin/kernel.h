@@ -29,6 +29,7 @@ typedef _Bool bool;
 
 /* Constants (stable ABI, not relocated), as the kernel headers define them. */
 enum bpf_map_type {
+	BPF_MAP_TYPE_ARRAY = 2,
 	BPF_MAP_TYPE_PERCPU_HASH = 5,
 	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
 	BPF_MAP_TYPE_STACK_TRACE = 7,

@@ -78,6 +78,7 @@ _SIGNATURES = {
     "bpf_map__set_max_entries": (ctypes.c_int, [_P, ctypes.c_uint32]),
     "bpf_map_lookup_elem": (ctypes.c_int, [ctypes.c_int, _P, _P]),
     "bpf_map_delete_elem": (ctypes.c_int, [ctypes.c_int, _P]),
+    "bpf_map_update_elem": (ctypes.c_int, [ctypes.c_int, _P, _P, ctypes.c_uint64]),
     "bpf_map_get_next_key": (ctypes.c_int, [ctypes.c_int, _P, _P]),
     "bpf_map_lookup_batch": (ctypes.c_int, [ctypes.c_int, _P, _P, _P, _P,
                                             ctypes.POINTER(ctypes.c_uint32), _P]),

@@ -46,10 +46,14 @@ class Deltas:
                 unchanged += 1
             if unchanged >= self.idle_intervals:
                 idle.append(key)
-            else:
-                last[key] = (drops, nbytes, unchanged)
+            last[key] = (drops, nbytes, unchanged)
         self._last = last
         return changed, idle
+
+    def forget(self, keys):
+        """The kernel dropped these keys: a next drop counts from 0 again."""
+        for key in keys:
+            self._last.pop(key, None)
 
 
 class Collector:
@@ -111,8 +115,9 @@ class Collector:
         now = self.clock()
         totals = self.probe.read_counts()
         changed, idle = self.deltas.update(totals)
-        self.probe.delete_keys(idle)
-        for key in idle:
+        evicted = self.probe.delete_keys(idle)
+        self.deltas.forget(evicted)
+        for key in evicted:
             self._tags.pop(key, None)
         points = []
         for raw, (drops, nbytes) in changed.items():
@@ -123,7 +128,7 @@ class Collector:
                 self._tags[raw] = self.tags(DropKey.from_buffer_copy(raw))
             points.append(Point("tcpdrop", self._tags[raw], fields, now))
         self.examples.clear()
-        health = self.agent_fields(now, len(totals), len(idle))
+        health = self.agent_fields(now, len(totals), len(evicted))
         points.append(Point("tcpdrop_agent", self._host, health, now))
         self._last_time = now
         return points

@@ -14,14 +14,15 @@ import os
 from . import libbpf as lb
 from . import log
 from .btf import Btf
-from .event import COUNTER_MAX, MAX_STACK_DEPTH, DropCount, DropEvent, DropKey, ProbeConfig
+from .event import (COUNTER_MAX, HOT_SLOTS, MAX_STACK_DEPTH, DropCount, DropEvent, DropKey,
+                    HotSlot, ProbeConfig)
 
 DEFAULT_MAX_KEYS = 16384
 RINGBUF_BYTES = 256 * 1024
 MAX_STACKS = 4096  # distinct kernel stacks kept for events
 BATCH = 1024  # keys per bpf_map_lookup_batch() call
 ENOENT, EINVAL, ENOTSUPP = 2, 22, 524
-MAPS = ("drops", "events", "stacks", "counters")
+MAPS = ("drops", "hot_slots", "hot_epochs", "events", "stacks", "counters")
 
 # Program name in tcpdrop.c -> what it attaches to, in order of preference.
 HOOKS = {
@@ -55,6 +56,7 @@ class Probe:
         self.config = config or ProbeConfig()
         self.max_keys = max_keys
         self._batch_lookup = True  # until the kernel says it has none (< 5.6)
+        self._hot = {}  # slot index -> the keys it held on any CPU, at the last read
         self.hook = None  # the hook that attached
         self.backend = loader.name
         self._lib = lb.load()
@@ -121,7 +123,15 @@ class Probe:
         return totals
 
     def read_counts(self):
-        """{DropKey bytes: (drops, bytes)} of every key in the drops map, summed over CPUs."""
+        """{DropKey bytes: (drops, bytes)} of every key, summed over CPUs: the
+        drops map's counts plus those in the hot slots."""
+        counts = self._read_map()
+        for key, (drops, nbytes) in self._read_hot_slots().items():
+            old_drops, old_bytes = counts.get(key, (0, 0))
+            counts[key] = (old_drops + drops, old_bytes + nbytes)
+        return counts
+
+    def _read_map(self):
         if self._batch_lookup:
             try:
                 return self._read_counts_batched()
@@ -130,6 +140,30 @@ class Probe:
                     raise
                 self._batch_lookup = False
         return self._read_counts_one_by_one()
+
+    def _read_hot_slots(self):
+        """{key: (drops, bytes)} of the claimed, current hot slots; notes which
+        keys each slot index holds."""
+        counts, self._hot = {}, {}
+        slots = (HotSlot * self.ncpus)()
+        for index in range(HOT_SLOTS):
+            epoch = self._epoch(index)
+            i = ctypes.c_uint32(index)
+            lb.check_int(self._lib.bpf_map_lookup_elem(self._fds["hot_slots"], ctypes.byref(i), slots),
+                         "read hot slots")
+            for slot in slots:
+                if slot.claimed and slot.epoch == epoch:
+                    key = bytes(slot.key)
+                    drops, nbytes = counts.get(key, (0, 0))
+                    counts[key] = (drops + slot.count.drops, nbytes + slot.count.bytes)
+                    self._hot.setdefault(index, set()).add(key)
+        return counts
+
+    def _epoch(self, index):
+        i, epoch = ctypes.c_uint32(index), ctypes.c_uint32()
+        lb.check_int(self._lib.bpf_map_lookup_elem(self._fds["hot_epochs"], ctypes.byref(i),
+                                                   ctypes.byref(epoch)), "read hot epochs")
+        return epoch.value
 
     def _read_counts_batched(self):
         fd, per_key = self._fds["drops"], self.ncpus * 2  # two u64 per CPU
@@ -165,9 +199,24 @@ class Probe:
         return counts
 
     def delete_keys(self, keys):
-        fd = self._fds["drops"]
-        for key in keys:
-            self._lib.bpf_map_delete_elem(fd, DropKey.from_buffer_copy(key))
+        """Takes idle keys out of the kernel's tables; returns those that left.
+        A key in a hot slot leaves only along with every key its slot index
+        holds on the other CPUs: the index is retired (its epoch bumped) for
+        all CPUs at once, else counts would be lost."""
+        idle = set(keys)
+        staying = set()
+        for index, held in self._hot.items():
+            if held <= idle:
+                i, epoch = ctypes.c_uint32(index), ctypes.c_uint32(self._epoch(index) + 1)
+                lb.check_int(self._lib.bpf_map_update_elem(self._fds["hot_epochs"], ctypes.byref(i),
+                                                           ctypes.byref(epoch), 0), "retire hot slot")
+            else:
+                staying |= held & idle
+        gone = idle - staying
+        for key in gone:
+            raw = DropKey.from_buffer_copy(key)
+            self._lib.bpf_map_delete_elem(self._fds["drops"], ctypes.byref(raw))
+        return gone
 
     def run_stats(self):
         """(runs, run time in ns) of the attached program; both stay 0 unless

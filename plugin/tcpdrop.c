@@ -49,6 +49,23 @@ struct {
 	__type(value, struct drop_count);
 } drops SEC(".maps");
 
+/* A drop storm is a few tag sets counted millions of times: their counts go
+ * to a slot of this per-CPU array (an index and a compare) instead of a hash
+ * lookup each. User space retires a slot index by bumping its epoch. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, HOT_SLOTS);
+	__type(key, __u32);
+	__type(value, struct hot_slot);
+} hot_slots SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, HOT_SLOTS);
+	__type(key, __u32);
+	__type(value, __u32);
+} hot_epochs SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 256 * 1024);
@@ -86,6 +103,16 @@ static __always_inline long drops_insert(struct drop_key *key, struct drop_count
 	return bpf_map_update_elem(&drops, key, first, BPF_NOEXIST);
 }
 
+static __always_inline struct hot_slot *hot_slot(__u32 *index)
+{
+	return bpf_map_lookup_elem(&hot_slots, index);
+}
+
+static __always_inline __u32 *hot_epoch(__u32 *index)
+{
+	return bpf_map_lookup_elem(&hot_epochs, index);
+}
+
 static __always_inline __u64 *counter(__u32 *slot)
 {
 	return bpf_map_lookup_elem(&counters, slot);
@@ -112,6 +139,8 @@ static __always_inline long stack_id(void *ctx)
 static const struct probe_config cfg = TCPDROP_CFG;
 
 BPF_PERCPU_HASH(drops, struct drop_key, struct drop_count, TCPDROP_MAX_KEYS);
+BPF_PERCPU_ARRAY(hot_slots, struct hot_slot, HOT_SLOTS);
+BPF_ARRAY(hot_epochs, __u32, HOT_SLOTS);
 BPF_RINGBUF_OUTPUT(events, TCPDROP_RINGBUF_PAGES);
 BPF_STACK_TRACE(stacks, TCPDROP_MAX_STACKS);
 BPF_PERCPU_ARRAY(counters, __u64, COUNTER_MAX);
@@ -125,6 +154,16 @@ static __always_inline struct drop_count *drops_lookup(struct drop_key *key)
 static __always_inline long drops_insert(struct drop_key *key, struct drop_count *first)
 {
 	return drops.insert(key, first);	/* BPF_NOEXIST */
+}
+
+static __always_inline struct hot_slot *hot_slot(__u32 *index)
+{
+	return hot_slots.lookup(index);
+}
+
+static __always_inline __u32 *hot_epoch(__u32 *index)
+{
+	return hot_epochs.lookup(index);
 }
 
 static __always_inline __u64 *counter(__u32 *slot)
@@ -276,16 +315,45 @@ static __always_inline __u16 port_tag(__u16 port, __u8 *ephemeral, __u8 bit)
 	return port;
 }
 
+static __always_inline bool same_key(const struct drop_key *a, const struct drop_key *b)
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2];	/* 24 bytes, no padding */
+}
+
+/* The key's slot index: a multiplicative hash of its fields. */
+static __always_inline __u32 hot_index(const struct drop_key *key)
+{
+	const __u64 *x = (const __u64 *)key;
+
+	return ((x[0] ^ x[1] ^ x[2]) * 0x9E3779B97F4A7C15ULL) >> (64 - 6);	/* log2(HOT_SLOTS) */
+}
+
 static __always_inline void count_drop(struct drop_key *key, __u32 bytes)
 {
-	struct drop_count *c = drops_lookup(key);
+	__u32 index = hot_index(key);
+	struct hot_slot *hot = hot_slot(&index);
+	__u32 *epoch = hot_epoch(&index);
+	struct drop_count *c;
+	bool hot_free;
 
+	if (!hot || !epoch)
+		return;
+	hot_free = !hot->claimed || hot->epoch != *epoch;
+	if (!hot_free && same_key(&hot->key, key)) {
+		hot->count.drops += 1;
+		hot->count.bytes += bytes;
+		return;
+	}
+
+	c = drops_lookup(key);
 	if (!c) {
 		struct drop_count first = { .drops = 1, .bytes = bytes };
 		long err = drops_insert(key, &first);
 
 		if (!err)
-			return;
+			goto claim;
 		/* -EEXIST: another CPU added the key first; else the map is full */
 		if (err == -EEXIST)
 			c = drops_lookup(key);
@@ -297,6 +365,17 @@ static __always_inline void count_drop(struct drop_key *key, __u32 bytes)
 	}
 	c->drops += 1;
 	c->bytes += bytes;
+claim:
+	/* Only a key the map holds takes a slot: --max-keys still bounds the
+	 * tag sets. The slot counts from zero; user space adds both. */
+	if (hot_free) {
+		hot->claimed = 0;
+		hot->key = *key;
+		hot->count.drops = 0;
+		hot->count.bytes = 0;
+		hot->epoch = *epoch;
+		hot->claimed = 1;	/* last: a reader skips a slot being claimed */
+	}
 }
 
 /* Offset of the TCP header after the IPv6 header, or 0 if this is not a

@@ -47,6 +47,17 @@ struct drop_count {
 	__u64 bytes;		/* IP packet length (header + payload), from the IP header */
 };
 
+/* The per-CPU cache of hot tag sets in front of the drops map (tcpdrop.c,
+ * count_drop): a slot per CPU and index, claimed by a key already in the map. */
+#define HOT_SLOTS 64	/* a power of two */
+
+struct hot_slot {
+	struct drop_key key;
+	struct drop_count count;	/* counted here, not in the map, while the slot holds the key */
+	__u32 epoch;		/* hot_epochs[index] when claimed: another value = free */
+	__u32 claimed;		/* 1 once key is set */
+};
+
 #define EPHEMERAL_SPORT 1
 #define EPHEMERAL_DPORT 2
 

@@ -56,6 +56,41 @@ def test_batched_and_one_by_one_map_reads_agree(netns):
     config.reason_mask[:] = [2**64 - 1] * 4
     with Probe(CoreLoader(check.probe_object()), config, ("tp_btf",)) as probe:
         netns.traffic("syns", "127.0.0.1", 7304, 41000, 1500)  # > one batch of 1024 keys
-        batched = probe.read_counts()
+        batched = probe._read_counts_batched()
         assert len(batched) == 1500
         assert batched == probe._read_counts_one_by_one()
+
+
+def test_hot_slots_count_exactly_and_leave_with_idle_keys(netns):
+    """A storm's few tag sets are counted in per-CPU hot slots; once idle they
+    leave the kernel, and when they come back they count from zero."""
+    from telegraf_tcpdrop import check
+    from telegraf_tcpdrop.event import ProbeConfig
+    from telegraf_tcpdrop.metrics import Collector, Deltas
+    from telegraf_tcpdrop.probe import CoreLoader, Probe
+    from telegraf_tcpdrop.symbols import KernelSymbols
+    config = ProbeConfig(aggregate=1, other_reasons=1, port=7305, ephemeral_low=32768,
+                         ephemeral_high=60999)
+    config.reason_mask[:] = [2**64 - 1] * 4
+
+    def drops(points):
+        return sorted((p.tags["flags"], p.fields["drops"]) for p in points if p.measurement == "tcpdrop")
+
+    def agent(points, field):
+        return next(p.fields[field] for p in points if p.measurement == "tcpdrop_agent")
+
+    with Probe(CoreLoader(check.probe_object()), config, ("tp_btf",)) as probe:
+        collector = Collector(probe, check.drop_reasons(check.libbpf()), KernelSymbols(), 0,
+                              (32768, 60999))
+        collector.deltas = Deltas(idle_intervals=2)
+        netns.traffic("raw-syns", 7305, 300, cpu=0)  # one CPU: one slot per key
+        assert sum(len(held) for held in probe._hot.values()) == 0
+        assert drops(collector.collect()) == [("RST|ACK", 300), ("SYN", 300)]
+        assert sorted(len(held) for held in probe._hot.values()) in ([1, 1], [2])  # SYN's, RST's
+        assert probe._read_map() == {key: (1, 40) for key in probe._read_map()}  # the first drop each
+        assert drops(collector.collect()) == []
+        evicting = collector.collect()
+        assert drops(evicting) == [] and agent(evicting, "keys_evicted") == 2
+        assert probe._read_map() == {} and probe._read_hot_slots() == {}
+        netns.traffic("raw-syns", 7305, 5, cpu=0)
+        assert drops(collector.collect()) == [("RST|ACK", 5), ("SYN", 5)]

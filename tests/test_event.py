@@ -30,6 +30,7 @@ def static_asserts(c_name, mirror):
 @pytest.mark.parametrize("c_name, mirror", [("drop_event", event.DropEvent),
                                             ("drop_key", event.DropKey),
                                             ("drop_count", event.DropCount),
+                                            ("hot_slot", event.HotSlot),
                                             ("probe_config", event.ProbeConfig)])
 def test_ctypes_layout_matches_the_header(c_name, mirror):
     assert compile_for_bpf(f'{TYPES}#include "tcpdrop.h"\n{static_asserts(c_name, mirror)}\n') == ""
@@ -43,7 +44,7 @@ def test_a_wrong_offset_is_caught():
 
 def test_constants_match_the_header():
     names = ["TASK_COMM_LEN", "MAX_STACK_DEPTH", "STATE_NONE", "REASON_UNKNOWN",
-             "EPHEMERAL_SPORT", "EPHEMERAL_DPORT",
+             "EPHEMERAL_SPORT", "EPHEMERAL_DPORT", "HOT_SLOTS",
              "PORT_TAGS_BUCKETED", "PORT_TAGS_ALL", "PORT_TAGS_NONE",
              "COUNTER_LOST", "COUNTER_RATELIMITED", "COUNTER_OVERFLOW_DROPS",
              "COUNTER_OVERFLOW_BYTES", "COUNTER_MAX"]

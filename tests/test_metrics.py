@@ -33,6 +33,7 @@ class StubProbe:
         self.deleted += keys
         for key in keys:
             del self.totals[key]
+        return keys
 
     def run_stats(self):
         return (100, 5000)
@@ -58,8 +59,11 @@ def test_deltas_only_where_something_changed():
     assert d.update({b"a": (7, 420), b"b": (1, 60)}) == ({b"a": (2, 120)}, [])
     assert d.update({b"a": (7, 420), b"b": (1, 60)}) == ({}, [])
     assert d.update({b"a": (7, 420), b"b": (1, 60)}) == ({}, [b"b"])  # idle for 3 intervals
+    d.forget([b"b"])  # the kernel let it go
     # b came back (the kernel counts it from 0 again); a has now been idle for 3 too
     assert d.update({b"a": (7, 420), b"b": (2, 60)}) == ({b"b": (2, 60)}, [b"a"])
+    # a stays where the kernel could not let it go: no delta when it is read again
+    assert d.update({b"a": (7, 420), b"b": (2, 60)}) == ({}, [b"a"])
 
 
 def test_points_of_an_interval():
