@@ -68,26 +68,35 @@ def targets(runs):
     rate = [r for r in runs if r["sweep"] == "rate"]
     at_max = {r["monitor"]: r for r in rate if r["pps_asked"] == 0 and r["packets"]}
     idle = {r["monitor"]: r for r in rate if r["packets"] == 0}
+    ratios = [kernel_ns(r) / kernel_ns(f) for r in rate if r["monitor"] == "metrics" and r["packets"]
+              for f in rate if f["monitor"] == "floor" and f["packets"] == r["packets"]]
     ours, floor, bpftrace = (kernel_ns(at_max[m]) for m in ("metrics", "floor", "bpftrace"))
-    counted = [r for r in runs if r["monitor"].startswith("metrics") and r["kernel"] == runs[0]["kernel"]]
-    exact = all(r["seen"]["drops"] == r["drops_expected"] for r in counted)
+    counted = [r for r in runs if r["monitor"].startswith("metrics")]
+    typical = [r for r in counted if r["sweep"] != "keys"]  # 2 tag sets
+    most_keys = max((r for r in counted if r["sweep"] == "keys"), key=lambda r: r["sports"])
     trace = at_max["trace"]
     held = trace["seen"]["held_back"] + trace["seen"]["events"] == trace["drops_expected"]
     cpu_max, cpu_idle = at_max["metrics"]["cpu_percent"], idle["metrics"]["cpu_percent"]
     return [
-        ("kernel cost ≤ 2.0× the floor", f"{ours:.0f} ns = {ours / floor:.2f}× floor ({floor:.0f} ns)",
-         ours <= 2 * floor),
+        ("kernel cost ≤ 2.0× the floor, at the max storm",
+         f"{ours:.0f} ns = {ours / floor:.2f}× floor ({floor:.0f} ns)", ours <= 2 * floor),
+        ("the same, at every rate of the sweep", f"{min(ratios):.2f}× to {max(ratios):.2f}×",
+         max(ratios) <= 2),
         ("well below bpftrace's count by (reason, location)", f"{ours:.0f} vs {bpftrace:.0f} ns",
          ours < bpftrace),
         ("user CPU < 1% of a core at the max storm", f"{cpu_max:.2f}%", cpu_max < 1),
-        ("user CPU ≤ 1.1× idle (or within 0.1 point)", f"{cpu_max:.2f}% vs {cpu_idle:.2f}% idle",
-         cpu_max <= max(1.1 * cpu_idle, cpu_idle + 0.1)),
-        ("seen == sent in every metrics run", f"{sum(r['seen']['drops'] == r['drops_expected'] for r in counted)}"
-         f" of {len(counted)} runs", exact),
-        ("start-up to attached < 0.3 s", f"{max(r['startup_s'] for r in counted):.2f} s at most",
-         max(r["startup_s"] for r in counted) < 0.3),
-        ("RSS < 40 MiB", f"{max(r['peak_rss_kib'] for r in counted) / MIB:.1f} MiB at most",
-         max(r["peak_rss_kib"] for r in counted) < 40 * MIB),
+        ("user CPU ≤ 1.1× idle", f"{cpu_max:.3f}% vs {cpu_idle:.3f}% idle",
+         cpu_max <= 1.1 * cpu_idle),
+        ("seen == sent in every metrics run (overflow counted)",
+         f"{sum(r['seen']['drops'] == r['drops_expected'] for r in counted)} of {len(counted)} runs",
+         all(r["seen"]["drops"] == r["drops_expected"] for r in counted)),
+        ("start-up to attached < 0.3 s", f"{max(r['startup_s'] for r in typical):.2f} s at most",
+         max(r["startup_s"] for r in typical) < 0.3),
+        ("RSS < 40 MiB", f"{max(r['peak_rss_kib'] for r in typical) / MIB:.1f} MiB at most",
+         max(r["peak_rss_kib"] for r in typical) < 40 * MIB),
+        (f"(no target) RSS and CPU with {2 * most_keys['sports']:,} tag sets, the map full",
+         f"{most_keys['peak_rss_kib'] / MIB:.1f} MiB, {most_keys['cpu_percent']:.1f}% at "
+         "--interval 1s: user space holds each tag set's tags and totals", None),
         ("trace: rate limit holds, the rest counted", f"{trace['seen']['events']:,} shown, "
          f"{trace['seen']['held_back']:,} held back and reported, of {trace['drops_expected']:,}; "
          f"stopped in {trace['stop_s']:.2f} s", held),
@@ -120,7 +129,8 @@ def main(results_path):
            "(VmHWM). `metrics` runs with `--interval 1s`; `trace` with its default rate limit "
            "(1,000 events/s per CPU); bpftrace counts `skb:kfree_skb` by reason and location.\n",
            "## Targets\n", "| target | measured | met |", "| --- | --- | --- |"]
-    out += [f"| {name} | {value} | {'yes' if met else '**no**'} |" for name, value, met in targets(host)]
+    out += [f"| {name} | {value} | {'–' if met is None else 'yes' if met else '**no**'} |"
+            for name, value, met in targets(host)]
     for sweep, title in (("rate", "Drop rate sweep (closed port)"), ("nft", "nftables-dropped port, max rate"),
                          ("keys", "Tag-set sweep (closed port, `--port-tags all`, max rate)")):
         sweep_runs = [r for r in host if r["sweep"] == sweep]

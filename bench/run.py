@@ -43,7 +43,6 @@ CLI = Path(sys.executable).parent / "telegraf-tcpdrop"
 # socket; nft-out: dropped on output, with the sender's (raw) socket attached
 PORTS = {"closed": 9, "nft": 8080, "nft-out": 8081}
 DROPS_PER_PACKET = {"closed": 2, "nft": 1, "nft-out": 1}
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 REASONS = check.drop_reasons(check.libbpf())
 BPFTRACE = "tracepoint:skb:kfree_skb { @drops[args->reason, ksym(args->location)] = count(); }"
 
@@ -120,11 +119,13 @@ class Monitor:
             time.sleep(0.05)
 
     def cpu_seconds(self):
+        """CPU time of all its threads, in ns precision (/proc's clock ticks are 10 ms)."""
         if not self.proc:
             return 0.0
-        with open(f"/proc/{self.proc.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+        total = 0
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            total += int((task / "schedstat").read_text().split()[0])
+        return total / 1e9
 
     def peak_rss_kib(self):
         if not self.proc:
