@@ -120,14 +120,18 @@ def main(results_path):
            "Every storm is an exact number of SYNs (bench/synflood.c: a raw socket, `sendmmsg`, "
            "64 per call) in a network namespace of its own. *closed*: to a closed port, so the "
            "SYN and the RST that answers it are both dropped (2 drops per packet, `NO_SOCKET`); "
-           "*nft*: to a port nftables drops (1 per packet, `NETFILTER_DROP`). Kernel ns per drop "
+           "*nft*: to a port nftables drops on input (1 per packet, `NETFILTER_DROP`); *nft-out*: "
+           "dropped by nftables on output, so the sender's socket is still attached (the storm in "
+           "the 6.1 VM: bcc's tcpdrop reports only drops with a socket). Kernel ns per drop "
            "is `run_time_ns / run_cnt` of the monitor's BPF program (`kernel.bpf_stats_enabled`, "
            "which itself adds two clock reads); every `kfree_skb` runs it, so this is its cost "
            "per drop. *floor*: an empty `tp_btf/kfree_skb` program that bumps a per-CPU counter "
            "(bench/floor.bpf.c). CPU % is the monitor's user + system time over the storm and "
            "the metrics interval after it, measured after start-up settled; RSS is peak "
            "(VmHWM). `metrics` runs with `--interval 1s`; `trace` with its default rate limit "
-           "(1,000 events/s per CPU); bpftrace counts `skb:kfree_skb` by reason and location.\n",
+           "(1,000 events/s per CPU); bpftrace counts `skb:kfree_skb` by reason and location. "
+           "CPU time comes from `/proc/PID/task/*/schedstat`, which also charges a task with the "
+           "softirqs that interrupt it.\n",
            "## Targets\n", "| target | measured | met |", "| --- | --- | --- |"]
     out += [f"| {name} | {value} | {'–' if met is None else 'yes' if met else '**no**'} |"
             for name, value, met in targets(host)]
