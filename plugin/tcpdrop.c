@@ -146,6 +146,8 @@ BPF_STACK_TRACE(stacks, TCPDROP_MAX_STACKS);
 BPF_PERCPU_ARRAY(counters, __u64, COUNTER_MAX);
 BPF_PERCPU_ARRAY(budgets, struct budget, 1);
 
+/* Functions, not macros: bcc rewrites map.lookup() only where it is written
+ * out ("cannot use map function inside a macro"), and not &map in helpers. */
 static __always_inline struct drop_count *drops_lookup(struct drop_key *key)
 {
 	return drops.lookup(key);
