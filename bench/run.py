@@ -58,11 +58,15 @@ class Storm:
     def __init__(self):
         self.name = f"tcpdrop-bench-{os.getpid()}"
         sh("ip", "netns", "add", self.name)
-        self.sh("ip", "link", "set", "lo", "up")
-        self.sh("nft", "-f", "-", input=f"""table inet bench {{
-            chain input {{ type filter hook input priority 0; tcp dport {PORTS['nft']} drop; }}
-            chain output {{ type filter hook output priority 0; tcp dport {PORTS['nft-out']} drop; }}
-        }}""")
+        try:
+            self.sh("ip", "link", "set", "lo", "up")
+            self.sh("nft", "-f", "-", input=f"""table inet bench {{
+                chain input {{ type filter hook input priority 0; tcp dport {PORTS['nft']} drop; }}
+                chain output {{ type filter hook output priority 0; tcp dport {PORTS['nft-out']} drop; }}
+            }}""")
+        except subprocess.CalledProcessError:
+            self.close()  # no namespace left behind
+            raise
 
     def sh(self, *cmd, **kwargs):
         return sh("ip", "netns", "exec", self.name, *cmd, **kwargs)
