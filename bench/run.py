@@ -34,6 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from telegraf_tcpdrop import check
+from telegraf_tcpdrop import libbpf as lb
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -101,7 +102,7 @@ class Monitor:
         before = set(bpf_programs())
         started = time.monotonic()
         if self.floor:
-            self._floor = load_floor()
+            self._floor = Floor()
         elif self.command:
             # unbuffered: bcc's tcpdrop is a Python script, and its header says it attached
             self.proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -163,22 +164,20 @@ class Monitor:
         return time.monotonic() - started
 
 
-def load_floor():
-    from telegraf_tcpdrop import libbpf as lb
+class Floor:
+    """bench/floor.bpf.o, loaded and attached here, through the system libbpf."""
 
-    class Floor:
-        def __init__(self):
-            self.lib = lb.load()
-            self.obj = lb.check_ptr(self.lib.bpf_object__open_file(
-                str(BUILD / "floor.bpf.o").encode(), None), "open floor.bpf.o")
-            lb.check_int(self.lib.bpf_object__load(self.obj), "load floor.bpf.o")
-            prog = self.lib.bpf_object__find_program_by_name(self.obj, b"floor_kfree_skb")
-            self.link = lb.check_ptr(self.lib.bpf_program__attach(prog), "attach floor")
+    def __init__(self):
+        self.lib = lb.load()
+        self.obj = lb.check_ptr(self.lib.bpf_object__open_file(
+            str(BUILD / "floor.bpf.o").encode(), None), "open floor.bpf.o")
+        lb.check_int(self.lib.bpf_object__load(self.obj), "load floor.bpf.o")
+        prog = self.lib.bpf_object__find_program_by_name(self.obj, b"floor_kfree_skb")
+        self.link = lb.check_ptr(self.lib.bpf_program__attach(prog), "attach floor")
 
-        def close(self):
-            self.lib.bpf_link__destroy(self.link)
-            self.lib.bpf_object__close(self.obj)
-    return Floor()
+    def close(self):
+        self.lib.bpf_link__destroy(self.link)
+        self.lib.bpf_object__close(self.obj)
 
 
 HIDE_BTF = ["unshare", "-m", "sh", "-c", 'mount -t tmpfs none /sys/kernel/btf && exec "$@"', "sh"]

@@ -42,6 +42,7 @@ def format_fields(format_text):
 
 class BccLoader:
     name = "bcc"
+    hooks = ("tracepoint", "kprobe")  # tp_btf needs BTF, which is why bcc is here
 
     def __init__(self, tracepoint_format, verbose=False):
         """tracepoint_format: the text of skb/kfree_skb's format file."""
@@ -61,8 +62,6 @@ class BccLoader:
 
     def load(self, hook, config, sizes):
         """(program fd, {map name: fd}) of the source compiled, loaded and attached at hook."""
-        if hook not in ("tracepoint", "kprobe"):
-            raise HookError("needs BTF: the CO-RE backend only")
         from bcc import BPF  # loads LLVM: only when this backend is used
 
         flags = self.cflags(hook, config, sizes)

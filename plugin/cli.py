@@ -264,7 +264,7 @@ def probe_config(args, reasons, **mode):
 def open_probe(args, config, **probe_options):
     """Checks the host, then loads and attaches the probe; StartupError if it cannot."""
     backend, _ = check.backend(args.backend)
-    hooks = tuple(HOOKS) if backend == "core" else ("tracepoint", "kprobe")  # tp_btf needs BTF
+    hooks = (CoreLoader if backend == "core" else BccLoader).hooks
     if args.hook != "auto":
         if args.hook not in hooks:
             raise UsageError(f"--hook {args.hook} needs kernel BTF, which the bcc backend is "

@@ -56,7 +56,7 @@ class Probe:
         self.config = config or ProbeConfig()
         self.max_keys = max_keys
         self._batch_lookup = True  # until the kernel says it has none (< 5.6)
-        self._hot = {}  # slot index -> the keys it held on any CPU, at the last read
+        self._hot = {}  # slot index -> (its epoch, the keys it held on any CPU), at the last read
         self.hook = None  # the hook that attached
         self.backend = loader.name
         self._lib = lb.load()
@@ -142,28 +142,24 @@ class Probe:
         return self._read_counts_one_by_one()
 
     def _read_hot_slots(self):
-        """{key: (drops, bytes)} of the claimed, current hot slots; notes which
-        keys each slot index holds."""
+        """{key: (drops, bytes)} of the claimed, current hot slots; notes each
+        slot index's epoch and the keys it holds on any CPU."""
         counts, self._hot = {}, {}
         slots = (HotSlot * self.ncpus)()
         for index in range(HOT_SLOTS):
-            epoch = self._epoch(index)
-            i = ctypes.c_uint32(index)
+            i, epoch = ctypes.c_uint32(index), ctypes.c_uint32()
+            lb.check_int(self._lib.bpf_map_lookup_elem(self._fds["hot_epochs"], ctypes.byref(i),
+                                                       ctypes.byref(epoch)), "read hot epochs")
             lb.check_int(self._lib.bpf_map_lookup_elem(self._fds["hot_slots"], ctypes.byref(i), slots),
                          "read hot slots")
-            for slot in slots:
-                if slot.claimed and slot.epoch == epoch:
-                    key = bytes(slot.key)
-                    drops, nbytes = counts.get(key, (0, 0))
-                    counts[key] = (drops + slot.count.drops, nbytes + slot.count.bytes)
-                    self._hot.setdefault(index, set()).add(key)
+            current = [slot for slot in slots if slot.claimed and slot.epoch == epoch.value]
+            for slot in current:
+                key = bytes(slot.key)
+                drops, nbytes = counts.get(key, (0, 0))
+                counts[key] = (drops + slot.count.drops, nbytes + slot.count.bytes)
+            if current:
+                self._hot[index] = (epoch.value, {bytes(slot.key) for slot in current})
         return counts
-
-    def _epoch(self, index):
-        i, epoch = ctypes.c_uint32(index), ctypes.c_uint32()
-        lb.check_int(self._lib.bpf_map_lookup_elem(self._fds["hot_epochs"], ctypes.byref(i),
-                                                   ctypes.byref(epoch)), "read hot epochs")
-        return epoch.value
 
     def _read_counts_batched(self):
         fd, per_key = self._fds["drops"], self.ncpus * 2  # two u64 per CPU
@@ -205,9 +201,9 @@ class Probe:
         all CPUs at once, else counts would be lost."""
         idle = set(keys)
         staying = set()
-        for index, held in self._hot.items():
+        for index, (epoch, held) in self._hot.items():
             if held <= idle:
-                i, epoch = ctypes.c_uint32(index), ctypes.c_uint32(self._epoch(index) + 1)
+                i, epoch = ctypes.c_uint32(index), ctypes.c_uint32(epoch + 1)
                 lb.check_int(self._lib.bpf_map_update_elem(self._fds["hot_epochs"], ctypes.byref(i),
                                                            ctypes.byref(epoch), 0), "retire hot slot")
             else:
@@ -253,6 +249,7 @@ class Probe:
 class CoreLoader:
     """The CO-RE object (tcpdrop.bpf.o), through the system libbpf."""
     name = "core"
+    hooks = tuple(HOOKS)
 
     def __init__(self, object_path, verbose=False):
         self.object_path = os.fspath(object_path)

@@ -329,7 +329,7 @@ static __always_inline __u32 hot_index(const struct drop_key *key)
 {
 	const __u64 *x = (const __u64 *)key;
 
-	return ((x[0] ^ x[1] ^ x[2]) * 0x9E3779B97F4A7C15ULL) >> (64 - 6);	/* log2(HOT_SLOTS) */
+	return ((x[0] ^ x[1] ^ x[2]) * 0x9E3779B97F4A7C15ULL) >> (64 - HOT_SLOT_BITS);
 }
 
 static __always_inline void count_drop(struct drop_key *key, __u32 bytes)

@@ -49,7 +49,8 @@ struct drop_count {
 
 /* The per-CPU cache of hot tag sets in front of the drops map (tcpdrop.c,
  * count_drop): a slot per CPU and index, claimed by a key already in the map. */
-#define HOT_SLOTS 64	/* a power of two */
+#define HOT_SLOT_BITS 6
+#define HOT_SLOTS (1 << HOT_SLOT_BITS)
 
 struct hot_slot {
 	struct drop_key key;
