@@ -82,7 +82,7 @@ class BccLoader:
         except Exception as e:  # bcc raises bare Exception for every failure
             raise HookError(str(e)) from None
         log.info(f"bcc compiled and loaded the probe in {time.monotonic() - started:.1f} s")
-        return prog_fd, {name: self._bpf[name].map_fd for name in MAPS}
+        return [prog_fd], {name: self._bpf[name].map_fd for name in MAPS}
 
     def close(self):
         if self._bpf:

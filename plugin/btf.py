@@ -57,6 +57,30 @@ class Btf:
             return {m.val & 0xFFFFFFFF: self._name(m.name_off) for m in members}
         return {m.val_hi32 << 32 | m.val_lo32: self._name(m.name_off) for m in members}
 
+    def enumerators(self, names):
+        """{name: value} of these enumerators of the kernel's anonymous enums
+        (the linux_mib indices, which move between versions)."""
+        found = {}
+        for type_id in range(1, self._lib.btf__type_cnt(self._handle)):
+            head = self._lib.btf__type_by_id(self._handle, type_id).contents
+            if head.kind != lb.BTF_KIND_ENUM or head.name_off:
+                continue
+            addr = ctypes.addressof(head) + ctypes.sizeof(lb.BtfType)
+            for member in (lb.BtfEnum * head.vlen).from_address(addr):
+                name = self._name(member.name_off)
+                if name in names:
+                    found[name] = member.val
+        return found
+
+    def has_member(self, struct, member):
+        """Whether `struct struct` has a field named member."""
+        head = self._find(struct, lb.BTF_KIND_STRUCT)
+        if not head:
+            return False
+        addr = ctypes.addressof(head.contents) + ctypes.sizeof(lb.BtfType)
+        return any(self._name(m.name_off) == member
+                   for m in (lb.BtfMember * head.contents.vlen).from_address(addr))
+
     def datasec_offset(self, section, variable):
         """Byte offset of a global `variable` inside `section` (e.g. ".rodata")."""
         head = self._find(section, lb.BTF_KIND_DATASEC)

@@ -14,9 +14,10 @@ from importlib import metadata
 from . import check, config, log
 from .duration import parse_duration
 from .emit import STATSD_TAG_STYLES, InfluxOutput, StatsdOutput, StdoutOutput
-from .event import ProbeConfig
+from .event import REASON_OURS_FIRST, REASON_UNKNOWN, ProbeConfig
 from .execd import SIGNALS, Execd
 from .metrics import PORT_TAGS, Collector, ephemeral_range
+from .names import OWN_REASONS
 from .bcc_loader import BccLoader
 from .probe import DEFAULT_MAX_KEYS, HOOKS, CoreLoader, Probe, ProbeError
 from .symbols import KernelSymbols, SymbolsUnavailable
@@ -249,20 +250,24 @@ def probe_config(args, reasons, **mode):
                    if not args.reason and name in reasons.names.values()]
     if args.reason:
         wanted = reason_numbers(args.reason, reasons)
-        if any(value >= 256 for value in wanted):
+        if any(256 <= value < REASON_OURS_FIRST for value in wanted):
             raise check.StartupError("drop reasons above 255 cannot be selected with --reason")
     else:
-        wanted = set(range(256))
+        wanted = set(range(256)) | set(OWN_REASONS)
     wanted -= reason_numbers(exclude, reasons)
     config = ProbeConfig(port=args.port, family=args.family or 0,
                          other_reasons=not args.reason, **mode)
     for value in wanted:
-        config.reason_mask[value >> 6] |= 1 << (value & 63)
+        if value >= REASON_OURS_FIRST:
+            config.own_reasons |= 1 << (REASON_UNKNOWN - value)
+        else:
+            config.reason_mask[value >> 6] |= 1 << (value & 63)
     return config
 
 
 def open_probe(args, config, **probe_options):
-    """Checks the host, then loads and attaches the probe; StartupError if it cannot."""
+    """Checks the host, then loads and attaches the probe; StartupError if it
+    cannot. Its kernel symbols, read once for all, are probe.symbols."""
     backend, _ = check.backend(args.backend)
     hooks = (CoreLoader if backend == "core" else BccLoader).hooks
     if args.hook != "auto":
@@ -271,13 +276,14 @@ def open_probe(args, config, **probe_options):
                              "for the lack of: use --backend core")
         hooks = (args.hook,)
     check.privileges()
+    symbols = loaded_symbols()
     try:
         check.tracefs()
         tracefs_problem = ""
     except check.StartupError as e:
         tracefs_problem = f"; also, {e}"
     if backend == "core":
-        loader = CoreLoader(check.probe_object(), verbose=args.verbose)
+        loader = CoreLoader(check.probe_object(), symbols, verbose=args.verbose)
         check.kernel_btf()
     else:
         check.bcc()
@@ -285,11 +291,11 @@ def open_probe(args, config, **probe_options):
         loader = BccLoader(check.format_file(), verbose=args.verbose)
     started = time.monotonic()
     try:
-        probe = Probe(loader, config, hooks, **probe_options)
+        probe = Probe(loader, config, hooks, symbols=symbols, **probe_options)
     except ProbeError as e:
         raise check.StartupError(f"{e}{tracefs_problem}") from None
     log.info(f"attached to {HOOKS[probe.hook][1]} ({backend}) in "
-             f"{(time.monotonic() - started) * 1000:.0f} ms")
+             f"{(time.monotonic() - started) * 1000:.0f} ms; listen-queue drops: {probe.listen}")
     return probe
 
 
@@ -303,7 +309,7 @@ def run_trace(args):
     reasons = check.drop_reasons(check.libbpf())
     config = probe_config(args, reasons, events=1, events_per_sec=args.rate_limit)
     with open_probe(args, config) as probe:
-        tracer = Tracer(probe, reasons, loaded_symbols(), as_json=args.json, with_stack=args.stack)
+        tracer = Tracer(probe, reasons, probe.symbols, as_json=args.json, with_stack=args.stack)
         tracer.run()
     return 0
 
@@ -316,7 +322,7 @@ def run_metrics(args):
                                   ephemeral_low=low, ephemeral_high=high,
                                   events=int(args.stacks), events_per_sec=STACK_SAMPLES)
     with open_probe(args, probe_settings, max_keys=args.max_keys) as probe:
-        collector = Collector(probe, reasons, loaded_symbols(), probe_settings.port_tags,
+        collector = Collector(probe, reasons, probe.symbols, probe_settings.port_tags,
                               (low, high), stats_enabled=check.bpf_stats_enabled,
                               output_health=output.health,
                               # Telegraf adds the host tag to what it reads from stdout.
@@ -372,6 +378,7 @@ def run_check(args):
     options = argparse.Namespace(backend=backend, hook="auto", verbose=False)
     with open_probe(options, ProbeConfig()) as probe:
         print(f"ok    hook: {HOOKS[probe.hook][1]} attaches", flush=True)
+        print(f"ok    listen-queue drops: {probe.listen}", flush=True)
     return 0
 
 

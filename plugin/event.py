@@ -8,6 +8,11 @@ TASK_COMM_LEN = 16
 MAX_STACK_DEPTH = 64
 STATE_NONE = 0
 REASON_UNKNOWN = 0xFFFFFFFF
+REASON_LISTEN_OVERFLOW, REASON_SYN_QUEUE_FULL, REASON_LISTEN_DROP = 0xFFFFFFFE, 0xFFFFFFFD, 0xFFFFFFFC
+REASON_OURS_FIRST = REASON_LISTEN_DROP
+
+# enum listen_mode
+LISTEN_OFF, LISTEN_BRACKET, LISTEN_CHAIN = 0, 1, 2
 
 EPHEMERAL_SPORT, EPHEMERAL_DPORT = 1, 2
 
@@ -15,7 +20,8 @@ EPHEMERAL_SPORT, EPHEMERAL_DPORT = 1, 2
 PORT_TAGS_BUCKETED, PORT_TAGS_ALL, PORT_TAGS_NONE = 0, 1, 2
 
 # enum counter
-COUNTER_LOST, COUNTER_RATELIMITED, COUNTER_OVERFLOW_DROPS, COUNTER_OVERFLOW_BYTES, COUNTER_MAX = range(5)
+(COUNTER_LOST, COUNTER_RATELIMITED, COUNTER_OVERFLOW_DROPS, COUNTER_OVERFLOW_BYTES,
+ COUNTER_LISTEN_UNTRACKED, COUNTER_MAX) = range(6)
 
 
 class DropEvent(ctypes.Structure):
@@ -48,7 +54,7 @@ class DropKey(ctypes.Structure):
         ("state", ctypes.c_uint8),
         ("flags", ctypes.c_uint8),
         ("ephemeral", ctypes.c_uint8),
-        ("pad", ctypes.c_uint32),
+        ("netns", ctypes.c_uint32),
     ]
 
 
@@ -80,5 +86,20 @@ class ProbeConfig(ctypes.Structure):
         ("aggregate", ctypes.c_uint8),
         ("events", ctypes.c_uint8),
         ("port_tags", ctypes.c_uint8),
-        ("pad", ctypes.c_uint8),
+        ("listen", ctypes.c_uint8),
+        ("key_netns", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 7),
+        ("conn_request", ctypes.c_uint64),
+        ("syn_site", ctypes.c_uint64),
+        ("syn_site_len", ctypes.c_uint64),
+        ("icmp_site", ctypes.c_uint64),
+        ("icmp_site_len", ctypes.c_uint64),
+        ("icmp6_site", ctypes.c_uint64),
+        ("icmp6_site_len", ctypes.c_uint64),
+        ("mib_listen_drops", ctypes.c_uint32),
+        ("mib_listen_overflows", ctypes.c_uint32),
+        ("mib_synq_full", ctypes.c_uint32),
+        ("listen_overflow_reason", ctypes.c_uint32),
+        ("ncpus", ctypes.c_uint32),
+        ("own_reasons", ctypes.c_uint32),
     ]

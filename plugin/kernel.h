@@ -29,17 +29,20 @@ typedef _Bool bool;
 
 /* Constants (stable ABI, not relocated), as the kernel headers define them. */
 enum bpf_map_type {
+	BPF_MAP_TYPE_HASH = 1,
 	BPF_MAP_TYPE_ARRAY = 2,
 	BPF_MAP_TYPE_PERCPU_HASH = 5,
 	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
 	BPF_MAP_TYPE_STACK_TRACE = 7,
 	BPF_MAP_TYPE_RINGBUF = 27,
 };
+#define BPF_ANY 0	/* bpf_map_update_elem(): add or replace */
 #define BPF_NOEXIST 1	/* bpf_map_update_elem(): only if the key is new */
 #define ETH_P_IP	0x0800
 #define ETH_P_IPV6	0x86DD
 #define IPPROTO_TCP	6
 #define EEXIST		17
+#define TCP_LISTEN	10	/* include/net/tcp_states.h */
 #define NSEC_PER_SEC	1000000000ULL
 
 #pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
@@ -48,8 +51,23 @@ struct ns_common {
 	unsigned int inum;
 };
 
+struct list_head {
+	struct list_head *next;
+};
+
+struct linux_mib {
+	unsigned long mibs[1];	/* LINUX_MIB_MAX of them: the kernel's BTF bounds the index */
+};
+
+struct netns_mib {
+	struct linux_mib *net_statistics;	/* __percpu */
+};
+
 struct net {
+	struct list_head list;	/* in net_namespace_list */
 	struct ns_common ns;
+	struct netns_mib mib;
+	__u64 net_cookie;
 };
 
 typedef struct {
@@ -69,7 +87,12 @@ struct sock {
 	struct sock_common __sk_common;
 };
 
+struct dst_entry {
+	struct net_device *dev;
+};
+
 struct sk_buff {
+	unsigned long _skb_refdst;	/* struct dst_entry *, bit 0: not refcounted */
 	struct sock *sk;
 	struct net_device *dev;
 	unsigned int len;
@@ -98,11 +121,67 @@ struct trace_event_raw_kfree_skb {
 	enum skb_drop_reason reason;
 };
 
+/* Wire formats, as the kernel's BTF types: bpf_rdonly_cast() needs their ids. */
+struct iphdr {
+	__be16 tot_len;
+	__be16 frag_off;
+	__u8 protocol;
+	__be32 saddr;
+	__be32 daddr;
+};
+
+struct in6_addr {
+	union {
+		__u8 u6_addr8[16];
+	} in6_u;
+};
+
+struct ipv6hdr {
+	__be16 payload_len;
+	__u8 nexthdr;
+	struct in6_addr saddr;
+	struct in6_addr daddr;
+};
+
+struct tcphdr {
+	__be16 source;
+	__be16 dest;
+};
+
+struct nsproxy {
+	struct net *net_ns;
+};
+
+struct task_struct {
+	struct nsproxy *nsproxy;
+};
+
+/* The task iterator's context (iter/task). */
+struct bpf_iter_meta;
+struct bpf_iter__task {
+	struct bpf_iter_meta *meta;
+	struct task_struct *task;
+};
+
+/* consume_skb's record: location came in 6.3. */
+struct trace_event_raw_consume_skb {
+	struct trace_entry ent;
+	void *skbaddr;
+	void *location;
+};
+
 /* x86-64 register names, for the tcp_drop() kprobe. */
 struct pt_regs {
 	unsigned long di;
 	unsigned long si;
 	unsigned long sp;
+};
+
+/* A BPF array map, seen from the kernel: a per-CPU one's elements are
+ * per-CPU pointers. */
+struct bpf_array {
+	__u32 elem_size;
+	void *pptrs[];
 };
 
 #pragma clang attribute pop

@@ -14,7 +14,7 @@ LIBBPF_SONAME = "libbpf.so.1"
 LIBBPF_WARN, LIBBPF_INFO, LIBBPF_DEBUG = 0, 1, 2
 
 # enum btf_kind
-BTF_KIND_ENUM, BTF_KIND_DATASEC, BTF_KIND_ENUM64 = 6, 15, 19
+BTF_KIND_STRUCT, BTF_KIND_ENUM, BTF_KIND_DATASEC, BTF_KIND_ENUM64 = 4, 6, 15, 19
 
 PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
 RINGBUF_SAMPLE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
@@ -27,10 +27,11 @@ class LibbpfError(Exception):
 
 
 class BpfProgInfo(ctypes.Structure):
-    """The head of struct bpf_prog_info (linux/bpf.h, UAPI) up to run_cnt: the
-    kernel fills what fits in the size we pass."""
+    """The head of struct bpf_prog_info (linux/bpf.h, UAPI) up to
+    recursion_misses (5.12+): the kernel fills what fits in the size we pass,
+    and what it does not know stays 0."""
     _fields_ = [("head", ctypes.c_uint8 * 192), ("run_time_ns", ctypes.c_uint64),
-                ("run_cnt", ctypes.c_uint64)]
+                ("run_cnt", ctypes.c_uint64), ("recursion_misses", ctypes.c_uint64)]
 
 
 class BtfType(ctypes.Structure):
@@ -54,6 +55,10 @@ class BtfEnum64(ctypes.Structure):
     _fields_ = [("name_off", ctypes.c_uint32), ("val_lo32", ctypes.c_uint32), ("val_hi32", ctypes.c_uint32)]
 
 
+class BtfMember(ctypes.Structure):
+    _fields_ = [("name_off", ctypes.c_uint32), ("type", ctypes.c_uint32), ("offset", ctypes.c_uint32)]
+
+
 class BtfVarSecinfo(ctypes.Structure):
     _fields_ = [("type", ctypes.c_uint32), ("offset", ctypes.c_uint32), ("size", ctypes.c_uint32)]
 
@@ -71,6 +76,9 @@ _SIGNATURES = {
     "bpf_object__find_map_by_name": (_P, [_P, ctypes.c_char_p]),
     "bpf_program__set_autoload": (ctypes.c_int, [_P, ctypes.c_bool]),
     "bpf_program__attach": (_P, [_P]),
+    "bpf_program__attach_iter": (_P, [_P, _P]),
+    "bpf_iter_create": (ctypes.c_int, [ctypes.c_int]),
+    "bpf_link__fd": (ctypes.c_int, [_P]),
     "bpf_program__fd": (ctypes.c_int, [_P]),
     "bpf_link__destroy": (ctypes.c_int, [_P]),
     "bpf_map__fd": (ctypes.c_int, [_P]),
@@ -90,6 +98,7 @@ _SIGNATURES = {
     "btf__load_vmlinux_btf": (_P, []),
     "btf__parse": (_P, [ctypes.c_char_p, _P]),
     "btf__free": (None, [_P]),
+    "btf__type_cnt": (ctypes.c_uint32, [_P]),
     "btf__find_by_name_kind": (ctypes.c_int32, [_P, ctypes.c_char_p, ctypes.c_uint32]),
     "btf__type_by_id": (ctypes.POINTER(BtfType), [_P, ctypes.c_uint32]),
     "btf__name_by_offset": (ctypes.c_char_p, [_P, ctypes.c_uint32]),

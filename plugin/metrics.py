@@ -9,7 +9,7 @@ import time
 
 from . import log
 from .emit import Point
-from .event import (COUNTER_LOST, COUNTER_OVERFLOW_BYTES, COUNTER_OVERFLOW_DROPS,
+from .event import (COUNTER_LISTEN_UNTRACKED, COUNTER_LOST, COUNTER_OVERFLOW_BYTES, COUNTER_OVERFLOW_DROPS,
                     COUNTER_RATELIMITED, EPHEMERAL_DPORT, EPHEMERAL_SPORT, PORT_TAGS_ALL,
                     PORT_TAGS_BUCKETED, PORT_TAGS_NONE, DropKey)
 from .names import flag_names, state_name
@@ -77,7 +77,7 @@ class Collector:
         """One sampled drop (--stacks): keep its stack as its tag set's example."""
         key = self.key_of(event)
         if key not in self.examples:
-            ips = drop_site_stack(self.probe.stack(event.stack_id), event.location)
+            ips = drop_site_stack(self.probe.stack(event.stack_id), event.location, self.symbols.function)
             if ips:
                 self.examples[key] = ";".join(self.symbols.function(ip) for ip in reversed(ips))
 
@@ -148,14 +148,16 @@ class Collector:
             "events_ratelimited": delta[COUNTER_RATELIMITED],
             "map_overflow_drops": delta[COUNTER_OVERFLOW_DROPS],
             "map_overflow_bytes": delta[COUNTER_OVERFLOW_BYTES],
+            "listen_untracked": delta[COUNTER_LISTEN_UNTRACKED],
             "keys": keys,
             "keys_evicted": evicted,
             "interval_ns": now - self._last_time,
         }
         fields.update(self.output_health())
+        runs, run_time, misses = self.probe.run_stats()
+        fields["probe_misses"] = misses - self._runs[2]
         if self.stats_enabled():
-            runs, run_time = self.probe.run_stats()
             fields["probe_runs"] = runs - self._runs[0]
             fields["probe_run_time_ns"] = run_time - self._runs[1]
-            self._runs = (runs, run_time)
+        self._runs = (runs, run_time, misses)
         return fields

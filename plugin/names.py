@@ -6,7 +6,8 @@ read from the running kernel (BTF, or the tracepoint's format file).
 """
 import re
 
-from .event import REASON_UNKNOWN, STATE_NONE
+from .event import (REASON_LISTEN_DROP, REASON_LISTEN_OVERFLOW, REASON_SYN_QUEUE_FULL,
+                    REASON_UNKNOWN, STATE_NONE)
 
 # TCP header flag bits, in bit order (RFC 9293, RFC 3168).
 TCP_FLAGS = ("FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR")
@@ -30,6 +31,16 @@ TCP_STATES = {
 }
 
 REASON_PREFIX = "SKB_DROP_REASON_"
+
+# Reasons the probe gives where the kernel has none (plugin/tcpdrop.h). Ours
+# are lowercase with hyphens: no C identifier, so no kernel reason, is spelled
+# like them. UNKNOWN: a kernel without drop reasons (before 5.17).
+OWN_REASONS = {
+    REASON_UNKNOWN: "UNKNOWN",
+    REASON_LISTEN_OVERFLOW: "listen-overflow",
+    REASON_SYN_QUEUE_FULL: "syn-queue-full",
+    REASON_LISTEN_DROP: "listen-drop",
+}
 
 
 def flag_names(flags):
@@ -62,12 +73,15 @@ class DropReasons:
         return cls({int(value): name for value, name in pairs})
 
     def name(self, reason):
-        if reason == REASON_UNKNOWN:
-            return "UNKNOWN"
+        if reason in OWN_REASONS:
+            return OWN_REASONS[reason]
         return self.names.get(reason, f"REASON_{reason}")
 
     def number(self, name):
         """The value of a reason name (with or without SKB_DROP_REASON_); KeyError if none."""
+        for value, own in OWN_REASONS.items():
+            if own.lower() == name.lower():
+                return value
         wanted = _short(name.upper())
         for value, known in self.names.items():
             if known == wanted:

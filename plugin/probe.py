@@ -12,10 +12,11 @@ import ctypes
 import os
 
 from . import libbpf as lb
-from . import log
+from . import listen, log
 from .btf import Btf
-from .event import (COUNTER_MAX, HOT_SLOTS, MAX_STACK_DEPTH, DropCount, DropEvent, DropKey,
-                    HotSlot, ProbeConfig)
+from .event import (COUNTER_MAX, HOT_SLOTS, LISTEN_BRACKET, LISTEN_CHAIN, LISTEN_OFF,
+                    MAX_STACK_DEPTH, DropCount, DropEvent, DropKey, HotSlot, ProbeConfig)
+from .names import DropReasons
 
 DEFAULT_MAX_KEYS = 16384
 RINGBUF_BYTES = 256 * 1024
@@ -23,6 +24,7 @@ MAX_STACKS = 4096  # distinct kernel stacks kept for events
 BATCH = 1024  # keys per bpf_map_lookup_batch() call
 ENOENT, EINVAL, ENOTSUPP = 2, 22, 524
 MAPS = ("drops", "hot_slots", "hot_epochs", "events", "stacks", "counters")
+CORE_MAPS = (*MAPS, "listen_drops")
 
 # Program name in tcpdrop.c -> what it attaches to, in order of preference.
 HOOKS = {
@@ -30,6 +32,13 @@ HOOKS = {
     "tracepoint": ("kfree_skb_tp", "tracepoint/skb/kfree_skb"),
     "kprobe": ("tcp_drop", "kprobe/tcp_drop"),
 }
+# The programs of each way of seeing listen-queue drops (tcpdrop.c).
+LISTEN_PROGRAMS = {
+    LISTEN_BRACKET: ("listen_enter", "listen_exit"),
+    LISTEN_CHAIN: ("consume_skb_btf", "listen_start"),
+    LISTEN_OFF: (),
+}
+LISTEN_WALK = "listen_baselines_walk"  # LISTEN_CHAIN's, run once at start-up
 
 
 class ProbeError(Exception):
@@ -51,14 +60,18 @@ def map_sizes(config, max_keys):
 
 
 class Probe:
-    def __init__(self, loader, config=None, hooks=tuple(HOOKS), max_keys=DEFAULT_MAX_KEYS):
-        """loader: a CoreLoader or a BccLoader, which Probe closes."""
+    def __init__(self, loader, config=None, hooks=tuple(HOOKS), max_keys=DEFAULT_MAX_KEYS,
+                 symbols=None):
+        """loader: a CoreLoader or a BccLoader, which Probe closes; symbols:
+        the KernelSymbols its users name addresses with."""
         self.config = config or ProbeConfig()
         self.max_keys = max_keys
+        self.symbols = symbols
         self._batch_lookup = True  # until the kernel says it has none (< 5.6)
         self._hot = {}  # slot index -> (its epoch, the keys it held on any CPU), at the last read
         self.hook = None  # the hook that attached
         self.backend = loader.name
+        self.listen = "not seen by the bcc backend"  # how listen-queue drops are seen
         self._lib = lb.load()
         self._loader = loader
         self._ringbuf = self._sample_cb = self._callback_error = None
@@ -69,9 +82,10 @@ class Probe:
         failures = []
         for hook in hooks:
             try:
-                self._prog_fd, self._fds = self._loader.load(
+                self._prog_fds, self._fds = self._loader.load(
                     hook, self.config, map_sizes(self.config, self.max_keys))
                 self.hook = hook
+                self.listen = getattr(self._loader, "listen", self.listen)
                 return
             except HookError as e:
                 failures.append(f"{HOOKS[hook][1]}: {e}")
@@ -215,13 +229,33 @@ class Probe:
         return gone
 
     def run_stats(self):
-        """(runs, run time in ns) of the attached program; both stay 0 unless
-        the sysctl kernel.bpf_stats_enabled is 1."""
-        info = lb.BpfProgInfo()
-        size = ctypes.c_uint32(ctypes.sizeof(info))
-        lb.check_int(self._lib.bpf_obj_get_info_by_fd(self._prog_fd, ctypes.byref(info),
-                                                      ctypes.byref(size)), "program info")
-        return info.run_cnt, info.run_time_ns
+        """(runs, run time in ns, runs the kernel skipped) of the attached
+        programs. Runs and run time stay 0 unless the sysctl
+        kernel.bpf_stats_enabled is 1; skipped runs (recursion_misses: a
+        program already running on that CPU, 5.12+) are always counted."""
+        totals = [0, 0, 0]
+        for fd in self._prog_fds:
+            info = lb.BpfProgInfo()
+            size = ctypes.c_uint32(ctypes.sizeof(info))
+            lb.check_int(self._lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)),
+                         "program info")
+            for i, value in enumerate((info.run_cnt, info.run_time_ns, info.recursion_misses)):
+                totals[i] += value
+        return tuple(totals)
+
+    def listen_drops(self):
+        """{network namespace inode: rises of its ListenDrops seen}, summed over CPUs."""
+        fd = self._fds.get("listen_drops")
+        if fd is None:
+            return {}
+        counts, key, next_key = {}, ctypes.c_uint32(), ctypes.c_uint32()
+        values = (ctypes.c_uint64 * self.ncpus)()
+        previous = None
+        while self._lib.bpf_map_get_next_key(fd, previous, ctypes.byref(next_key)) == 0:
+            key.value, previous = next_key.value, ctypes.byref(key)
+            if self._lib.bpf_map_lookup_elem(fd, previous, values) == 0:
+                counts[key.value] = sum(values)
+        return counts
 
     def stack(self, stack_id):
         """The kernel stack's return addresses, innermost first; [] if gone."""
@@ -251,22 +285,42 @@ class CoreLoader:
     name = "core"
     hooks = tuple(HOOKS)
 
-    def __init__(self, object_path, verbose=False):
+    def __init__(self, object_path, symbols, verbose=False):
+        """symbols: KernelSymbols, for the addresses listen-queue drops need."""
         self.object_path = os.fspath(object_path)
+        self.symbols = symbols
         self.verbose = verbose
+        self.listen = None  # how listen-queue drops are seen, once loaded
         self._lib = lb.load()
         self._warnings = []
-        self._obj = self._link = None
+        self._obj = None
+        self._links = []
 
     def load(self, hook, config, sizes):
-        """(program fd, {map name: fd}) of the object loaded and attached at hook."""
+        """(program fds, {map name: fd}) of the object loaded and attached at
+        hook, with the best way of seeing listen-queue drops that loads."""
         lb.set_log_handler(self._on_libbpf_log)
         try:
-            return self._load_and_attach(hook, config, sizes)
-        except lb.LibbpfError as e:
-            raise HookError(f"{e}{self._last_log()}") from None
+            for mode, why in self._listen_modes(config):
+                config.listen = mode
+                try:
+                    loaded = self._load_and_attach(hook, config, sizes)
+                    self.listen = why
+                    return loaded
+                except lb.LibbpfError as e:
+                    self.close()
+                    if mode == LISTEN_OFF:
+                        raise HookError(f"{e}{self._last_log()}") from None
+                    failure = f"{e}{self._last_log()}"
+                    if self.verbose:
+                        log.debug(f"listen-queue drops by {why}: {failure}")
         finally:
             lb.set_log_handler(None)
+
+    def _listen_modes(self, config):
+        with Btf.vmlinux(self._lib) as btf:
+            return listen.settings(config, btf, self.symbols, DropReasons.from_btf(btf) or DropReasons({}),
+                                   lb.check_int(self._lib.libbpf_num_possible_cpus(), "possible CPUs"))
 
     def _on_libbpf_log(self, level, line):
         """libbpf's log: all of it to stderr when verbose; warnings kept to
@@ -286,17 +340,37 @@ class CoreLoader:
         lib = self._lib
         self._obj = lb.check_ptr(lib.bpf_object__open_file(self.object_path.encode(), None),
                                  f"open {self.object_path}")
-        for name, (prog_name, _) in HOOKS.items():
-            prog = lb.check_ptr(lib.bpf_object__find_program_by_name(self._obj, prog_name.encode()),
-                                f"find program {prog_name}")
-            lib.bpf_program__set_autoload(prog, name == hook)
+        programs = [HOOKS[hook][0], *LISTEN_PROGRAMS[config.listen]]
+        walk = config.listen == LISTEN_CHAIN
+        for name in (*(prog for prog, _ in HOOKS.values()), *sum(LISTEN_PROGRAMS.values(), ()),
+                     LISTEN_WALK):
+            lib.bpf_program__set_autoload(self._program(name), name in programs or
+                                          (walk and name == LISTEN_WALK))
         self._set_config(config)
         for name, size in sizes.items():
             lb.check_int(lib.bpf_map__set_max_entries(self._map(name), size), f"size map {name}")
         lb.check_int(lib.bpf_object__load(self._obj), "load")
-        prog = lib.bpf_object__find_program_by_name(self._obj, HOOKS[hook][0].encode())
-        self._link = lb.check_ptr(lib.bpf_program__attach(prog), "attach")
-        return lib.bpf_program__fd(prog), {name: lib.bpf_map__fd(self._map(name)) for name in MAPS}
+        for name in programs:
+            self._links.append(lb.check_ptr(lib.bpf_program__attach(self._program(name)),
+                                            f"attach {name}"))
+        if walk:  # the hooks run: now the first "before" of every task's namespace
+            self._run_iterator(LISTEN_WALK)
+        return ([lib.bpf_program__fd(self._program(name)) for name in programs],
+                {name: lib.bpf_map__fd(self._map(name)) for name in CORE_MAPS})
+
+    def _run_iterator(self, name):
+        lib = self._lib
+        link = lb.check_ptr(lib.bpf_program__attach_iter(self._program(name), None), f"attach {name}")
+        try:
+            fd = lb.check_int(lib.bpf_iter_create(lib.bpf_link__fd(link)), f"run {name}")
+            with os.fdopen(fd, "rb") as iterator:
+                iterator.read()
+        finally:
+            lib.bpf_link__destroy(link)
+
+    def _program(self, name):
+        return lb.check_ptr(self._lib.bpf_object__find_program_by_name(self._obj, name.encode()),
+                            f"find program {name}")
 
     def _set_config(self, config):
         """Write config into .rodata, where `cfg` lives, before load freezes it."""
@@ -314,8 +388,8 @@ class CoreLoader:
                             f"find map {name}")
 
     def close(self):
-        if self._link:
-            self._lib.bpf_link__destroy(self._link)
+        for link in reversed(self._links):
+            self._lib.bpf_link__destroy(link)
         if self._obj:
             self._lib.bpf_object__close(self._obj)
-        self._link = self._obj = None
+        self._links, self._obj = [], None

@@ -64,6 +64,23 @@ class KernelSymbols:
             self._load()
         return len(self._addrs)
 
+    def addresses(self, names):
+        """{name: address} of these symbols, functions or data, where kallsyms
+        has them (the first, if a name is there twice)."""
+        wanted, found = {name.encode() for name in names}, {}
+        with open(self._path, "rb") as f:
+            for line in f:
+                parts = line.split(None, 3)
+                if len(parts) >= 3 and parts[2] in wanted:
+                    found.setdefault(parts[2].decode(), int(parts[0], 16))
+        return found
+
+    def function_length(self, addr):
+        """Bytes from the function at addr to the next symbol."""
+        self.count()
+        i = bisect.bisect_right(self._addrs, addr)
+        return self._addrs[i] - addr if i < len(self._addrs) else 0
+
     def resolve(self, addr):
         """(name, offset) of the function holding addr, or (None, 0)."""
         if addr in self._cache:

@@ -201,6 +201,15 @@ static __always_inline long stack_id(void *ctx)
 
 #define NETWORK_HEADER_UNSET 0xffff	/* skb->network_header before it is set */
 
+#ifndef TCPDROP_BCC
+/* bpf_rdonly_cast() (6.2+) turns an address into a typed pointer whose loads
+ * are direct and fault-safe: a load each, not a helper call. Used where the
+ * loader knows the kernel has it (LISTEN_CHAIN: 6.11+). Weak: an object
+ * that cannot resolve it still loads, and there the calls are never reached. */
+extern void *bpf_rdonly_cast(const void *obj__ign, __u32 btf_id) __ksym __weak;
+#define rdonly_cast(type, addr) ((type *)bpf_rdonly_cast((void *)(addr), bpf_core_type_id_kernel(type)))
+#endif
+
 /* Wire formats, not kernel structs: these never move. */
 struct tcp_head {		/* the first 14 bytes of a TCP header */
 	__be16 source;
@@ -300,6 +309,8 @@ static __always_inline bool reason_wanted(__u32 reason)
 		word = cfg.reason_mask[2];
 	else if (reason < 256)
 		word = cfg.reason_mask[3];
+	else if (reason >= REASON_OURS_FIRST)
+		return cfg.own_reasons & (1U << (REASON_UNKNOWN - reason));
 	else
 		return cfg.other_reasons;
 	return word & (1ULL << (reason & 63));
@@ -410,13 +421,121 @@ static __always_inline __u32 ipv6_tcp_offset(unsigned char *nh, __u8 nexthdr)
 	return 0;
 }
 
-/* The rarer half of a drop's details: only the event path reads them. */
-static __always_inline void send_event(void *ctx, struct sk_buff *skb, struct sock *sk,
-				       struct drop_key *key, union packet *pkt,
-				       __u16 sport, __u16 dport, bool btf)
+/* One dropped packet, read: its tag set and what only events need. */
+struct drop {
+	struct drop_key key;
+	union packet pkt;
+	__u16 sport, dport;
+	__u32 bytes;		/* IP length, from the IP header */
+	__u32 len;		/* skb->len */
+	__u32 netns;		/* events and key_netns only: the namespace's inode, 0 if unknown */
+};
+
+/* The fields of union packet the handler reads, by direct loads: the IP
+ * header and the first bytes after a header without options. */
+static __always_inline void read_headers_direct(unsigned char *nh, struct drop *d)
 {
-	struct net_device *dev;
-	struct net *net = NULL;
+#ifndef TCPDROP_BCC
+	struct tcphdr *tcp;
+
+	if (d->key.family == 4) {
+		struct iphdr *ip = rdonly_cast(struct iphdr, nh);
+
+		tcp = rdonly_cast(struct tcphdr, nh + sizeof(struct ipv4_head));
+		d->pkt.v4.ip.version_ihl = *(__u8 *)ip;
+		d->pkt.v4.ip.protocol = ip->protocol;
+		d->pkt.v4.ip.frag_off = ip->frag_off;
+		d->pkt.v4.ip.tot_len = ip->tot_len;
+		d->pkt.v4.ip.saddr = ip->saddr;
+		d->pkt.v4.ip.daddr = ip->daddr;
+		d->pkt.v4.tcp.source = tcp->source;
+		d->pkt.v4.tcp.dest = tcp->dest;
+		d->pkt.v4.tcp.flags = *((__u8 *)tcp + 13);
+	} else {
+		struct ipv6hdr *ip = rdonly_cast(struct ipv6hdr, nh);
+
+		tcp = rdonly_cast(struct tcphdr, nh + sizeof(struct ipv6_head));
+		d->pkt.v6.ip.version_class = *(__u8 *)ip;
+		d->pkt.v6.ip.nexthdr = ip->nexthdr;
+		d->pkt.v6.ip.payload_len = ip->payload_len;
+		__builtin_memcpy(d->pkt.v6.ip.saddr, ip->saddr.in6_u.u6_addr8, 16);
+		__builtin_memcpy(d->pkt.v6.ip.daddr, ip->daddr.in6_u.u6_addr8, 16);
+		d->pkt.v6.tcp.source = tcp->source;
+		d->pkt.v6.tcp.dest = tcp->dest;
+		d->pkt.v6.tcp.flags = *((__u8 *)tcp + 13);
+	}
+#endif
+}
+
+/* Reads the packet's IP and TCP headers into @d: false if it is not a TCP
+ * packet with its TCP header, or not of the family asked for. @btf and
+ * @direct are compile-time constants at each call site. @btf: the hook hands
+ * us BTF-typed pointers (direct loads, which the verifier makes fault-safe),
+ * else plain addresses, and each field costs a probe read. @direct: the
+ * headers too are read with direct loads (bpf_rdonly_cast), not a probe read. */
+static __always_inline bool read_packet(struct sk_buff *skb, struct drop *d, bool btf, bool direct)
+{
+	struct tcp_head tcp;
+	unsigned char *nh;
+	__be16 protocol;
+	__u16 network_header;
+	__u32 tcp_off;
+
+	/* Most drops are not TCP: decide that with as little work as possible. */
+	protocol = btf ? skb->protocol : BPF_CORE_READ(skb, protocol);
+	if (protocol == bpf_htons(ETH_P_IP))
+		d->key.family = 4;
+	else if (protocol == bpf_htons(ETH_P_IPV6))
+		d->key.family = 6;
+	else
+		return false;
+	if (cfg.family && cfg.family != d->key.family)
+		return false;
+
+	network_header = btf ? skb->network_header : BPF_CORE_READ(skb, network_header);
+	if (network_header == NETWORK_HEADER_UNSET)
+		return false;
+	nh = (btf ? skb->head : BPF_CORE_READ(skb, head)) + network_header;
+	if (direct)
+		read_headers_direct(nh, d);
+	else if (bpf_probe_read_kernel(&d->pkt, sizeof(d->pkt), nh))
+		return false;
+
+	if (d->key.family == 4) {
+		__u32 ihl = (d->pkt.v4.ip.version_ihl & 0x0f) * 4;
+
+		if (d->pkt.v4.ip.version_ihl >> 4 != 4 || d->pkt.v4.ip.protocol != IPPROTO_TCP)
+			return false;
+		if (d->pkt.v4.ip.frag_off & bpf_htons(0x1fff))
+			return false;	/* a non-first fragment: no TCP header */
+		if (ihl == sizeof(struct ipv4_head))
+			tcp = d->pkt.v4.tcp;
+		else if (ihl < sizeof(struct ipv4_head) ||
+			 bpf_probe_read_kernel(&tcp, sizeof(tcp), nh + ihl))
+			return false;
+		d->bytes = bpf_ntohs(d->pkt.v4.ip.tot_len);
+	} else {
+		if (d->pkt.v6.ip.version_class >> 4 != 6)
+			return false;
+		tcp_off = ipv6_tcp_offset(nh, d->pkt.v6.ip.nexthdr);
+		if (!tcp_off)
+			return false;
+		if (tcp_off == sizeof(struct ipv6_head))
+			tcp = d->pkt.v6.tcp;
+		else if (bpf_probe_read_kernel(&tcp, sizeof(tcp), nh + tcp_off))
+			return false;
+		d->bytes = sizeof(struct ipv6_head) + bpf_ntohs(d->pkt.v6.ip.payload_len);
+	}
+	d->sport = bpf_ntohs(tcp.source);
+	d->dport = bpf_ntohs(tcp.dest);
+	d->key.flags = tcp.flags;
+	d->len = btf ? skb->len : BPF_CORE_READ(skb, len);
+	return true;
+}
+
+/* The rarer half of a drop's details: only the event path reads them. */
+static __always_inline void send_event(void *ctx, struct drop *d)
+{
 	struct drop_event *e;
 
 	if (over_budget()) {
@@ -429,119 +548,411 @@ static __always_inline void send_event(void *ctx, struct sk_buff *skb, struct so
 		return;
 	}
 	__builtin_memset(e, 0, sizeof(*e));	/* reserved memory is not zeroed */
-	e->location = key->location;
-	e->reason = key->reason;
-	e->family = key->family;
-	e->state = key->state;
-	e->flags = key->flags;
-	e->sport = sport;
-	e->dport = dport;
-	if (key->family == 4) {
-		__builtin_memcpy(e->saddr, &pkt->v4.ip.saddr, 4);
-		__builtin_memcpy(e->daddr, &pkt->v4.ip.daddr, 4);
+	e->location = d->key.location;
+	e->reason = d->key.reason;
+	e->family = d->key.family;
+	e->state = d->key.state;
+	e->flags = d->key.flags;
+	e->sport = d->sport;
+	e->dport = d->dport;
+	if (d->key.family == 4) {
+		__builtin_memcpy(e->saddr, &d->pkt.v4.ip.saddr, 4);
+		__builtin_memcpy(e->daddr, &d->pkt.v4.ip.daddr, 4);
 	} else {
-		__builtin_memcpy(e->saddr, pkt->v6.ip.saddr, 16);
-		__builtin_memcpy(e->daddr, pkt->v6.ip.daddr, 16);
+		__builtin_memcpy(e->saddr, d->pkt.v6.ip.saddr, 16);
+		__builtin_memcpy(e->daddr, d->pkt.v6.ip.daddr, 16);
 	}
-	e->len = btf ? skb->len : BPF_CORE_READ(skb, len);
-	/* The netns of the device the packet came in on (or goes out of);
-	 * the socket's where there is no device yet. */
-	dev = btf ? skb->dev : BPF_CORE_READ(skb, dev);
-	if (dev)
-		net = btf ? dev->nd_net.net : BPF_CORE_READ(dev, nd_net.net);
-	else if (sk)
-		net = btf ? sk->__sk_common.skc_net.net
-			  : BPF_CORE_READ(sk, __sk_common.skc_net.net);
-	if (net)
-		e->netns = btf ? net->ns.inum : BPF_CORE_READ(net, ns.inum);
+	e->len = d->len;
+	e->netns = d->netns;
 	e->pid = bpf_get_current_pid_tgid() >> 32;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	e->stack_id = stack_id(ctx);
 	bpf_ringbuf_submit(e, 0);
 }
 
-/*
- * The handler every hook calls. @btf is a compile-time constant at each call
- * site: true where the hook hands us BTF-typed pointers (direct loads, which
- * the verifier makes fault-safe), false where they are plain addresses and
- * each field costs a probe read.
- */
+/* A read drop, past the port filter: counted under its tag set, and sent. */
+static __always_inline void account(void *ctx, struct drop *d)
+{
+	if (cfg.port && d->sport != cfg.port && d->dport != cfg.port)
+		return;
+	if (cfg.aggregate) {
+		struct drop_key key = d->key;
+
+		key.sport = port_tag(d->sport, &key.ephemeral, EPHEMERAL_SPORT);
+		key.dport = port_tag(d->dport, &key.ephemeral, EPHEMERAL_DPORT);
+		if (cfg.key_netns)
+			key.netns = d->netns;
+		count_drop(&key, d->bytes);
+	}
+	if (cfg.events)
+		send_event(ctx, d);
+}
+
+static __always_inline __u32 netns_inum(struct net *net, bool btf)
+{
+	if (!net)
+		return 0;
+	return btf ? net->ns.inum : BPF_CORE_READ(net, ns.inum);
+}
+
+/* The handler of every kfree_skb hook: @sk is the socket the kernel charged
+ * the drop to, if any. */
 static __always_inline int handle_drop(void *ctx, struct sk_buff *skb,
 				       struct sock *sk, __u64 location,
 				       __u32 reason, bool btf)
 {
-	struct drop_key key = { .location = location, .reason = reason };
-	union packet pkt;
-	struct tcp_head tcp;
-	unsigned char *nh;
-	__be16 protocol;
-	__u16 network_header, sport, dport;
-	__u32 tcp_off, bytes;
+	struct drop d = { .key = { .location = location, .reason = reason } };
 
-	/* Most drops are not TCP: decide that with as little work as possible. */
-	protocol = btf ? skb->protocol : BPF_CORE_READ(skb, protocol);
-	if (protocol == bpf_htons(ETH_P_IP))
-		key.family = 4;
-	else if (protocol == bpf_htons(ETH_P_IPV6))
-		key.family = 6;
-	else
+	if (!reason_wanted(reason) || !read_packet(skb, &d, btf, false))
 		return 0;
-	if (cfg.family && cfg.family != key.family)
-		return 0;
-	if (!reason_wanted(reason))
-		return 0;
-
-	network_header = btf ? skb->network_header : BPF_CORE_READ(skb, network_header);
-	if (network_header == NETWORK_HEADER_UNSET)
-		return 0;
-	nh = (btf ? skb->head : BPF_CORE_READ(skb, head)) + network_header;
-	if (bpf_probe_read_kernel(&pkt, sizeof(pkt), nh))
-		return 0;
-
-	if (key.family == 4) {
-		__u32 ihl = (pkt.v4.ip.version_ihl & 0x0f) * 4;
-
-		if (pkt.v4.ip.version_ihl >> 4 != 4 || pkt.v4.ip.protocol != IPPROTO_TCP)
-			return 0;
-		if (pkt.v4.ip.frag_off & bpf_htons(0x1fff))
-			return 0;	/* a non-first fragment: no TCP header */
-		if (ihl == sizeof(struct ipv4_head))
-			tcp = pkt.v4.tcp;
-		else if (ihl < sizeof(struct ipv4_head) ||
-			 bpf_probe_read_kernel(&tcp, sizeof(tcp), nh + ihl))
-			return 0;
-		bytes = bpf_ntohs(pkt.v4.ip.tot_len);
-	} else {
-		if (pkt.v6.ip.version_class >> 4 != 6)
-			return 0;
-		tcp_off = ipv6_tcp_offset(nh, pkt.v6.ip.nexthdr);
-		if (!tcp_off)
-			return 0;
-		if (tcp_off == sizeof(struct ipv6_head))
-			tcp = pkt.v6.tcp;
-		else if (bpf_probe_read_kernel(&tcp, sizeof(tcp), nh + tcp_off))
-			return 0;
-		bytes = sizeof(struct ipv6_head) + bpf_ntohs(pkt.v6.ip.payload_len);
-	}
-
-	sport = bpf_ntohs(tcp.source);
-	dport = bpf_ntohs(tcp.dest);
-	if (cfg.port && sport != cfg.port && dport != cfg.port)
-		return 0;
-	key.flags = tcp.flags;
 	if (sk)
-		key.state = btf ? sk->__sk_common.skc_state
-				: BPF_CORE_READ(sk, __sk_common.skc_state);
+		d.key.state = btf ? sk->__sk_common.skc_state
+				  : BPF_CORE_READ(sk, __sk_common.skc_state);
+	if (cfg.events || cfg.key_netns) {
+		/* The netns of the device the packet came in on (or goes out
+		 * of); the socket's where there is no device yet. */
+		struct net_device *dev = btf ? skb->dev : BPF_CORE_READ(skb, dev);
+		struct net *net = NULL;
 
-	if (cfg.aggregate) {
-		key.sport = port_tag(sport, &key.ephemeral, EPHEMERAL_SPORT);
-		key.dport = port_tag(dport, &key.ephemeral, EPHEMERAL_DPORT);
-		count_drop(&key, bytes);
+		if (dev)
+			net = btf ? dev->nd_net.net : BPF_CORE_READ(dev, nd_net.net);
+		else if (sk)
+			net = btf ? sk->__sk_common.skc_net.net
+				  : BPF_CORE_READ(sk, __sk_common.skc_net.net);
+		d.netns = netns_inum(net, btf);
 	}
-	if (cfg.events)
-		send_event(ctx, skb, sk, &key, &pkt, sport, dport, btf);
+	account(ctx, &d);
 	return 0;
 }
+
+/*
+ * Listen-queue drops. A SYN that a listener cannot take (accept queue full,
+ * SYN queue full without syncookies, no memory, no route) is refused in
+ * tcp_conn_request(), counted in the namespace's ListenDrops and then freed
+ * with consume_skb(), not kfree_skb(): no drop tracepoint fires. ListenDrops
+ * (and ListenOverflows, TCPReqQFullDrop, which say why) are per-CPU counters
+ * of the namespace, and a CPU handles one packet at a time, so a rise of this
+ * CPU's ListenDrops across the listener's handling of one SYN is that SYN's
+ * drop. Two ways to find "before" and "after":
+ *
+ *   LISTEN_BRACKET  fentry/fexit on tcp_rcv_state_process(): right before and
+ *                   after that one SYN (kernels with fentry).
+ *   LISTEN_CHAIN    tracepoints only (6.11+): "after" is the SYN's
+ *                   consume_skb() in tcp_rcv_state_process(), "before" the
+ *                   last time this CPU's counters of that namespace were read.
+ *                   Every other rise is read where it happens, so that it is
+ *                   not taken for the next SYN's: a kfree_skb() charged to a
+ *                   listener (the handshake's last ACK on a full accept queue,
+ *                   a drop seen already) and an ICMP error that aborted a
+ *                   request (icmp_rcv). The first "before" of a namespace is
+ *                   read on every CPU when a socket in it starts listening
+ *                   (no SYN can be refused before), and for the namespaces of
+ *                   all tasks at start-up (listen_baselines_walk). A SYN with
+ *                   no "before" (a namespace no task was in at start-up) only
+ *                   gives one, and is counted in COUNTER_LISTEN_UNTRACKED.
+ */
+struct listen_stash {
+	__u64 cpu_offset;	/* of this CPU's per-CPU memory; 0 until worked out */
+	__u64 number;		/* a pointer, stored here to be loaded back as a number */
+	__u64 cached_cookie;	/* LISTEN_CHAIN: the namespace whose "before" is here, */
+	struct listen_mib cached;	/* kept out of listen_baselines while it is */
+	__u64 skb;		/* the SYN being handled on this CPU, 0 if none */
+	struct listen_mib before;
+	struct drop d;
+};
+
+#ifndef TCPDROP_BCC
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct listen_stash);
+} listen_stash SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct baseline_key);
+	__type(value, struct listen_mib);
+} listen_baselines SEC(".maps");
+
+/* Rises of ListenDrops seen, per network namespace (inode): what the
+ * kernel's counter covers, for `telegraf-tcpdrop audit`. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u64);
+} listen_drops SEC(".maps");
+
+/* The offset of a CPU's per-CPU memory, from @value, one of that CPU's
+ * elements of our own per-CPU map `counters`: the element's address less its
+ * per-CPU pointer (struct bpf_array), read as numbers (through memory: the
+ * verifier's one way to turn pointers into numbers). The same offset leads
+ * from any per-CPU pointer, the kernel's counters too, to that CPU's copy. */
+static __always_inline bool per_cpu_offset(__u64 *value, __u64 *offset)
+{
+	const void *map = &counters;
+	__u64 map_addr, value_addr, pptr;
+
+	if (!value ||
+	    bpf_probe_read_kernel(&map_addr, sizeof(map_addr), &map) ||
+	    bpf_probe_read_kernel(&value_addr, sizeof(value_addr), &value) ||
+	    bpf_probe_read_kernel(&pptr, sizeof(pptr),
+				  (void *)(map_addr + bpf_core_field_offset(struct bpf_array, pptrs))))
+		return false;
+	*offset = value_addr - pptr;
+	return true;
+}
+
+/* This CPU's listen_stash, with this CPU's offset (worked out once). */
+static __always_inline struct listen_stash *stash_here(void)
+{
+	__u32 zero = 0;
+	struct listen_stash *stash = bpf_map_lookup_elem(&listen_stash, &zero);
+
+	if (!stash)
+		return NULL;
+	if (!stash->cpu_offset && !per_cpu_offset(counter(&zero), &stash->cpu_offset))
+		return NULL;
+	return stash;
+}
+
+/* The namespace's listen counters (struct linux_mib) of the CPU @offset leads to. */
+static __always_inline unsigned long *listen_mibs(struct net *net, __u64 offset)
+{
+	return (unsigned long *)((__u64)BPF_CORE_READ(net, mib.net_statistics) + offset);
+}
+
+static __always_inline bool mib_read(unsigned long *mibs, __u32 index, __u64 *value)
+{
+	return !bpf_probe_read_kernel(value, sizeof(*value), mibs + index);
+}
+
+static __always_inline bool listen_mib_read(unsigned long *mibs, struct listen_mib *m)
+{
+	return mib_read(mibs, cfg.mib_listen_drops, &m->drops) &&
+	       mib_read(mibs, cfg.mib_listen_overflows, &m->overflows) &&
+	       mib_read(mibs, cfg.mib_synq_full, &m->synq_full);
+}
+
+static __always_inline void count_listen_drops(__u32 netns, __u64 n)
+{
+	__u64 *value = bpf_map_lookup_elem(&listen_drops, &netns);
+
+	if (value)
+		*value += n;
+	else
+		bpf_map_update_elem(&listen_drops, &netns, &n, BPF_NOEXIST);
+}
+
+/* A SYN the listener dropped, ListenDrops having risen from @before to
+ * @after: why, from which counters rose with it, and where it was decided. */
+static __always_inline void listen_drop(void *ctx, struct drop *d, struct listen_mib *before,
+					struct listen_mib *after)
+{
+	if (after->overflows != before->overflows) {
+		d->key.reason = cfg.listen_overflow_reason;
+		d->key.location = cfg.conn_request;
+	} else if (after->synq_full != before->synq_full) {
+		d->key.reason = REASON_SYN_QUEUE_FULL;
+		d->key.location = cfg.conn_request;
+	} else {
+		d->key.reason = REASON_LISTEN_DROP;
+	}
+	d->key.state = TCP_LISTEN;
+	if (reason_wanted(d->key.reason))
+		account(ctx, d);
+}
+
+SEC("fentry/tcp_rcv_state_process")
+int BPF_PROG(listen_enter, struct sock *sk, struct sk_buff *skb)
+{
+	struct listen_stash *stash;
+	struct net *net;
+
+	if (sk->__sk_common.skc_state != TCP_LISTEN || !(stash = stash_here()))
+		return 0;
+	stash->skb = 0;
+	/* Read now: the SYN is freed before tcp_rcv_state_process() returns. */
+	__builtin_memset(&stash->d, 0, sizeof(stash->d));
+	stash->d.key.location = cfg.syn_site;
+	if (!read_packet(skb, &stash->d, true, false))
+		return 0;
+	net = sk->__sk_common.skc_net.net;
+	stash->d.netns = net->ns.inum;
+	if (listen_mib_read(listen_mibs(net, stash->cpu_offset), &stash->before))
+		stash->skb = (__u64)skb;
+	return 0;
+}
+
+SEC("fexit/tcp_rcv_state_process")
+int BPF_PROG(listen_exit, struct sock *sk, struct sk_buff *skb, int ret)
+{
+	struct listen_stash *stash = stash_here();
+	struct listen_mib after;
+
+	if (!stash || stash->skb != (__u64)skb)
+		return 0;
+	stash->skb = 0;
+	if (!listen_mib_read(listen_mibs(sk->__sk_common.skc_net.net, stash->cpu_offset), &after) ||
+	    after.drops == stash->before.drops)
+		return 0;
+	if (cfg.key_netns)
+		count_listen_drops(stash->d.netns, after.drops - stash->before.drops);
+	listen_drop(ctx, &stash->d, &stash->before, &after);
+	return 0;
+}
+
+/* LISTEN_CHAIN: the first "before" of @net, on every CPU. */
+struct baselines_of {
+	struct net *net;
+	__u64 net_cookie;
+};
+
+static long baseline_of_cpu(__u32 cpu, struct baselines_of *of)
+{
+	struct baseline_key key = { .net_cookie = of->net_cookie, .cpu = cpu };
+	__u32 zero = 0;
+	struct listen_mib m;
+	__u64 offset;
+
+	if (per_cpu_offset(bpf_map_lookup_percpu_elem(&counters, &zero, cpu), &offset) &&
+	    listen_mib_read(listen_mibs(of->net, offset), &m))
+		bpf_map_update_elem(&listen_baselines, &key, &m, BPF_NOEXIST);
+	return 0;
+}
+
+static __always_inline void first_baselines(struct net *net)
+{
+	struct baselines_of of = { .net = net, .net_cookie = BPF_CORE_READ(net, net_cookie) };
+	struct baseline_key first = { .net_cookie = of.net_cookie };
+
+	if (!bpf_map_lookup_elem(&listen_baselines, &first))
+		bpf_loop(cfg.ncpus, baseline_of_cpu, &of, 0);
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(listen_start, struct sock *sk, int oldstate, int newstate)
+{
+	if (newstate == TCP_LISTEN)
+		first_baselines(sk->__sk_common.skc_net.net);
+	return 0;
+}
+
+/* Run once at start-up, by reading the iterator: every task's namespace. */
+SEC("iter/task")
+int listen_baselines_walk(struct bpf_iter__task *ctx)
+{
+	struct task_struct *task = ctx->task;
+	struct net *net;
+
+	if (!task)
+		return 0;
+	net = BPF_CORE_READ(task, nsproxy, net_ns);
+	if (net)
+		first_baselines(net);
+	return 0;
+}
+
+/* LISTEN_CHAIN: this CPU's counters of @net, and their rise since the last
+ * read (in @before); false if there is none to attribute. ListenDrops alone
+ * is read unless it rose: the others rise only with it. */
+static __always_inline bool listen_rise(struct net *net, struct listen_mib *before,
+					struct listen_mib *after)
+{
+	struct baseline_key key = { .cpu = bpf_get_smp_processor_id() };
+	struct listen_stash *stash = stash_here();
+	struct listen_mib *last;
+	struct linux_mib *mib;
+
+	if (!stash)
+		return false;
+	stash->number = (__u64)net->mib.net_statistics;
+	mib = rdonly_cast(struct linux_mib, *(volatile __u64 *)&stash->number + stash->cpu_offset);
+	after->drops = mib->mibs[cfg.mib_listen_drops];
+	key.net_cookie = net->net_cookie;
+	if (stash->cached_cookie != key.net_cookie) {	/* another namespace than last time */
+		struct baseline_key put_back = { .net_cookie = stash->cached_cookie, .cpu = key.cpu };
+
+		if (put_back.net_cookie)
+			bpf_map_update_elem(&listen_baselines, &put_back, &stash->cached, BPF_ANY);
+		stash->cached_cookie = 0;
+		last = bpf_map_lookup_elem(&listen_baselines, &key);
+		if (!last) {	/* no "before": this one becomes it */
+			after->overflows = mib->mibs[cfg.mib_listen_overflows];
+			after->synq_full = mib->mibs[cfg.mib_synq_full];
+			count(COUNTER_LISTEN_UNTRACKED, 1);
+			bpf_map_update_elem(&listen_baselines, &key, after, BPF_NOEXIST);
+			return false;
+		}
+		stash->cached = *last;
+		stash->cached_cookie = key.net_cookie;
+	}
+	last = &stash->cached;
+	if (last->drops == after->drops)
+		return false;
+	after->overflows = mib->mibs[cfg.mib_listen_overflows];
+	after->synq_full = mib->mibs[cfg.mib_synq_full];
+	*before = *last;
+	*last = *after;
+	if (cfg.key_netns)
+		count_listen_drops(net->ns.inum, after->drops - before->drops);
+	return true;
+}
+
+/* A rise that is not a SYN's: counted for audit, kept from the next SYN. */
+static __always_inline void listen_absorb(struct net *net)
+{
+	struct listen_mib before, after;
+
+	if (net)
+		listen_rise(net, &before, &after);
+}
+
+static __always_inline struct net *dst_net(struct sk_buff *skb)
+{
+	struct dst_entry *dst = rdonly_cast(struct dst_entry, skb->_skb_refdst & ~1UL);
+
+	return dst && dst->dev ? dst->dev->nd_net.net : NULL;
+}
+
+static __always_inline bool at(__u64 location, __u64 site, __u64 len)
+{
+	return location - site < len;
+}
+
+SEC("tp_btf/consume_skb")
+int BPF_PROG(consume_skb_btf, struct sk_buff *skb)
+{
+	struct listen_mib before, after;
+	struct drop d = {};
+	__u64 location;
+	struct net *net;
+
+	/* ctx[1] exists from 6.3 (location); the loader uses this hook only there. */
+	if (!bpf_core_field_exists(struct trace_event_raw_consume_skb, location))
+		return 0;
+	location = ctx[1];
+	if (at(location, cfg.icmp_site, cfg.icmp_site_len) ||
+	    at(location, cfg.icmp6_site, cfg.icmp6_site_len)) {
+		listen_absorb(dst_net(skb));
+		return 0;
+	}
+	if (!at(location, cfg.syn_site, cfg.syn_site_len))
+		return 0;
+	/* A SYN a listener handled (skb->dev is gone by now: the route's is there). */
+	net = dst_net(skb);
+	if (!net || !listen_rise(net, &before, &after))
+		return 0;
+	d.key.location = location;
+	if (!read_packet(skb, &d, true, true))
+		return 0;
+	d.netns = net->ns.inum;
+	listen_drop(ctx, &d, &before, &after);
+	return 0;
+}
+#endif /* !TCPDROP_BCC */
 
 #ifndef TCPDROP_BCC	/* tp_btf needs BTF, which is why bcc is here */
 SEC("tp_btf/kfree_skb")
@@ -561,6 +972,8 @@ int BPF_PROG(kfree_skb_btf, struct sk_buff *skb, void *location)
 		if (rx_sk)
 			sk = rx_sk;
 	}
+	if (cfg.listen == LISTEN_CHAIN && sk && sk->__sk_common.skc_state == TCP_LISTEN)
+		listen_absorb(sk->__sk_common.skc_net.net);
 	return handle_drop(ctx, skb, sk, (__u64)location, reason, true);
 }
 #endif
@@ -596,6 +1009,10 @@ int kfree_skb_tp(struct trace_event_raw_kfree_skb *args)
 
 	if (!sk)
 		sk = BPF_CORE_READ(skb, sk);
+#ifndef TCPDROP_BCC	/* bcc: no listen-queue drops */
+	if (cfg.listen == LISTEN_CHAIN && sk && BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_LISTEN)
+		listen_absorb(rdonly_cast(struct net, BPF_CORE_READ(sk, __sk_common.skc_net.net)));
+#endif
 	return handle_drop(args, skb, sk, (__u64)args->location, TP_REASON(args), false);
 }
 #endif

@@ -39,7 +39,7 @@ struct drop_key {
 	__u8 state;
 	__u8 flags;
 	__u8 ephemeral;		/* EPHEMERAL_SPORT | EPHEMERAL_DPORT: port was in the ephemeral range */
-	__u32 pad;		/* 0: a hash key has no padding, whose bytes would be left to chance */
+	__u32 netns;		/* network namespace inode with key_netns, else 0 (no byte left to chance) */
 };
 
 struct drop_count {
@@ -72,12 +72,41 @@ enum port_tags {
 #define STATE_NONE 0
 #define REASON_UNKNOWN 0xffffffffu
 
+/* Reasons of ours, for the SYNs a listener drops without a drop reason
+ * (tcpdrop.c, listen-queue drops); plugin/names.py names them. */
+#define REASON_LISTEN_OVERFLOW 0xfffffffeu	/* accept queue full, where the kernel has no TCP_LISTEN_OVERFLOW */
+#define REASON_SYN_QUEUE_FULL 0xfffffffdu	/* SYN queue full, no syncookies */
+#define REASON_LISTEN_DROP 0xfffffffcu		/* any other: no memory, no route, ... */
+#define REASON_OURS_FIRST REASON_LISTEN_DROP
+
+/* How listen-queue drops are seen (tcpdrop.c explains each). */
+enum listen_mode {
+	LISTEN_OFF,
+	LISTEN_BRACKET,		/* fentry/fexit around tcp_rcv_state_process() */
+	LISTEN_CHAIN,		/* tracepoints only: consume_skb and kfree_skb */
+};
+
+/* One CPU's share of a network namespace's listen counters (linux_mib). */
+struct listen_mib {
+	__u64 drops;		/* ListenDrops */
+	__u64 overflows;	/* ListenOverflows */
+	__u64 synq_full;	/* TCPReqQFullDrop */
+};
+
+/* listen_baselines' key: a namespace (its cookie, never reused) and a CPU. */
+struct baseline_key {
+	__u64 net_cookie;
+	__u32 cpu;
+	__u32 pad;
+};
+
 /* Slots of the per-CPU counters map. */
 enum counter {
 	COUNTER_LOST,		/* ring buffer full: event not delivered */
 	COUNTER_RATELIMITED,	/* over the events-per-second budget */
 	COUNTER_OVERFLOW_DROPS,	/* drops map full: counted here instead */
 	COUNTER_OVERFLOW_BYTES,
+	COUNTER_LISTEN_UNTRACKED,	/* SYNs not told dropped or not: no "before" (tcpdrop.c) */
 	COUNTER_MAX,
 };
 
@@ -89,11 +118,27 @@ struct probe_config {
 	__u16 ephemeral_low;	/* the host's ip_local_port_range */
 	__u16 ephemeral_high;
 	__u8 family;		/* 4, 6, or 0 = both */
-	__u8 other_reasons;	/* report reasons >= 256 and REASON_UNKNOWN */
+	__u8 other_reasons;	/* report the kernel's reasons >= 256 */
 	__u8 aggregate;		/* count each drop in the drops map */
 	__u8 events;		/* send drop events to the ring buffer */
 	__u8 port_tags;		/* enum port_tags */
-	__u8 pad;
+	__u8 listen;		/* enum listen_mode */
+	__u8 key_netns;		/* count per network namespace too (drop_key.netns) */
+	__u8 pad[7];
+	/* Listen-queue drops: kernel addresses (kallsyms) and numbers (BTF). */
+	__u64 conn_request;	/* tcp_conn_request: the drop site of the SYNs it refuses */
+	__u64 syn_site;		/* tcp_rcv_state_process: where a listener consumes a SYN */
+	__u64 syn_site_len;
+	__u64 icmp_site;	/* icmp_rcv, icmpv6_rcv: ICMP errors that abort requests */
+	__u64 icmp_site_len;
+	__u64 icmp6_site;
+	__u64 icmp6_site_len;
+	__u32 mib_listen_drops;	/* indices into struct linux_mib */
+	__u32 mib_listen_overflows;
+	__u32 mib_synq_full;
+	__u32 listen_overflow_reason;	/* the kernel's TCP_LISTEN_OVERFLOW, or ours */
+	__u32 ncpus;		/* possible CPUs */
+	__u32 own_reasons;	/* bit n set = report reason REASON_UNKNOWN - n (UNKNOWN and ours) */
 };
 
 #endif /* TCPDROP_H */

@@ -39,10 +39,17 @@ class Drop:
     stack: list
 
 
-def drop_site_stack(ips, location):
+def drop_site_stack(ips, location, function):
     """The stack from the drop site down: frames above it are the tracing
-    machinery (bpf_prog_*, bpf_trace_run*, sk_skb_reason_drop, ...)."""
-    return ips[ips.index(location):] if location in ips else ips
+    machinery (bpf_prog_*, bpf_trace_run*, sk_skb_reason_drop, ...). A SYN a
+    listener refused has no drop site on its stack (tcp_conn_request() had
+    returned): it starts below consume_skb(), which freed the SYN."""
+    if location in ips:
+        return ips[ips.index(location):]
+    names = [function(ip) for ip in ips]
+    if "consume_skb" in names:
+        return ips[names.index("consume_skb") + 1:]
+    return ips
 
 
 def decode(event, reasons, symbols, stack_ips, now):
@@ -66,7 +73,7 @@ def decode(event, reasons, symbols, stack_ips, now):
         location=symbols.format(event.location),
         netns=event.netns,
         len=event.len,
-        stack=[symbols.format(ip) for ip in drop_site_stack(stack_ips, event.location)],
+        stack=[symbols.format(ip) for ip in drop_site_stack(stack_ips, event.location, symbols.function)],
     )
 
 

@@ -102,9 +102,10 @@ def test_check_passes_on_this_host():
     require_root()
     result = run("check")
     assert result.returncode == 0, result
-    assert result.stdout.count("\nok ") + result.stdout.startswith("ok ") == 9, result.stdout
+    assert result.stdout.count("\nok ") + result.stdout.startswith("ok ") == 10, result.stdout
     assert result.stdout.startswith("ok    backend: core (the kernel has BTF and libbpf is installed)")
     assert "ok    hook: tp_btf/kfree_skb attaches" in result.stdout
+    assert "ok    listen-queue drops: tracepoints skb:consume_skb and skb:kfree_skb" in result.stdout
 
 
 def test_bcc_backend_without_kernel_headers():

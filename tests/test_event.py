@@ -47,6 +47,8 @@ def test_constants_match_the_header():
              "EPHEMERAL_SPORT", "EPHEMERAL_DPORT", "HOT_SLOTS",
              "PORT_TAGS_BUCKETED", "PORT_TAGS_ALL", "PORT_TAGS_NONE",
              "COUNTER_LOST", "COUNTER_RATELIMITED", "COUNTER_OVERFLOW_DROPS",
-             "COUNTER_OVERFLOW_BYTES", "COUNTER_MAX"]
+             "COUNTER_OVERFLOW_BYTES", "COUNTER_LISTEN_UNTRACKED", "COUNTER_MAX",
+             "REASON_LISTEN_OVERFLOW", "REASON_SYN_QUEUE_FULL", "REASON_LISTEN_DROP",
+             "LISTEN_OFF", "LISTEN_BRACKET", "LISTEN_CHAIN"]
     asserts = "\n".join(f'_Static_assert({n} == {getattr(event, n)}u, "{n}");' for n in names)
     assert compile_for_bpf(f'{TYPES}#include "tcpdrop.h"\n{asserts}\n') == ""

@@ -20,7 +20,7 @@ class StubProbe:
     """The probe's reading side: totals per key, counters, stacks, run stats."""
 
     def __init__(self):
-        self.totals, self.counters_ = {}, [0, 0, 0, 0]
+        self.totals, self.counters_ = {}, [0, 0, 0, 0, 0]
         self.deleted = []
 
     def read_counts(self):
@@ -36,7 +36,7 @@ class StubProbe:
         return keys
 
     def run_stats(self):
-        return (100, 5000)
+        return (100, 5000, 0)
 
     def stack(self, stack_id):
         return [0xFFFF5000, RCV, 0xFFFF1028]
@@ -70,13 +70,14 @@ def test_points_of_an_interval():
     probe = StubProbe()
     c = collector(probe)
     probe.totals = {key(): (3, 180)}
-    probe.counters_ = [1, 0, 4, 240]
+    probe.counters_ = [1, 0, 4, 240, 0]
     points = c.collect()
     assert [encode(p) for p in points] == [
         "tcpdrop,dport=443,family=4,flags=SYN,frame=tcp_v4_rcv,reason=NO_SOCKET,sport=ephemeral,"
         "state=NONE drops=3i,bytes=180i 2000000000",
         "tcpdrop_agent events_lost=1i,events_ratelimited=0i,map_overflow_drops=4i,"
-        "map_overflow_bytes=240i,keys=1i,keys_evicted=0i,interval_ns=1000000000i 2000000000"]
+        "map_overflow_bytes=240i,listen_untracked=0i,keys=1i,keys_evicted=0i,interval_ns=1000000000i,"
+        "probe_misses=0i 2000000000"]
     # Nothing new: only the agent's point, with its counters as deltas.
     points = c.collect()
     assert [p.measurement for p in points] == ["tcpdrop_agent"]
@@ -104,9 +105,18 @@ def test_probe_run_stats_only_when_the_kernel_measures_them():
     c = collector(probe)
     assert "probe_runs" not in c.collect()[-1].fields
     c.stats_enabled = lambda: True
-    probe.run_stats = lambda: (130, 7000)
+    probe.run_stats = lambda: (130, 7000, 0)
     fields = c.collect()[-1].fields
     assert (fields["probe_runs"], fields["probe_run_time_ns"]) == (30, 2000)
+
+
+def test_probe_misses_are_reported_as_deltas_whether_or_not_stats_are_on():
+    probe = StubProbe()
+    c = collector(probe)
+    probe.run_stats = lambda: (100, 5000, 7)
+    assert c.collect()[-1].fields["probe_misses"] == 7
+    probe.run_stats = lambda: (100, 5000, 9)
+    assert c.collect()[-1].fields["probe_misses"] == 2
 
 
 def test_a_sampled_event_gives_its_tag_set_a_folded_stack():

@@ -11,6 +11,7 @@ from telegraf_tcpdrop.trace import HEADER, Tracer, decode, drop_site_stack, form
 REASONS = DropReasons({2: "NO_SOCKET", 41: "TCP_OLD_SEQUENCE"})
 NOW = datetime(2026, 11, 23, 19, 45, 39, 734507, tzinfo=timezone.utc)
 RCV, DELIVER, BPF, TRACE_RUN = 0xFFFF0099, 0xFFFF1028, 0xFFFF5000, 0xFFFF6000
+CONSUME, STATE_PROCESS, CONN_REQUEST = 0xFFFF7000, 0xFFFF8000, 0xFFFF9000
 
 
 class FakeSymbols:
@@ -20,6 +21,10 @@ class FakeSymbols:
 
     def format(self, addr):
         return self.NAMES[addr]
+
+    def function(self, addr):
+        return {CONSUME: "consume_skb", STATE_PROCESS: "tcp_rcv_state_process"}.get(
+            addr, self.NAMES.get(addr, "?").split("+")[0])
 
 
 def event(family=4, saddr="10.0.0.1", daddr="10.0.0.2"):
@@ -31,8 +36,15 @@ def event(family=4, saddr="10.0.0.1", daddr="10.0.0.2"):
 
 
 def test_stack_starts_at_the_drop_site():
-    assert drop_site_stack([BPF, TRACE_RUN, RCV, DELIVER], RCV) == [RCV, DELIVER]
-    assert drop_site_stack([BPF, DELIVER], RCV) == [BPF, DELIVER]  # not found: all of it
+    function = FakeSymbols().function
+    assert drop_site_stack([BPF, TRACE_RUN, RCV, DELIVER], RCV, function) == [RCV, DELIVER]
+    assert drop_site_stack([BPF, DELIVER], RCV, function) == [BPF, DELIVER]  # not found: all of it
+
+
+def test_a_refused_syn_stack_starts_below_consume_skb():
+    """Its drop site, tcp_conn_request(), has returned by the time the SYN is freed."""
+    stack = [BPF, TRACE_RUN, CONSUME, STATE_PROCESS, DELIVER]
+    assert drop_site_stack(stack, CONN_REQUEST, FakeSymbols().function) == [STATE_PROCESS, DELIVER]
 
 
 def test_decode_ipv4():

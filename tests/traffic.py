@@ -10,6 +10,7 @@ import time
 
 TCP_DEFER_ACCEPT, TCP_REPAIR, TCP_REPAIR_QUEUE, TCP_QUEUE_SEQ = 9, 19, 20, 21
 TCP_SEND_QUEUE = 2
+TCP_MD5SIG, IP_MINTTL = 14, 21
 
 
 def checksum(data):
@@ -135,6 +136,85 @@ def listen_overflow(port):
     time.sleep(0.2)
 
 
+def listen_full(host, port, clients, hold="1.2"):
+    """A listener with room for one connection that never accepts, and that
+    many clients connecting at once: past the first ones, their SYNs (and the
+    retransmit of each, 1 s later) find the accept queue full."""
+    server = socket.socket(family_of(host))
+    server.bind((host, int(port)))
+    server.listen(1)
+    connect_storm(host, port, clients, hold)
+    server.close()
+
+
+def connect_storm(host, port, clients, hold="1.2"):
+    """That many connections to host:port at once, given hold seconds."""
+    waiting = []
+    for _ in range(int(clients)):
+        client = socket.socket(family_of(host))
+        client.setblocking(False)
+        client.connect_ex((host, int(port)))
+        waiting.append(client)
+    time.sleep(float(hold))
+    for client in waiting:  # no more retransmits
+        client.close()
+
+
+def syn_queue_full(port, count, hold="0.5"):
+    """A listener with room for one request, and count SYNs from random ports
+    whose SYN-ACKs no one answers (the test drops the RSTs): the SYN queue
+    fills, and with syncookies off the kernel drops the rest."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", int(port)))
+    server.listen(1)
+    raw_syns(port, count)
+    time.sleep(float(hold))
+    server.close()
+
+
+def bad_checksum(port, sport):
+    """A SYN whose TCP checksum is wrong, to a listener: dropped as TCP_CSUM."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", int(port)))
+    server.listen()
+    segment = tcp_segment("127.0.0.1", "127.0.0.1", int(sport), int(port), 1, 0x02)
+    send_ipv4(segment[:16] + bytes([segment[16] ^ 0xFF]) + segment[17:])
+    time.sleep(0.05)
+
+
+def low_ttl(port):
+    """A connection with TTL 1 to a listener that wants 255 (IP_MINTTL): its SYN
+    is dropped as TCP_MINTTL, and the retransmit 1 s later too."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", int(port)))
+    server.setsockopt(socket.IPPROTO_IP, IP_MINTTL, 255)
+    server.listen()
+    client = socket.socket()
+    client.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 1)
+    client.settimeout(1.5)
+    try:
+        client.connect(("127.0.0.1", int(port)))
+    except (TimeoutError, socket.timeout):
+        pass
+
+
+def md5_not_found(port):
+    """A listener that signs with TCP-MD5 for 127.0.0.1, and a client that does
+    not: its SYN is dropped as TCP_MD5NOTFOUND."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", int(port)))
+    # struct tcp_md5sig: sockaddr_storage (128), flags, prefixlen, keylen, ifindex, key[80]
+    address = struct.pack("=H2s4s", socket.AF_INET, b"", socket.inet_aton("127.0.0.1")).ljust(128, b"\0")
+    server.setsockopt(socket.IPPROTO_TCP, TCP_MD5SIG, address + struct.pack("=BBHI80s", 0, 0, 6, 0, b"secret"))
+    server.listen()
+    client = socket.socket()
+    client.settimeout(0.3)
+    try:
+        client.connect(("127.0.0.1", int(port)))
+    except (TimeoutError, socket.timeout):
+        pass
+
+
 def udp(host, port):
     s = socket.socket(family_of(host), socket.SOCK_DGRAM)
     s.sendto(b"no one listens", (host, int(port)))
@@ -147,7 +227,8 @@ def icmp_bad_checksum():
     time.sleep(0.05)
 
 
-KINDS = {"syn": syn, "syns": syns, "raw-syns": raw_syns, "old-segment": old_segment, "listen-overflow": listen_overflow,
+KINDS = {"bad-checksum": bad_checksum, "low-ttl": low_ttl, "md5-not-found": md5_not_found,
+         "listen-full": listen_full, "connect-storm": connect_storm, "syn-queue-full": syn_queue_full, "syn": syn, "syns": syns, "raw-syns": raw_syns, "old-segment": old_segment, "listen-overflow": listen_overflow,
          "syn-with-ip-options": syn_with_ip_options,
          "syn-with-ipv6-extensions": syn_with_ipv6_extensions,
          "udp": udp, "icmp-bad-checksum": icmp_bad_checksum}

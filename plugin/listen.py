@@ -1,0 +1,56 @@
+"""Listen-queue drops: what the probe needs to see them on the running kernel.
+
+A SYN a listener refuses (accept queue full, ...) is freed with consume_skb(),
+not kfree_skb(): the probe finds it by the rise of the namespace's per-CPU
+ListenDrops counter across the listener's handling of the SYN (tcpdrop.c,
+"Listen-queue drops"). For that it needs kernel addresses (/proc/kallsyms)
+and the counters' indices, which move between versions (BTF). `settings`
+writes them into the ProbeConfig and says which ways of seeing them this
+kernel may allow, best first; the loader tries each in turn.
+"""
+from .event import (LISTEN_BRACKET, LISTEN_CHAIN, LISTEN_OFF, REASON_LISTEN_OVERFLOW)
+
+MODES = {
+    LISTEN_BRACKET: "fentry/fexit on tcp_rcv_state_process",
+    LISTEN_CHAIN: "tracepoints skb:consume_skb and skb:kfree_skb",
+    LISTEN_OFF: "not seen",
+}
+# The counters of `struct linux_mib` the probe reads, by their enum names.
+MIB = {"mib_listen_drops": "LINUX_MIB_LISTENDROPS",
+       "mib_listen_overflows": "LINUX_MIB_LISTENOVERFLOWS",
+       "mib_synq_full": "LINUX_MIB_TCPREQQFULLDROP"}
+ADDRESSES = {"conn_request": "tcp_conn_request", "syn_site": "tcp_rcv_state_process",
+             "icmp_site": "icmp_rcv", "icmp6_site": "icmpv6_rcv"}
+FUNCTIONS = ("syn_site", "icmp_site", "icmp6_site")  # each with its length
+
+
+def settings(config, btf, symbols, reasons, ncpus):
+    """Fills config's listen fields; [(mode, why)] to try, best first, ending
+    with LISTEN_OFF and why nothing better could be had."""
+    mib = btf.enumerators(set(MIB.values()))
+    addresses = symbols.addresses(ADDRESSES.values())
+    missing = [name for name in (*MIB.values(), *ADDRESSES.values())
+               if name not in mib and name not in addresses and name != "icmpv6_rcv"]
+    if missing:
+        return [(LISTEN_OFF, f"this kernel has no {', '.join(missing)}")]
+    for field, name in MIB.items():
+        setattr(config, field, mib[name])
+    for field, name in ADDRESSES.items():
+        setattr(config, field, addresses.get(name, 0))
+    for field in FUNCTIONS:
+        address = getattr(config, field)
+        setattr(config, f"{field}_len", symbols.function_length(address) if address else 0)
+    try:
+        config.listen_overflow_reason = reasons.number("TCP_LISTEN_OVERFLOW")
+    except KeyError:
+        config.listen_overflow_reason = REASON_LISTEN_OVERFLOW
+    config.ncpus = ncpus
+    modes = [(LISTEN_BRACKET, MODES[LISTEN_BRACKET])]
+    if not btf.has_member("trace_event_raw_consume_skb", "location"):
+        why = "no fentry, and skb:consume_skb has no location (Linux 6.3+)"
+    elif not btf.has_member("trace_event_raw_kfree_skb", "rx_sk"):
+        why = "no fentry, and skb:kfree_skb has no rx_sk (Linux 6.11+)"
+    else:
+        modes.append((LISTEN_CHAIN, MODES[LISTEN_CHAIN]))
+        why = "neither fentry nor the tracepoints' arguments could be used"
+    return modes + [(LISTEN_OFF, why)]
