@@ -11,7 +11,7 @@ import time
 import urllib.parse
 from importlib import metadata
 
-from . import check, config, log
+from . import audit, check, config, log
 from .duration import parse_duration
 from .emit import STATSD_TAG_STYLES, InfluxOutput, StatsdOutput, StdoutOutput
 from .event import REASON_OURS_FIRST, REASON_UNKNOWN, ProbeConfig
@@ -142,6 +142,19 @@ def build_parsers():
     out.add_argument("--statsd-tags", choices=STATSD_TAG_STYLES, default="influx",
                      help="influx: name,tag=value:1|c (Telegraf's statsd input, default); "
                           "dogstatsd: name:1|c|#tag:value; none: tag values in the dotted name")
+
+    audit_command = commands.add_parser(
+        "audit", help="the monitor's counts beside the kernel's own drop counters",
+        description="Count drops per network namespace for a while, then print each of the\n"
+                    "kernel's TCP drop counters (nstat names) beside the monitor's count of the\n"
+                    "drops it covers. Exit code 3 if a pair disagrees.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    audit_command.add_argument("--for", dest="duration", type=duration, default=10.0,
+                               metavar="DURATION", help="how long to count (default: 10s)")
+    audit_command.add_argument("--json", action="store_true", help="one JSON object per pair")
+    audit_command.add_argument("--backend", choices=BACKENDS, default="auto",
+                               help="as for trace and metrics")
+    audit_command.add_argument("-v", "--verbose", action="store_true", help="show libbpf's log")
 
     commands.add_parser("reasons", help="list the drop reasons of the running kernel")
     check_command = commands.add_parser("check", help="check that this host can run the probe, and how")
@@ -334,6 +347,16 @@ def run_metrics(args):
     return 0
 
 
+def run_audit(args):
+    reasons = check.drop_reasons(check.libbpf())
+    config = ProbeConfig(aggregate=1, port_tags=PORT_TAGS["none"], key_netns=1, other_reasons=1,
+                         own_reasons=0xF)
+    config.reason_mask[:] = [2**64 - 1] * 4
+    args.hook = "auto"
+    with open_probe(args, config) as probe:
+        return audit.run(probe, reasons, args.duration, as_json=args.json)
+
+
 def run_reasons(_args):
     reasons = check.drop_reasons(check.libbpf())
     if not reasons.names:
@@ -382,7 +405,8 @@ def run_check(args):
     return 0
 
 
-COMMANDS = {"trace": run_trace, "metrics": run_metrics, "reasons": run_reasons, "check": run_check}
+COMMANDS = {"trace": run_trace, "metrics": run_metrics, "audit": run_audit, "reasons": run_reasons,
+            "check": run_check}
 
 
 def main(argv=None):
