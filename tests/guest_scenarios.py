@@ -57,15 +57,30 @@ class Run:
                 "rss_kib": self.rss_kib, "stdout": self.stdout}
 
 
+LISTEN_COUNTERS = ("TcpExtListenDrops", "TcpExtListenOverflows", "TcpExtTCPReqQFullDrop")
+
+
+def no_syncookies_no_rsts(ns):
+    """A SYN queue that fills: no syncookies, and the SYN-ACKs never answered."""
+    ns.sh("sysctl", "-qw", "net.ipv4.tcp_syncookies=0")
+    ns.sh("nft", "-f", "-", input="""
+        table inet t {
+            chain out { type filter hook output priority 0; tcp flags rst drop; }
+        }""")
+
+
 def scenarios():
     """Each scenario of test_drops.py in a namespace of its own: {name: details}."""
     done = {}
 
-    def scenario(name, kind, *args, nft_port=None):
+    def scenario(name, kind, *args, nft_port=None, setup=None):
         ns = Netns()
         if nft_port:
             ns.drop_input_port(nft_port)
-        done[name] = {"netns": ns.inode, **ns.traffic(kind, *args)}
+        if setup:
+            setup(ns)
+        done[name] = {"netns": ns.inode, **ns.traffic(kind, *args),
+                      **{counter: ns.counter(counter) for counter in LISTEN_COUNTERS}}
         return ns
 
     namespaces = [
@@ -77,6 +92,9 @@ def scenarios():
         scenario("netfilter6", "syn", "::1", 8080, 40002, 0.3, nft_port=8080),
         scenario("old-segment", "old-segment", 7000),
         scenario("listen-overflow", "listen-overflow", 7001),
+        scenario("listen-full4", "listen-full", "127.0.0.1", 7010, 20),
+        scenario("listen-full6", "listen-full", "::1", 7011, 20),
+        scenario("syn-queue-full", "syn-queue-full", 7012, 30, setup=no_syncookies_no_rsts),
         scenario("udp4", "udp", "127.0.0.1", 9),
         scenario("udp6", "udp", "::1", 9),
         scenario("icmp", "icmp-bad-checksum"),
