@@ -19,9 +19,11 @@ MIB = 1024
 
 
 def kernel_ns(run):
-    """ns per run of the monitor's BPF program(s), summed; None for none."""
-    values = [p["ns_per_run"] for p in run["programs"].values() if p["ns_per_run"]]
-    return sum(values) if values else None
+    """Kernel ns of all the monitor's BPF programs per drop of the storm (per
+    connection where none are dropped); None where nothing ran."""
+    total = sum(p["ns"] for p in run["programs"].values())
+    count = run["drops_expected"] or run["packets"]
+    return total / count if total and count else None
 
 
 def fmt(value, digits=0):
@@ -53,7 +55,7 @@ def plot(runs, x, xlabel, path, title):
             ax.plot(*zip(*points), marker="o", label=monitor)
     ax.set_xscale("log")
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("kernel ns per kfree_skb (bpf_stats)")
+    ax.set_ylabel("kernel ns per drop (bpf_stats)")
     ax.set_ylim(bottom=0)
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
@@ -74,6 +76,9 @@ def targets(runs):
     counted = [r for r in runs if r["monitor"].startswith("metrics")]
     typical = [r for r in counted if r["sweep"] != "keys"]  # 2 tag sets
     most_keys = max((r for r in counted if r["sweep"] == "keys"), key=lambda r: r["sports"])
+    listen = {r["monitor"]: r for r in runs if r["sweep"] == "listen"}
+    accept = {r["monitor"]: r for r in runs if r["sweep"] == "accept"}
+    listen_ours, listen_floor = kernel_ns(listen["metrics"]), kernel_ns(listen["floor"])
     trace = at_max["trace"]
     held = trace["seen"]["held_back"] + trace["seen"]["events"] == trace["drops_expected"]
     cpu_max, cpu_idle = at_max["metrics"]["cpu_percent"], idle["metrics"]["cpu_percent"]
@@ -97,6 +102,16 @@ def targets(runs):
         (f"(no target) RSS and CPU with {2 * most_keys['sports']:,} tag sets, the map full",
          f"{most_keys['peak_rss_kib'] / MIB:.1f} MiB, {most_keys['cpu_percent']:.1f}% at "
          "--interval 1s: user space holds each tag set's tags and totals", None),
+        ("listen-queue drops (SYNs a full accept queue refuses): kernel cost ≤ 2.0× the floor",
+         f"{listen_ours:.0f} ns = {listen_ours / listen_floor:.2f}× floor ({listen_floor:.0f} ns)",
+         listen_ours <= 2 * listen_floor),
+        ("listen-queue drops: seen == sent", f"{listen['metrics']['seen']['drops']:,} of "
+         f"{listen['metrics']['drops_expected']:,}; bpftrace on kfree_skb: "
+         f"{listen['bpftrace']['seen']['drops']:,}",
+         listen["metrics"]["seen"]["drops"] == listen["metrics"]["drops_expected"]),
+        ("(no target) kernel time added to each accepted connection",
+         f"{kernel_ns(accept['metrics']):.0f} ns by all our programs (the floor's: "
+         f"{kernel_ns(accept['floor']):.0f} ns)", None),
         ("trace: rate limit holds, the rest counted", f"{trace['seen']['events']:,} shown, "
          f"{trace['seen']['held_back']:,} held back and reported, of {trace['drops_expected']:,}; "
          f"stopped in {trace['stop_s']:.2f} s", held),
@@ -122,11 +137,14 @@ def main(results_path):
            "SYN and the RST that answers it are both dropped (2 drops per packet, `NO_SOCKET`); "
            "*nft*: to a port nftables drops on input (1 per packet, `NETFILTER_DROP`); *nft-out*: "
            "dropped by nftables on output, so the sender's socket is still attached (the storm in "
-           "the 6.1 VM: bcc's tcpdrop reports only drops with a socket). Kernel ns per drop "
-           "is `run_time_ns / run_cnt` of the monitor's BPF program (`kernel.bpf_stats_enabled`, "
-           "which itself adds two clock reads); every `kfree_skb` runs it, so this is its cost "
-           "per drop. *floor*: an empty `tp_btf/kfree_skb` program that bumps a per-CPU counter "
-           "(bench/floor.bpf.c). CPU % is the monitor's user + system time over the storm and "
+           "the 6.1 VM: bcc's tcpdrop reports only drops with a socket); *listen*: to a listener "
+           "whose accept queue is full, which refuses each SYN (1 per packet, freed by "
+           "`consume_skb`, not `kfree_skb`); *accept*: connections a listener accepts, one after "
+           "another (none dropped: what the listen-queue hooks cost on the normal path). Kernel ns "
+           "per drop is the `run_time_ns` of all the monitor's BPF programs together "
+           "(`kernel.bpf_stats_enabled`, which itself adds two clock reads) over the drops of the "
+           "storm (over the connections, for *accept*). *floor*: empty `tp_btf/kfree_skb` and "
+           "`tp_btf/consume_skb` programs that bump a per-CPU counter (bench/floor.bpf.c). CPU % is the monitor's user + system time over the storm and "
            "the metrics interval after it, measured after start-up settled; RSS is peak "
            "(VmHWM). `metrics` runs with `--interval 1s`; `trace` with its default rate limit "
            "(1,000 events/s per CPU); bpftrace counts `skb:kfree_skb` by reason and location. "
@@ -136,13 +154,16 @@ def main(results_path):
     out += [f"| {name} | {value} | {'–' if met is None else 'yes' if met else '**no**'} |"
             for name, value, met in targets(host)]
     for sweep, title in (("rate", "Drop rate sweep (closed port)"), ("nft", "nftables-dropped port, max rate"),
+                         ("listen", "SYNs refused by a full accept queue, max rate"),
+                         ("accept", "Connections accepted (the non-drop path), one after another"),
                          ("keys", "Tag-set sweep (closed port, `--port-tags all`, max rate)")):
         sweep_runs = [r for r in host if r["sweep"] == sweep]
         out.append(f"\n## {title}\n")
         for step in sorted({(r["packets"], r["sports"], r["pps_asked"]) for r in sweep_runs},
                            key=lambda s: (s[1] or 0, s[2] or 10**9, s[0])):
             packets, sports, pps = step
-            label = ("idle, 3 s" if not packets else f"{packets:,} packets" +
+            unit = "connections" if sweep == "accept" else "packets"
+            label = ("idle, 3 s" if not packets else f"{packets:,} {unit}" +
                      (f" at {pps:,}/s" if pps else " at full speed") +
                      (f", {sports:,} source ports" if sports else ""))
             out.append(f"### {label}\n")

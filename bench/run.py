@@ -4,8 +4,11 @@ run of each monitor, seconds, for CI).
 
 A storm is an exact number of SYNs from bench/synflood (raw socket,
 sendmmsg) in a network namespace of its own, to a closed port (each SYN and
-the RST that answers it are dropped: 2 drops per packet, NO_SOCKET) or to a
-port nftables drops (1 drop per packet, NETFILTER_DROP). Per run it records:
+the RST that answers it are dropped: 2 drops per packet, NO_SOCKET), to a
+port nftables drops (1 drop per packet, NETFILTER_DROP) or to a listener
+whose accept queue is full (1 per packet: a SYN it refuses, freed by
+consume_skb). And, to price the hook on that non-drop path, connections a
+listener accepts (bench/connect.py). Per run it records:
 packets sent and drops/s, the kernel ns per run of each BPF program the
 monitor attached (kernel.bpf_stats_enabled: run_time_ns / run_cnt), the
 monitor's CPU % of one core and peak RSS, drops seen vs sent, events lost
@@ -41,9 +44,23 @@ ROOT = BENCH.parent
 BUILD = ROOT / "build" / "bench"
 CLI = Path(sys.executable).parent / "telegraf-tcpdrop"
 # closed: the SYN, and the RST that answers it; nft: dropped on input, so no
-# socket; nft-out: dropped on output, with the sender's (raw) socket attached
-PORTS = {"closed": 9, "nft": 8080, "nft-out": 8081}
-DROPS_PER_PACKET = {"closed": 2, "nft": 1, "nft-out": 1}
+# socket; nft-out: dropped on output, with the sender's (raw) socket attached;
+# listen: refused by a listener with a full accept queue; accept: connections
+# accepted, none dropped
+PORTS = {"closed": 9, "nft": 8080, "nft-out": 8081, "listen": 8082, "accept": 8083}
+DROPS_PER_PACKET = {"closed": 2, "nft": 1, "nft-out": 1, "listen": 1, "accept": 0}
+# In the storm's namespace: a listener on PORTS["listen"] whose accept queue
+# two connections fill (it never accepts), and one on PORTS["accept"] that
+# accepts and closes each connection.
+LISTENERS = f"""
+import socket, threading
+full = socket.socket(); full.bind(("127.0.0.1", {PORTS['listen']})); full.listen(1)
+clients = [socket.create_connection(("127.0.0.1", {PORTS['listen']})) for _ in range(2)]
+server = socket.socket(); server.bind(("127.0.0.1", {PORTS['accept']})); server.listen(128)
+print("listening", flush=True)
+while True:
+    server.accept()[0].close()
+"""
 REASONS = check.drop_reasons(check.libbpf())
 BPFTRACE = "tracepoint:skb:kfree_skb { @drops[args->reason, ksym(args->location)] = count(); }"
 
@@ -65,6 +82,9 @@ class Storm:
                 chain input {{ type filter hook input priority 0; tcp dport {PORTS['nft']} drop; }}
                 chain output {{ type filter hook output priority 0; tcp dport {PORTS['nft-out']} drop; }}
             }}""")
+            self.listeners = subprocess.Popen(["ip", "netns", "exec", self.name, sys.executable, "-c",
+                                               LISTENERS], stdout=subprocess.PIPE, text=True)
+            self.listeners.stdout.readline()  # listening
         except subprocess.CalledProcessError:
             self.close()  # no namespace left behind
             raise
@@ -73,14 +93,20 @@ class Storm:
         return sh("ip", "netns", "exec", self.name, *cmd, **kwargs)
 
     def send(self, kind, packets, sports=None, pps=0):
-        """(packets sent, seconds) of one storm."""
-        args = [str(BUILD / "synflood"), "127.0.0.1", str(PORTS[kind]), str(packets)]
+        """(packets sent, seconds) of one storm: SYNs, or connections (accept)."""
+        if kind == "accept":
+            args = [sys.executable, str(BENCH / "connect.py"), "127.0.0.1", str(PORTS[kind]), str(packets)]
+        else:
+            args = [str(BUILD / "synflood"), "127.0.0.1", str(PORTS[kind]), str(packets)]
         if sports or pps:
             args += [str(sports or 28232), str(pps)]
         out = dict(kv.split("=") for kv in self.sh(*args).split())
         return int(out["sent"]), float(out["seconds"])
 
     def close(self):
+        if getattr(self, "listeners", None):
+            self.listeners.kill()
+            self.listeners.wait()
         subprocess.run(["ip", "netns", "del", self.name], check=False)
 
 
@@ -172,11 +198,13 @@ class Floor:
         self.obj = lb.check_ptr(self.lib.bpf_object__open_file(
             str(BUILD / "floor.bpf.o").encode(), None), "open floor.bpf.o")
         lb.check_int(self.lib.bpf_object__load(self.obj), "load floor.bpf.o")
-        prog = self.lib.bpf_object__find_program_by_name(self.obj, b"floor_kfree_skb")
-        self.link = lb.check_ptr(self.lib.bpf_program__attach(prog), "attach floor")
+        self.links = [lb.check_ptr(self.lib.bpf_program__attach(
+            self.lib.bpf_object__find_program_by_name(self.obj, name)), "attach floor")
+            for name in (b"floor_kfree_skb", b"floor_consume_skb")]
 
     def close(self):
-        self.lib.bpf_link__destroy(self.link)
+        for link in self.links:
+            self.lib.bpf_link__destroy(link)
         self.lib.bpf_object__close(self.obj)
 
 
@@ -215,9 +243,10 @@ def seen(monitor, kind):
         port = PORTS[kind]
         return {"drops": sum(1 for line in monitor.lines if re.match(rf"\d\d:.* > \S+:{port} ", line))}
     if monitor.name == "bpftrace":  # @drops[3, tcp_v4_rcv]: 2000
-        reason = REASONS.number("NO_SOCKET" if kind == "closed" else "NETFILTER_DROP")
+        reason = {"closed": "NO_SOCKET", "nft": "NETFILTER_DROP"}.get(kind)
+        number = REASONS.number(reason) if reason else r"\d+"  # listen: none reach kfree_skb
         counts = [int(m.group(1)) for line in monitor.lines
-                  for m in [re.match(rf"@drops\[{reason}, .*\]: (\d+)", line)] if m]
+                  for m in [re.match(rf"@drops\[{number}, .*\]: (\d+)", line)] if m]
         return {"drops": sum(counts)}
     return {}
 
@@ -247,7 +276,8 @@ def run_one(storm, monitor, kind, packets, sports=None, pps=0, idle_seconds=0):
         "monitor": monitor.name, "kind": kind, "packets": sent, "sports": sports, "pps_asked": pps,
         "drops_expected": sent * DROPS_PER_PACKET[kind], "seconds": seconds,
         "drops_per_s": sent * DROPS_PER_PACKET[kind] / seconds if sent else 0,
-        "programs": {name: {"runs": n, "ns_per_run": ns / n if n else None} for name, (ns, n) in runs.items()},
+        "programs": {name: {"runs": n, "ns": ns, "ns_per_run": ns / n if n else None}
+                     for name, (ns, n) in runs.items()},
         "cpu_percent": 100 * (cpu_after - cpu) / wall, "peak_rss_kib": rss,
         "startup_s": monitor.startup, "stop_s": stop, "seen": seen(monitor, kind),
     }
@@ -268,7 +298,8 @@ def build():
 def plan(name):
     """(sweep, kind, monitor names, [(packets, sports, pps, idle seconds)], port tags)."""
     if name == "smoke":
-        return [("smoke", "nft", ["floor", "metrics", "trace"], [(20000, None, 0, 0)], "bucketed")]
+        return [("smoke", "nft", ["floor", "metrics", "trace"], [(20000, None, 0, 0)], "bucketed"),
+                ("smoke", "listen", ["metrics"], [(20000, None, 0, 0)], "bucketed")]
     if name == "anchor":  # inside the 6.1 VM, under emulation: fewer packets; bcc's
         # tcpdrop reports only drops with a socket: those on output have one
         return [("anchor", "nft-out", ["none", "floor", "metrics", "metrics-bcc", "trace",
@@ -279,6 +310,8 @@ def plan(name):
     keys = [(1000000, sports, 0, 0) for sports in (1, 10, 100, 1000, 10000)]
     return [("rate", "closed", everyone, rates, "bucketed"),
             ("nft", "nft", everyone, [(1000000, None, 0, 0)], "bucketed"),
+            ("listen", "listen", everyone, [(1000000, None, 0, 0)], "bucketed"),
+            ("accept", "accept", ["none", "floor", "metrics"], [(20000, None, 0, 0)], "bucketed"),
             ("keys", "closed", ["floor", "metrics", "bpftrace"], keys, "all")]
 
 
