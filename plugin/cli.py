@@ -11,7 +11,7 @@ import time
 import urllib.parse
 from importlib import metadata
 
-from . import audit, check, config, log
+from . import audit, check, config, listen, log
 from .duration import parse_duration
 from .emit import STATSD_TAG_STYLES, InfluxOutput, StatsdOutput, StdoutOutput
 from .event import REASON_OURS_FIRST, REASON_UNKNOWN, ProbeConfig
@@ -37,6 +37,7 @@ examples:
   telegraf-tcpdrop trace --reason NO_SOCKET --reason NETFILTER_DROP
   telegraf-tcpdrop trace --json             # one JSON object per drop
   telegraf-tcpdrop metrics --interval 10s   # counts per tag set, line protocol on stdout
+  telegraf-tcpdrop audit --for 30s          # the counts beside the kernel's own counters
   telegraf-tcpdrop reasons                  # the drop reasons this kernel knows
   telegraf-tcpdrop check                    # can this host run the probe?
 """
@@ -313,7 +314,7 @@ def open_probe(args, config, **probe_options):
 
 
 def loaded_symbols():
-    symbols = KernelSymbols()
+    symbols = KernelSymbols(remember=listen.FUNCTIONS.values())
     symbols.count()  # read now: a kptr_restrict problem is a start-up error
     return symbols
 

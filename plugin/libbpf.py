@@ -98,7 +98,7 @@ _SIGNATURES = {
     "btf__load_vmlinux_btf": (_P, []),
     "btf__parse": (_P, [ctypes.c_char_p, _P]),
     "btf__free": (None, [_P]),
-    "btf__type_cnt": (ctypes.c_uint32, [_P]),
+    "btf__raw_data": (_P, [_P, ctypes.POINTER(ctypes.c_uint32)]),
     "btf__find_by_name_kind": (ctypes.c_int32, [_P, ctypes.c_char_p, ctypes.c_uint32]),
     "btf__type_by_id": (ctypes.POINTER(BtfType), [_P, ctypes.c_uint32]),
     "btf__name_by_offset": (ctypes.c_char_p, [_P, ctypes.c_uint32]),

@@ -19,25 +19,26 @@ MODES = {
 MIB = {"mib_listen_drops": "LINUX_MIB_LISTENDROPS",
        "mib_listen_overflows": "LINUX_MIB_LISTENOVERFLOWS",
        "mib_synq_full": "LINUX_MIB_TCPREQQFULLDROP"}
-ADDRESSES = {"conn_request": "tcp_conn_request", "syn_site": "tcp_rcv_state_process",
+# The kernel functions whose addresses the probe needs, by their config field.
+FUNCTIONS = {"conn_request": "tcp_conn_request", "syn_site": "tcp_rcv_state_process",
              "icmp_site": "icmp_rcv", "icmp6_site": "icmpv6_rcv"}
-FUNCTIONS = ("syn_site", "icmp_site", "icmp6_site")  # each with its length
+SPANS = ("syn_site", "icmp_site", "icmp6_site")  # with their length: where in them the SYN is freed
 
 
 def settings(config, btf, symbols, reasons, ncpus):
     """Fills config's listen fields; [(mode, why)] to try, best first, ending
     with LISTEN_OFF and why nothing better could be had."""
     mib = btf.enumerators(set(MIB.values()))
-    addresses = symbols.addresses(ADDRESSES.values())
-    missing = [name for name in (*MIB.values(), *ADDRESSES.values())
+    addresses = symbols.addresses(FUNCTIONS.values())
+    missing = [name for name in (*MIB.values(), *FUNCTIONS.values())
                if name not in mib and name not in addresses and name != "icmpv6_rcv"]
     if missing:
         return [(LISTEN_OFF, f"this kernel has no {', '.join(missing)}")]
     for field, name in MIB.items():
         setattr(config, field, mib[name])
-    for field, name in ADDRESSES.items():
+    for field, name in FUNCTIONS.items():
         setattr(config, field, addresses.get(name, 0))
-    for field in FUNCTIONS:
+    for field in SPANS:
         address = getattr(config, field)
         setattr(config, f"{field}_len", symbols.function_length(address) if address else 0)
     try:

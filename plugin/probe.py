@@ -22,6 +22,7 @@ DEFAULT_MAX_KEYS = 16384
 RINGBUF_BYTES = 256 * 1024
 MAX_STACKS = 4096  # distinct kernel stacks kept for events
 BATCH = 1024  # keys per bpf_map_lookup_batch() call
+LISTEN_NETNS = 4096  # namespaces whose ListenDrops audit follows
 ENOENT, EINVAL, ENOTSUPP = 2, 22, 524
 MAPS = ("drops", "hot_slots", "hot_epochs", "events", "stacks", "counters")
 CORE_MAPS = (*MAPS, "listen_drops")
@@ -56,7 +57,8 @@ def map_sizes(config, max_keys):
         sizes = {"events": RINGBUF_BYTES, "stacks": MAX_STACKS}
     else:
         sizes = {"events": os.sysconf("SC_PAGE_SIZE"), "stacks": 1}
-    return {"drops": max_keys if config.aggregate else 1, **sizes}
+    return {"drops": max_keys if config.aggregate else 1,
+            "listen_drops": LISTEN_NETNS if config.key_netns else 1, **sizes}
 
 
 class Probe:
@@ -347,6 +349,8 @@ class CoreLoader:
             lib.bpf_program__set_autoload(self._program(name), name in programs or
                                           (walk and name == LISTEN_WALK))
         self._set_config(config)
+        if not walk:  # only LISTEN_CHAIN keeps "befores"
+            sizes = {**sizes, "listen_baselines": 1}
         for name, size in sizes.items():
             lb.check_int(lib.bpf_map__set_max_entries(self._map(name), size), f"size map {name}")
         lb.check_int(lib.bpf_object__load(self._obj), "load")

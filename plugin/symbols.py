@@ -17,8 +17,10 @@ class SymbolsUnavailable(Exception):
 
 
 class KernelSymbols:
-    def __init__(self, path="/proc/kallsyms", modules_path="/proc/modules"):
+    def __init__(self, path="/proc/kallsyms", modules_path="/proc/modules", remember=()):
+        """remember: functions whose addresses addresses() will be asked for."""
         self._path, self._modules_path = path, modules_path
+        self._remember, self._remembered = {name.encode() for name in remember}, {}
         self._addrs = self._starts = self._ends = self._names = None
         self._modules = None
         self._cache = {}
@@ -35,6 +37,7 @@ class KernelSymbols:
         self._modules = self._loaded_modules()
         self._cache.clear()
         addrs, offsets, names = array.array("Q"), array.array("I"), bytearray()
+        self._remembered = {}
         with open(self._path, "rb") as f:
             for line in f:
                 parts = line.split(None, 3)
@@ -42,6 +45,8 @@ class KernelSymbols:
                     addrs.append(int(parts[0], 16))
                     offsets.append(len(names))
                     names += parts[2]
+                    if parts[2] in self._remember:
+                        self._remembered.setdefault(parts[2].decode(), addrs[-1])
         offsets.append(len(names))
         if addrs and not any(addrs[:100]):
             raise SymbolsUnavailable(
@@ -65,15 +70,13 @@ class KernelSymbols:
         return len(self._addrs)
 
     def addresses(self, names):
-        """{name: address} of these symbols, functions or data, where kallsyms
-        has them (the first, if a name is there twice)."""
-        wanted, found = {name.encode() for name in names}, {}
-        with open(self._path, "rb") as f:
-            for line in f:
-                parts = line.split(None, 3)
-                if len(parts) >= 3 and parts[2] in wanted:
-                    found.setdefault(parts[2].decode(), int(parts[0], 16))
-        return found
+        """{name: address} of these functions, where kallsyms has them (the
+        first, if a name is there twice)."""
+        wanted = {name.encode() for name in names}
+        if not wanted <= self._remember or self._addrs is None:
+            self._remember |= wanted
+            self._load()
+        return {name: addr for name, addr in self._remembered.items() if name.encode() in wanted}
 
     def function_length(self, addr):
         """Bytes from the function at addr to the next symbol."""

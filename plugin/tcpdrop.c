@@ -669,8 +669,11 @@ struct {
 	__type(value, struct listen_stash);
 } listen_stash SEC(".maps");
 
+/* LISTEN_CHAIN's "before" of each namespace and CPU. Least recently used
+ * first out: namespaces come and go, and one pushed out only costs its next
+ * SYN on that CPU a COUNTER_LISTEN_UNTRACKED. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
 	__type(key, struct baseline_key);
 	__type(value, struct listen_mib);

@@ -19,6 +19,8 @@ import pytest
 TESTS = Path(__file__).parent
 CLI = str(Path(sys.executable).parent / "telegraf-tcpdrop")
 _names = itertools.count()
+# A namespace's counters of the SYNs its listeners refuse (nstat names).
+LISTEN_COUNTERS = ("TcpExtListenDrops", "TcpExtListenOverflows", "TcpExtTCPReqQFullDrop")
 
 
 def eventually(condition, timeout=5.0, interval=0.02):
@@ -60,6 +62,15 @@ class Netns:
             table inet filter {{
                 chain input {{ type filter hook input priority 0; tcp dport {port} drop; }}
             }}""")
+
+    def fill_syn_queue(self):
+        """No syncookies, and no RST leaves: requests whose SYN-ACK no one
+        answers stay queued, so a listener's SYN queue fills."""
+        self.sh("sysctl", "-qw", "net.ipv4.tcp_syncookies=0")
+        self.sh("nft", "-f", "-", input="""
+            table inet t {
+                chain out { type filter hook output priority 0; tcp flags rst drop; }
+            }""")
 
     def counter(self, name):
         """A kernel SNMP/netstat counter of this namespace (nstat names)."""

@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import CLI, Netns, eventually
+from conftest import CLI, LISTEN_COUNTERS, Netns, eventually
 
 HIDE_BTF = ["unshare", "-m", "sh", "-c", 'mount -t tmpfs none /sys/kernel/btf && exec "$@"', "sh"]
 # trace: every event; metrics: every port as a tag, so lines name their scenario.
@@ -57,18 +57,6 @@ class Run:
                 "rss_kib": self.rss_kib, "stdout": self.stdout}
 
 
-LISTEN_COUNTERS = ("TcpExtListenDrops", "TcpExtListenOverflows", "TcpExtTCPReqQFullDrop")
-
-
-def no_syncookies_no_rsts(ns):
-    """A SYN queue that fills: no syncookies, and the SYN-ACKs never answered."""
-    ns.sh("sysctl", "-qw", "net.ipv4.tcp_syncookies=0")
-    ns.sh("nft", "-f", "-", input="""
-        table inet t {
-            chain out { type filter hook output priority 0; tcp flags rst drop; }
-        }""")
-
-
 def scenarios():
     """Each scenario of test_drops.py in a namespace of its own: {name: details}."""
     done = {}
@@ -94,7 +82,7 @@ def scenarios():
         scenario("listen-overflow", "listen-overflow", 7001),
         scenario("listen-full4", "listen-full", "127.0.0.1", 7010, 20),
         scenario("listen-full6", "listen-full", "::1", 7011, 20),
-        scenario("syn-queue-full", "syn-queue-full", 7012, 30, setup=no_syncookies_no_rsts),
+        scenario("syn-queue-full", "syn-queue-full", 7012, 30, setup=Netns.fill_syn_queue),
         scenario("udp4", "udp", "127.0.0.1", 9),
         scenario("udp6", "udp", "::1", 9),
         scenario("icmp", "icmp-bad-checksum"),

@@ -26,6 +26,7 @@ def audit_while(netns, *traffic, seconds=5):
     return proc.returncode, {row["counter"]: row for row in rows if row["netns_inode"] == netns.inode}
 
 
+@pytest.mark.kernel
 def test_four_kinds_of_drops_agree_with_the_kernels_counters(netns):
     code, rows = audit_while(netns, ("listen-full", "127.0.0.1", 7500, 12),
                              ("low-ttl", 7501), ("md5-not-found", 7502),
@@ -40,12 +41,9 @@ def test_four_kinds_of_drops_agree_with_the_kernels_counters(netns):
     assert code == 0
 
 
+@pytest.mark.kernel
 def test_a_full_syn_queue_without_cookies(netns):
-    netns.sh("sysctl", "-qw", "net.ipv4.tcp_syncookies=0")
-    netns.sh("nft", "-f", "-", input="""
-        table inet t {
-            chain out { type filter hook output priority 0; tcp flags rst drop; }
-        }""")
+    netns.fill_syn_queue()
     code, rows = audit_while(netns, ("syn-queue-full", 7504, 30), seconds=3)
     assert rows["TcpExtTCPReqQFullDrop"]["kernel"] == rows["TcpExtTCPReqQFullDrop"]["monitor"] >= 20
     assert rows["TcpExtListenDrops"]["kernel"] == rows["TcpExtListenDrops"]["monitor"]

@@ -6,12 +6,9 @@ import threading
 
 import pytest
 
-from conftest import TESTS, eventually
+from conftest import LISTEN_COUNTERS, eventually
 
 pytestmark = pytest.mark.kernel
-
-LISTEN_COUNTERS = ("TcpExtListenDrops", "TcpExtListenOverflows", "TcpExtTCPReqQFullDrop")
-
 
 def settled(netns, m, port, timeout=10.0):
     """The namespace's listen counters, once the monitor's LISTEN drops on
@@ -39,11 +36,7 @@ def test_syns_refused_by_a_full_accept_queue_equal_listen_drops(netns, metrics, 
 
 
 def test_syns_refused_by_a_full_syn_queue_without_cookies(netns, metrics):
-    netns.sh("sysctl", "-qw", "net.ipv4.tcp_syncookies=0")
-    netns.sh("nft", "-f", "-", input="""
-        table inet t {
-            chain out { type filter hook output priority 0; tcp flags rst drop; }
-        }""")
+    netns.fill_syn_queue()
     m = metrics("--interval", "200ms", "--port", "7401")
     netns.traffic("syn-queue-full", 7401, 50)
     kernel = settled(netns, m, 7401)

@@ -1,4 +1,5 @@
 """Names of flags, states and drop reasons: from fixtures, and from the running kernel."""
+import ctypes
 import subprocess
 
 import pytest
@@ -6,8 +7,8 @@ import pytest
 from telegraf_tcpdrop import check, libbpf
 from telegraf_tcpdrop.btf import Btf
 from telegraf_tcpdrop.check import KFREE_SKB_FORMAT
-from telegraf_tcpdrop.event import REASON_UNKNOWN
-from telegraf_tcpdrop.names import DropReasons, flag_names, state_name
+from telegraf_tcpdrop.event import REASON_LISTEN_OVERFLOW, REASON_SYN_QUEUE_FULL, REASON_UNKNOWN
+from telegraf_tcpdrop.names import OWN_REASONS, DropReasons, flag_names, state_name
 
 # An excerpt of a 6.1 format file: the numbering differs from 6.18's.
 FORMAT_6_1 = ('print fmt: "skbaddr=%p protocol=%u location=%p reason: %s", REC->skbaddr, '
@@ -71,3 +72,32 @@ def test_running_kernel_btf_and_format_file_agree():
         assert from_btf.name(value) == name
     assert from_btf.name(from_btf.number("NO_SOCKET")) == "NO_SOCKET"
 
+
+
+def test_own_reasons_are_named_and_selected_like_the_kernels():
+    reasons = DropReasons({2: "NO_SOCKET"})
+    assert reasons.name(REASON_SYN_QUEUE_FULL) == "syn-queue-full"
+    assert reasons.number("syn-queue-full") == REASON_SYN_QUEUE_FULL
+    assert reasons.number("LISTEN-OVERFLOW") == REASON_LISTEN_OVERFLOW
+    assert reasons.number("unknown") == REASON_UNKNOWN
+    # lowercase with hyphens: no kernel reason is spelled so
+    assert all(name == "UNKNOWN" or ("-" in name and name.islower()) for name in OWN_REASONS.values())
+
+
+def test_anonymous_enum_members_from_the_raw_btf_agree_with_a_walk_of_every_type():
+    """Btf.enumerators finds linux_mib's indices by their names' offsets; a
+    slow walk through libbpf of every type must find the same values."""
+    wanted = {"LINUX_MIB_LISTENDROPS", "LINUX_MIB_LISTENOVERFLOWS", "LINUX_MIB_TCPREQQFULLDROP",
+              "LINUX_MIB_TCPBACKLOGDROP"}
+    lib = libbpf.load()
+    lib.btf__type_cnt.restype, lib.btf__type_cnt.argtypes = ctypes.c_uint32, [ctypes.c_void_p]
+    with Btf.vmlinux(lib) as btf:
+        fast = btf.enumerators(wanted)
+        walked = {}
+        for type_id in range(1, lib.btf__type_cnt(btf._handle)):
+            head = lib.btf__type_by_id(btf._handle, type_id).contents
+            if head.kind == libbpf.BTF_KIND_ENUM and not head.name_off:
+                members = (libbpf.BtfEnum * head.vlen).from_address(ctypes.addressof(head) + 12)
+                walked.update({btf._name(m.name_off): m.val for m in members
+                               if btf._name(m.name_off) in wanted})
+    assert fast == walked and len(fast) == 4

@@ -62,3 +62,11 @@ def test_running_kernel():
     symbols = KernelSymbols()
     assert symbols.format(addr) == "tcp_v4_rcv+0x0"
     assert symbols.format(addr + 0x99) == "tcp_v4_rcv+0x99"
+
+
+def test_addresses_of_functions_and_their_length(symbols):
+    """What listen-queue drops need: where a function starts, and how far it goes."""
+    found = symbols.addresses(["tcp_v4_rcv", "nf_hook_slow", "no_such_function"])
+    assert found == {"tcp_v4_rcv": 0xFFFFFFFF81A00000, "nf_hook_slow": 0xFFFFFFFF81B00000}
+    assert symbols.function_length(found["tcp_v4_rcv"]) == 0x400  # to tcp_v4_fill_cb
+    assert symbols.addresses(["some_data"]) == {}  # functions only
