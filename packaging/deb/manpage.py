@@ -26,13 +26,15 @@ telegraf-tcpdrop.service.""",
     "FIELDS": """
 .TP
 .B reason
-the kernel's drop reason (enum skb_drop_reason, named from the running kernel; UNKNOWN before 5.17)
+the kernel's drop reason (enum skb_drop_reason, named from the running kernel; UNKNOWN before 5.17);
+for a SYN a listener refused where the kernel has no reason, one of ours: listen-overflow (accept
+queue full), syn-queue-full (SYN queue full, no syncookies), listen-drop (any other)
 .TP
 .B frame, location
-the drop site: the kernel function that freed the packet
+the drop site: the kernel function that freed the packet, or that refused the SYN
 .TP
 .B state
-TCP state of the socket the drop was charged to, or NONE
+TCP state of the socket the drop was charged to (LISTEN for a refused SYN), or NONE
 .TP
 .B flags
 TCP flags of the packet, FIN|SYN|RST|PSH|ACK|URG|ECE|CWR
@@ -47,7 +49,10 @@ metrics: packets dropped in the interval, and their IP length
 trace: the task on the CPU at the drop, often unrelated to the packet (softirq)""",
     "OVERHEAD": """
 metrics counts each drop in the kernel (a per-CPU hash map update) and reads the map once
-per interval: no user-space work per drop. trace sends one event per drop, limited to
+per interval: no user-space work per drop. SYNs refused by a listener are found by hooks that
+run on every SYN a listener handles (fentry/fexit on tcp_rcv_state_process, or the
+skb:consume_skb tracepoint, which runs on every packet freed normally and returns at once
+unless a listener freed it). trace sends one event per drop, limited to
 --rate-limit events per second per CPU; what is over the limit is counted and reported.""",
     "FILES": """
 .TP
