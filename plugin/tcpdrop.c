@@ -651,17 +651,17 @@ static __always_inline int handle_drop(void *ctx, struct sk_buff *skb,
  *                   no "before" (a namespace no task was in at start-up) only
  *                   gives one, and is counted in COUNTER_LISTEN_UNTRACKED.
  */
+#ifndef TCPDROP_BCC	/* bcc: no listen-queue drops (no per-CPU offsets, no fentry) */
 struct listen_stash {
 	__u64 cpu_offset;	/* of this CPU's per-CPU memory; 0 until worked out */
 	__u64 number;		/* a pointer, stored here to be loaded back as a number */
 	__u64 cached_cookie;	/* LISTEN_CHAIN: the namespace whose "before" is here, */
 	struct listen_mib cached;	/* kept out of listen_baselines while it is */
-	__u64 skb;		/* the SYN being handled on this CPU, 0 if none */
-	struct listen_mib before;
-	struct drop d;
+	__u64 skb;		/* LISTEN_BRACKET: the SYN being handled here, 0 if none, */
+	struct listen_mib before;	/* this CPU's counters before it, */
+	struct drop d;		/* and the SYN, read */
 };
 
-#ifndef TCPDROP_BCC
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
