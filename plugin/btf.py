@@ -4,6 +4,7 @@ Names that the kernel renumbers between versions, like enum skb_drop_reason,
 are read here from the running kernel instead of being kept in a table.
 """
 import ctypes
+import re
 import struct
 
 from . import libbpf as lb
@@ -66,24 +67,22 @@ class Btf:
         more, as in the numbered runs these belong to: 2 ms, where asking
         libbpf for each of the kernel's ~130,000 types takes 60."""
         size = ctypes.c_uint32()
-        raw = ctypes.string_at(lb.check_ptr(self._lib.btf__raw_data(self._handle, ctypes.byref(size)),
-                                            "btf__raw_data"), size.value)
+        address = lb.check_ptr(self._lib.btf__raw_data(self._handle, ctypes.byref(size)), "btf__raw_data")
+        raw = memoryview((ctypes.c_char * size.value).from_address(address)).cast("B")  # not a copy
         header_len, types_at, types_len, strings_at, strings_len = struct.unpack_from("=4xIIIII", raw)
         strings = raw[header_len + strings_at:header_len + strings_at + strings_len]
         types = raw[header_len + types_at:header_len + types_at + types_len]
         found = {}
         for name in names:
-            offset = strings.find(b"\0" + name.encode() + b"\0") + 1
-            needle = struct.pack("=I", offset)
-            at = types.find(needle) if offset else -1
-            while at >= 0:
+            named = re.search(re.escape(b"\0" + name.encode() + b"\0"), strings)
+            member = named and re.compile(re.escape(struct.pack("=I", named.start() + 1)))
+            for at in (match.start() for match in member.finditer(types)) if member else ():
                 if at % 4 == 0 and 4 <= at <= len(types) - 16:
                     previous, value, following = (struct.unpack_from("=i", types, at + delta)[0]
                                                   for delta in (-4, 4, 12))
                     if previous == value - 1 and following == value + 1:
                         found[name] = value
                         break
-                at = types.find(needle, at + 1)
         return found
 
     def has_member(self, struct_name, member):

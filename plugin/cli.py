@@ -11,7 +11,7 @@ import time
 import urllib.parse
 from importlib import metadata
 
-from . import audit, check, config, listen, log
+from . import audit, check, config, log
 from .duration import parse_duration
 from .emit import STATSD_TAG_STYLES, InfluxOutput, StatsdOutput, StdoutOutput
 from .event import REASON_OURS_FIRST, REASON_UNKNOWN, ProbeConfig
@@ -280,8 +280,7 @@ def probe_config(args, reasons, **mode):
 
 
 def open_probe(args, config, **probe_options):
-    """Checks the host, then loads and attaches the probe; StartupError if it
-    cannot. Its kernel symbols, read once for all, are probe.symbols."""
+    """Checks the host, then loads and attaches the probe; StartupError if it cannot."""
     backend, _ = check.backend(args.backend)
     hooks = (CoreLoader if backend == "core" else BccLoader).hooks
     if args.hook != "auto":
@@ -290,14 +289,13 @@ def open_probe(args, config, **probe_options):
                              "for the lack of: use --backend core")
         hooks = (args.hook,)
     check.privileges()
-    symbols = loaded_symbols()
     try:
         check.tracefs()
         tracefs_problem = ""
     except check.StartupError as e:
         tracefs_problem = f"; also, {e}"
     if backend == "core":
-        loader = CoreLoader(check.probe_object(), symbols, verbose=args.verbose)
+        loader = CoreLoader(check.probe_object(), verbose=args.verbose)
         check.kernel_btf()
     else:
         check.bcc()
@@ -305,7 +303,7 @@ def open_probe(args, config, **probe_options):
         loader = BccLoader(check.format_file(), verbose=args.verbose)
     started = time.monotonic()
     try:
-        probe = Probe(loader, config, hooks, symbols=symbols, **probe_options)
+        probe = Probe(loader, config, hooks, **probe_options)
     except ProbeError as e:
         raise check.StartupError(f"{e}{tracefs_problem}") from None
     log.info(f"attached to {HOOKS[probe.hook][1]} ({backend}) in "
@@ -314,7 +312,7 @@ def open_probe(args, config, **probe_options):
 
 
 def loaded_symbols():
-    symbols = KernelSymbols(remember=listen.FUNCTIONS.values())
+    symbols = KernelSymbols()
     symbols.count()  # read now: a kptr_restrict problem is a start-up error
     return symbols
 
@@ -323,7 +321,7 @@ def run_trace(args):
     reasons = check.drop_reasons(check.libbpf())
     config = probe_config(args, reasons, events=1, events_per_sec=args.rate_limit)
     with open_probe(args, config) as probe:
-        tracer = Tracer(probe, reasons, probe.symbols, as_json=args.json, with_stack=args.stack)
+        tracer = Tracer(probe, reasons, loaded_symbols(), as_json=args.json, with_stack=args.stack)
         tracer.run()
     return 0
 
@@ -336,7 +334,7 @@ def run_metrics(args):
                                   ephemeral_low=low, ephemeral_high=high,
                                   events=int(args.stacks), events_per_sec=STACK_SAMPLES)
     with open_probe(args, probe_settings, max_keys=args.max_keys) as probe:
-        collector = Collector(probe, reasons, probe.symbols, probe_settings.port_tags,
+        collector = Collector(probe, reasons, loaded_symbols(), probe_settings.port_tags,
                               (low, high), stats_enabled=check.bpf_stats_enabled,
                               output_health=output.health,
                               # Telegraf adds the host tag to what it reads from stdout.

@@ -8,7 +8,8 @@ and the counters' indices, which move between versions (BTF). `settings`
 writes them into the ProbeConfig and says which ways of seeing them this
 kernel may allow, best first; the loader tries each in turn.
 """
-from .event import (LISTEN_BRACKET, LISTEN_CHAIN, LISTEN_OFF, REASON_LISTEN_OVERFLOW)
+from .event import LISTEN_BRACKET, LISTEN_CHAIN, LISTEN_OFF, REASON_LISTEN_OVERFLOW
+from .symbols import function_spans
 
 MODES = {
     LISTEN_BRACKET: "fentry/fexit on tcp_rcv_state_process",
@@ -25,22 +26,22 @@ FUNCTIONS = {"conn_request": "tcp_conn_request", "syn_site": "tcp_rcv_state_proc
 SPANS = ("syn_site", "icmp_site", "icmp6_site")  # with their length: where in them the SYN is freed
 
 
-def settings(config, btf, symbols, reasons, ncpus):
+def settings(config, btf, reasons, ncpus, kallsyms="/proc/kallsyms"):
     """Fills config's listen fields; [(mode, why)] to try, best first, ending
     with LISTEN_OFF and why nothing better could be had."""
     mib = btf.enumerators(set(MIB.values()))
-    addresses = symbols.addresses(FUNCTIONS.values())
+    spans = function_spans(FUNCTIONS.values(), kallsyms)
     missing = [name for name in (*MIB.values(), *FUNCTIONS.values())
-               if name not in mib and name not in addresses and name != "icmpv6_rcv"]
+               if name not in mib and name not in spans and name != "icmpv6_rcv"]
     if missing:
         return [(LISTEN_OFF, f"this kernel has no {', '.join(missing)}")]
     for field, name in MIB.items():
         setattr(config, field, mib[name])
     for field, name in FUNCTIONS.items():
-        setattr(config, field, addresses.get(name, 0))
-    for field in SPANS:
-        address = getattr(config, field)
-        setattr(config, f"{field}_len", symbols.function_length(address) if address else 0)
+        address, length = spans.get(name, (0, 0))
+        setattr(config, field, address)
+        if field in SPANS:
+            setattr(config, f"{field}_len", length)
     try:
         config.listen_overflow_reason = reasons.number("TCP_LISTEN_OVERFLOW")
     except KeyError:

@@ -62,13 +62,10 @@ def map_sizes(config, max_keys):
 
 
 class Probe:
-    def __init__(self, loader, config=None, hooks=tuple(HOOKS), max_keys=DEFAULT_MAX_KEYS,
-                 symbols=None):
-        """loader: a CoreLoader or a BccLoader, which Probe closes; symbols:
-        the KernelSymbols its users name addresses with."""
+    def __init__(self, loader, config=None, hooks=tuple(HOOKS), max_keys=DEFAULT_MAX_KEYS):
+        """loader: a CoreLoader or a BccLoader, which Probe closes."""
         self.config = config or ProbeConfig()
         self.max_keys = max_keys
-        self.symbols = symbols
         self._batch_lookup = True  # until the kernel says it has none (< 5.6)
         self._hot = {}  # slot index -> (its epoch, the keys it held on any CPU), at the last read
         self.hook = None  # the hook that attached
@@ -287,10 +284,8 @@ class CoreLoader:
     name = "core"
     hooks = tuple(HOOKS)
 
-    def __init__(self, object_path, symbols, verbose=False):
-        """symbols: KernelSymbols, for the addresses listen-queue drops need."""
+    def __init__(self, object_path, verbose=False):
         self.object_path = os.fspath(object_path)
-        self.symbols = symbols
         self.verbose = verbose
         self.listen = None  # how listen-queue drops are seen, once loaded
         self._lib = lb.load()
@@ -318,10 +313,11 @@ class CoreLoader:
                         log.debug(f"listen-queue drops by {why}: {failure}")
         finally:
             lb.set_log_handler(None)
+            lb.give_back_memory()
 
     def _listen_modes(self, config):
         with Btf.vmlinux(self._lib) as btf:
-            return listen.settings(config, btf, self.symbols, DropReasons.from_btf(btf) or DropReasons({}),
+            return listen.settings(config, btf, DropReasons.from_btf(btf) or DropReasons({}),
                                    lb.check_int(self._lib.libbpf_num_possible_cpus(), "possible CPUs"))
 
     def _on_libbpf_log(self, level, line):

@@ -16,11 +16,31 @@ class SymbolsUnavailable(Exception):
     pass
 
 
+def function_spans(names, path="/proc/kallsyms"):
+    """{name: (address, length)} of these kernel functions, where kallsyms
+    has them; the length runs to the next symbol above. One pass, nothing
+    kept: kallsyms lists the kernel's own symbols in address order (modules
+    come after, each in its own), so that is on one of the lines that follow."""
+    wanted, spans, started = {name.encode() for name in names}, {}, {}
+    with open(path, "rb") as f:
+        for line in f:
+            parts = line.split(None, 3)
+            if len(parts) < 3:
+                continue
+            if started:
+                address = int(parts[0], 16)
+                for name, start in list(started.items()):
+                    if address > start:
+                        spans[name] = (start, address - start)
+                        del started[name]
+            if parts[1] in (b"t", b"T") and parts[2] in wanted and parts[2].decode() not in spans:
+                started.setdefault(parts[2].decode(), int(parts[0], 16))
+    return spans
+
+
 class KernelSymbols:
-    def __init__(self, path="/proc/kallsyms", modules_path="/proc/modules", remember=()):
-        """remember: functions whose addresses addresses() will be asked for."""
+    def __init__(self, path="/proc/kallsyms", modules_path="/proc/modules"):
         self._path, self._modules_path = path, modules_path
-        self._remember, self._remembered = {name.encode() for name in remember}, {}
         self._addrs = self._starts = self._ends = self._names = None
         self._modules = None
         self._cache = {}
@@ -37,7 +57,6 @@ class KernelSymbols:
         self._modules = self._loaded_modules()
         self._cache.clear()
         addrs, offsets, names = array.array("Q"), array.array("I"), bytearray()
-        self._remembered = {}
         with open(self._path, "rb") as f:
             for line in f:
                 parts = line.split(None, 3)
@@ -45,8 +64,6 @@ class KernelSymbols:
                     addrs.append(int(parts[0], 16))
                     offsets.append(len(names))
                     names += parts[2]
-                    if parts[2] in self._remember:
-                        self._remembered.setdefault(parts[2].decode(), addrs[-1])
         offsets.append(len(names))
         if addrs and not any(addrs[:100]):
             raise SymbolsUnavailable(
@@ -68,21 +85,6 @@ class KernelSymbols:
         if self._addrs is None:
             self._load()
         return len(self._addrs)
-
-    def addresses(self, names):
-        """{name: address} of these functions, where kallsyms has them (the
-        first, if a name is there twice)."""
-        wanted = {name.encode() for name in names}
-        if not wanted <= self._remember or self._addrs is None:
-            self._remember |= wanted
-            self._load()
-        return {name: addr for name, addr in self._remembered.items() if name.encode() in wanted}
-
-    def function_length(self, addr):
-        """Bytes from the function at addr to the next symbol."""
-        self.count()
-        i = bisect.bisect_right(self._addrs, addr)
-        return self._addrs[i] - addr if i < len(self._addrs) else 0
 
     def resolve(self, addr):
         """(name, offset) of the function holding addr, or (None, 0)."""

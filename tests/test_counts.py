@@ -52,10 +52,9 @@ def test_batched_and_one_by_one_map_reads_agree(netns):
     from telegraf_tcpdrop import check
     from telegraf_tcpdrop.event import ProbeConfig
     from telegraf_tcpdrop.probe import CoreLoader, Probe
-    from telegraf_tcpdrop.symbols import KernelSymbols
     config = ProbeConfig(aggregate=1, other_reasons=1, port=7304, port_tags=1)
     config.reason_mask[:] = [2**64 - 1] * 4
-    with Probe(CoreLoader(check.probe_object(), KernelSymbols()), config, ("tp_btf",)) as probe:
+    with Probe(CoreLoader(check.probe_object()), config, ("tp_btf",)) as probe:
         netns.traffic("syns", "127.0.0.1", 7304, 41000, 1500)  # > one batch of 1024 keys
         batched = probe._read_counts_batched()
         assert len(batched) == 1500
@@ -80,7 +79,7 @@ def test_hot_slots_count_exactly_and_leave_with_idle_keys(netns):
     def agent(points, field):
         return next(p.fields[field] for p in points if p.measurement == "tcpdrop_agent")
 
-    with Probe(CoreLoader(check.probe_object(), KernelSymbols()), config, ("tp_btf",)) as probe:
+    with Probe(CoreLoader(check.probe_object()), config, ("tp_btf",)) as probe:
         collector = Collector(probe, check.drop_reasons(check.libbpf()), KernelSymbols(), 0,
                               (32768, 60999))
         collector.deltas = Deltas(idle_intervals=2)

@@ -9,7 +9,6 @@ from telegraf_tcpdrop.btf import Btf
 from telegraf_tcpdrop.event import COUNTER_LOST, COUNTER_RATELIMITED, ProbeConfig
 from telegraf_tcpdrop.names import DropReasons
 from telegraf_tcpdrop.probe import CoreLoader, Probe, ProbeError
-from telegraf_tcpdrop.symbols import KernelSymbols
 
 pytestmark = pytest.mark.kernel
 
@@ -24,7 +23,7 @@ class Capture:
 
     def __init__(self, ns, hooks=("tp_btf",), **config):
         self.ns, self.events = ns, []
-        self.probe = Probe(CoreLoader(check.probe_object(), KernelSymbols()), event_config(**config), hooks)
+        self.probe = Probe(CoreLoader(check.probe_object()), event_config(**config), hooks)
         self.probe.on_event(self._on_event)
 
     def _on_event(self, e):
@@ -84,7 +83,7 @@ def test_kprobe_hook_fails_clearly_where_tcp_drop_cannot_be_probed():
         if any(line.split()[2] == "tcp_drop" for line in f):
             pytest.skip("this kernel has tcp_drop(): the kprobe may attach")
     with pytest.raises(ProbeError, match="kprobe/tcp_drop"):
-        Probe(CoreLoader(check.probe_object(), KernelSymbols()), event_config(), hooks=("kprobe",))
+        Probe(CoreLoader(check.probe_object()), event_config(), hooks=("kprobe",))
 
 
 def test_port_filter_matches_either_side(netns, capture):

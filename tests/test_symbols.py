@@ -1,7 +1,7 @@
 """Kernel addresses to names, from a kallsyms fixture and from the running kernel."""
 import pytest
 
-from telegraf_tcpdrop.symbols import KernelSymbols, SymbolsUnavailable
+from telegraf_tcpdrop.symbols import KernelSymbols, SymbolsUnavailable, function_spans
 
 KALLSYMS = """\
 ffffffff81000000 T _stext
@@ -64,9 +64,10 @@ def test_running_kernel():
     assert symbols.format(addr + 0x99) == "tcp_v4_rcv+0x99"
 
 
-def test_addresses_of_functions_and_their_length(symbols):
+def test_spans_of_functions_in_one_pass(tmp_path):
     """What listen-queue drops need: where a function starts, and how far it goes."""
-    found = symbols.addresses(["tcp_v4_rcv", "nf_hook_slow", "no_such_function"])
-    assert found == {"tcp_v4_rcv": 0xFFFFFFFF81A00000, "nf_hook_slow": 0xFFFFFFFF81B00000}
-    assert symbols.function_length(found["tcp_v4_rcv"]) == 0x400  # to tcp_v4_fill_cb
-    assert symbols.addresses(["some_data"]) == {}  # functions only
+    path = tmp_path / "kallsyms"
+    path.write_text(KALLSYMS)
+    assert function_spans(["tcp_v4_rcv", "nf_hook_slow", "some_data", "no_such_function"], path) == {
+        "tcp_v4_rcv": (0xFFFFFFFF81A00000, 0x400),  # to tcp_v4_fill_cb
+        "nf_hook_slow": (0xFFFFFFFF81B00000, 0x3E500000)}  # to the module after it; data: no
