@@ -73,7 +73,7 @@ def targets(runs):
     ratios = [kernel_ns(r) / kernel_ns(f) for r in rate if r["monitor"] == "metrics" and r["packets"]
               for f in rate if f["monitor"] == "floor" and f["packets"] == r["packets"]]
     ours, floor, bpftrace = (kernel_ns(at_max[m]) for m in ("metrics", "floor", "bpftrace"))
-    counted = [r for r in runs if r["monitor"].startswith("metrics")]
+    counted = [r for r in runs if r["monitor"].startswith("metrics") and r["sweep"] != "accept"]
     typical = [r for r in counted if r["sweep"] != "keys"]  # 2 tag sets
     most_keys = max((r for r in counted if r["sweep"] == "keys"), key=lambda r: r["sports"])
     listen = {r["monitor"]: r for r in runs if r["sweep"] == "listen"}

@@ -85,6 +85,11 @@ class Btf:
                         break
         return found
 
+    def function_id(self, name):
+        """The BTF id of kernel function name, or None."""
+        type_id = self._lib.btf__find_by_name_kind(self._handle, name.encode(), lb.BTF_KIND_FUNC)
+        return type_id if type_id > 0 else None
+
     def has_member(self, struct_name, member):
         """Whether `struct struct_name` has a field named member."""
         head = self._find(struct_name, lb.BTF_KIND_STRUCT)

@@ -5,13 +5,13 @@ it, and exit 1; usage errors exit 2 (argparse).
 """
 import argparse
 import os
+import signal
 import socket
 import sys
 import time
 import urllib.parse
-from importlib import metadata
 
-from . import audit, check, config, log
+from . import check, config, log
 from .duration import parse_duration
 from .emit import STATSD_TAG_STYLES, InfluxOutput, StatsdOutput, StdoutOutput
 from .event import REASON_OURS_FIRST, REASON_UNKNOWN, ProbeConfig
@@ -173,6 +173,8 @@ class VersionAction(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, help="show the version and exit")
 
     def __call__(self, parser, namespace, values, option_string=None):
+        from importlib import metadata  # 20 ms of start-up, for this alone
+
         print(metadata.version("telegraf-tcpdrop"))
         parser.exit()
 
@@ -347,6 +349,8 @@ def run_metrics(args):
 
 
 def run_audit(args):
+    from . import audit  # its imports are its own: not the monitor's start-up
+
     reasons = check.drop_reasons(check.libbpf())
     config = ProbeConfig(aggregate=1, port_tags=PORT_TAGS["none"], key_netns=1, other_reasons=1,
                          own_reasons=0xF)
@@ -408,12 +412,20 @@ COMMANDS = {"trace": run_trace, "metrics": run_metrics, "audit": run_audit, "rea
             "check": run_check}
 
 
+def stop_now(*_):
+    raise SystemExit(0)
+
+
 def main(argv=None):
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
     except config.ConfigError as e:
         log.error(str(e))
         return 2
+    # Until a command's own loop takes them over, SIGTERM and SIGINT end the
+    # process at once, cleanly: the probe is closed on the way out.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop_now)
     try:
         return COMMANDS[args.command](args)
     except (check.StartupError, ProbeError, SymbolsUnavailable) as e:

@@ -14,7 +14,12 @@ LIBBPF_SONAME = "libbpf.so.1"
 LIBBPF_WARN, LIBBPF_INFO, LIBBPF_DEBUG = 0, 1, 2
 
 # enum btf_kind
-BTF_KIND_STRUCT, BTF_KIND_ENUM, BTF_KIND_DATASEC, BTF_KIND_ENUM64 = 4, 6, 15, 19
+BTF_KIND_STRUCT, BTF_KIND_ENUM, BTF_KIND_FUNC, BTF_KIND_DATASEC, BTF_KIND_ENUM64 = 4, 6, 12, 15, 19
+
+# linux/bpf.h (UAPI)
+BPF_PROG_TYPE_TRACING, BPF_TRACE_FENTRY = 26, 24
+# r0 = 0; exit: the least program there is
+RETURN_ZERO = bytes.fromhex("b700000000000000" "9500000000000000")
 
 PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
 RINGBUF_SAMPLE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
@@ -32,6 +37,16 @@ class BpfProgInfo(ctypes.Structure):
     and what it does not know stays 0."""
     _fields_ = [("head", ctypes.c_uint8 * 192), ("run_time_ns", ctypes.c_uint64),
                 ("run_cnt", ctypes.c_uint64), ("recursion_misses", ctypes.c_uint64)]
+
+
+class BpfProgLoadOpts(ctypes.Structure):
+    """The head of libbpf's struct bpf_prog_load_opts, up to attach_btf_obj_fd:
+    sz tells libbpf how much of it we know."""
+    _fields_ = [("sz", ctypes.c_size_t), ("attempts", ctypes.c_int),
+                ("expected_attach_type", ctypes.c_uint32), ("prog_btf_fd", ctypes.c_uint32),
+                ("prog_flags", ctypes.c_uint32), ("prog_ifindex", ctypes.c_uint32),
+                ("kern_version", ctypes.c_uint32), ("attach_btf_id", ctypes.c_uint32),
+                ("attach_prog_fd", ctypes.c_uint32), ("attach_btf_obj_fd", ctypes.c_uint32)]
 
 
 class BtfType(ctypes.Structure):
@@ -75,6 +90,9 @@ _SIGNATURES = {
     "bpf_object__find_program_by_name": (_P, [_P, ctypes.c_char_p]),
     "bpf_object__find_map_by_name": (_P, [_P, ctypes.c_char_p]),
     "bpf_program__set_autoload": (ctypes.c_int, [_P, ctypes.c_bool]),
+    "bpf_prog_load": (ctypes.c_int, [ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
+                                     ctypes.c_size_t, ctypes.POINTER(BpfProgLoadOpts)]),
+    "bpf_raw_tracepoint_open": (ctypes.c_int, [ctypes.c_char_p, ctypes.c_int]),
     "bpf_program__attach": (_P, [_P]),
     "bpf_program__attach_iter": (_P, [_P, _P]),
     "bpf_iter_create": (ctypes.c_int, [ctypes.c_int]),
@@ -142,6 +160,23 @@ def check_int(ret, call):
     if ret < 0:
         raise LibbpfError(call, ret)
     return ret
+
+
+def fentry_attaches(lib, btf_id):
+    """Whether a program can be attached at the entry of the kernel function
+    with this BTF id: loads and attaches the least program there is, and
+    lets go of it (a few ms, where a whole object that fails costs 40)."""
+    opts = BpfProgLoadOpts(sz=ctypes.sizeof(BpfProgLoadOpts), expected_attach_type=BPF_TRACE_FENTRY,
+                           attach_btf_id=btf_id)
+    prog = lib.bpf_prog_load(BPF_PROG_TYPE_TRACING, b"fentry_probe", b"GPL", RETURN_ZERO,
+                             len(RETURN_ZERO) // 8, ctypes.byref(opts))
+    if prog < 0:
+        return False
+    link = lib.bpf_raw_tracepoint_open(None, prog)
+    if link >= 0:
+        os.close(link)
+    os.close(prog)
+    return link >= 0
 
 
 def give_back_memory():

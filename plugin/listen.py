@@ -26,9 +26,10 @@ FUNCTIONS = {"conn_request": "tcp_conn_request", "syn_site": "tcp_rcv_state_proc
 SPANS = ("syn_site", "icmp_site", "icmp6_site")  # with their length: where in them the SYN is freed
 
 
-def settings(config, btf, reasons, ncpus, kallsyms="/proc/kallsyms"):
+def settings(config, btf, reasons, ncpus, fentry_attaches, kallsyms="/proc/kallsyms"):
     """Fills config's listen fields; [(mode, why)] to try, best first, ending
-    with LISTEN_OFF and why nothing better could be had."""
+    with LISTEN_OFF and why nothing better could be had. fentry_attaches(btf
+    id): whether the kernel lets a program attach at that function's entry."""
     mib = btf.enumerators(set(MIB.values()))
     spans = function_spans(FUNCTIONS.values(), kallsyms)
     missing = [name for name in (*MIB.values(), *FUNCTIONS.values())
@@ -47,7 +48,9 @@ def settings(config, btf, reasons, ncpus, kallsyms="/proc/kallsyms"):
     except KeyError:
         config.listen_overflow_reason = REASON_LISTEN_OVERFLOW
     config.ncpus = ncpus
-    modes = [(LISTEN_BRACKET, MODES[LISTEN_BRACKET])]
+    state_process = btf.function_id(FUNCTIONS["syn_site"])
+    fentry = state_process is not None and fentry_attaches(state_process)
+    modes = [(LISTEN_BRACKET, MODES[LISTEN_BRACKET])] if fentry else []
     if not btf.has_member("trace_event_raw_consume_skb", "location"):
         why = "no fentry, and skb:consume_skb has no location (Linux 6.3+)"
     elif not btf.has_member("trace_event_raw_kfree_skb", "rx_sk"):

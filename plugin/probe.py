@@ -318,7 +318,8 @@ class CoreLoader:
     def _listen_modes(self, config):
         with Btf.vmlinux(self._lib) as btf:
             return listen.settings(config, btf, DropReasons.from_btf(btf) or DropReasons({}),
-                                   lb.check_int(self._lib.libbpf_num_possible_cpus(), "possible CPUs"))
+                                   lb.check_int(self._lib.libbpf_num_possible_cpus(), "possible CPUs"),
+                                   lambda btf_id: lb.fentry_attaches(self._lib, btf_id))
 
     def _on_libbpf_log(self, level, line):
         """libbpf's log: all of it to stderr when verbose; warnings kept to

@@ -18,23 +18,26 @@ class SymbolsUnavailable(Exception):
 
 def function_spans(names, path="/proc/kallsyms"):
     """{name: (address, length)} of these kernel functions, where kallsyms
-    has them; the length runs to the next symbol above. One pass, nothing
-    kept: kallsyms lists the kernel's own symbols in address order (modules
-    come after, each in its own), so that is on one of the lines that follow."""
-    wanted, spans, started = {name.encode() for name in names}, {}, {}
+    has them; the length runs to the next symbol above. kallsyms lists the
+    kernel's own symbols in address order (modules come after, each in its
+    own), so that is on one of the lines that follow."""
     with open(path, "rb") as f:
-        for line in f:
-            parts = line.split(None, 3)
-            if len(parts) < 3:
-                continue
-            if started:
-                address = int(parts[0], 16)
-                for name, start in list(started.items()):
-                    if address > start:
-                        spans[name] = (start, address - start)
-                        del started[name]
-            if parts[1] in (b"t", b"T") and parts[2] in wanted and parts[2].decode() not in spans:
-                started.setdefault(parts[2].decode(), int(parts[0], 16))
+        text = f.read()
+    spans = {}
+    for name in names:
+        for kind in (b" T ", b" t "):
+            at = text.find(kind + name.encode())
+            while at >= 0 and text[at + 3 + len(name):at + 4 + len(name)] not in (b"\n", b"\t"):
+                at = text.find(kind + name.encode(), at + 1)  # a longer name that starts alike
+            if at >= 0:
+                break
+        else:
+            continue
+        start = int(text[text.rfind(b"\n", 0, at) + 1:at], 16)
+        for line in text[at:at + 4096].split(b"\n")[1:]:
+            if line and int(line.split(None, 1)[0], 16) > start:
+                spans[name] = (start, int(line.split(None, 1)[0], 16) - start)
+                break
     return spans
 
 

@@ -601,9 +601,13 @@ static __always_inline int handle_drop(void *ctx, struct sk_buff *skb,
 				       struct sock *sk, __u64 location,
 				       __u32 reason, bool btf)
 {
-	struct drop d = { .key = { .location = location, .reason = reason } };
+	struct drop d;	/* read_packet() fills the rest: zeroing it all would cost every drop */
 
-	if (!reason_wanted(reason) || !read_packet(skb, &d, btf, false))
+	if (!reason_wanted(reason))
+		return 0;
+	d.key = (struct drop_key){ .location = location, .reason = reason };
+	d.netns = 0;
+	if (!read_packet(skb, &d, btf, false))
 		return 0;
 	if (sk)
 		d.key.state = btf ? sk->__sk_common.skc_state
@@ -645,9 +649,9 @@ static __always_inline int handle_drop(void *ctx, struct sk_buff *skb,
  *                   listener (the handshake's last ACK on a full accept queue,
  *                   a drop seen already) and an ICMP error that aborted a
  *                   request (icmp_rcv). The first "before" of a namespace is
- *                   read on every CPU when a socket in it starts listening
- *                   (no SYN can be refused before), and for the namespaces of
- *                   all tasks at start-up (listen_baselines_walk). A SYN with
+ *                   read on every CPU when a task in it calls listen(2) (no
+ *                   SYN can be refused before), and for the namespaces of all
+ *                   tasks at start-up (listen_baselines_walk). A SYN with
  *                   no "before" (a namespace no task was in at start-up) only
  *                   gives one, and is counted in COUNTER_LISTEN_UNTRACKED.
  */
@@ -835,11 +839,12 @@ static __always_inline void first_baselines(struct net *net)
 		bpf_loop(cfg.ncpus, baseline_of_cpu, &of, 0);
 }
 
-SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(listen_start, struct sock *sk, int oldstate, int newstate)
+/* listen(2): the first "before" of the caller's namespace. Not at the
+ * socket's state change: that tracepoint runs ten times per connection. */
+SEC("tracepoint/syscalls/sys_enter_listen")
+int listen_start(void *ctx)
 {
-	if (newstate == TCP_LISTEN)
-		first_baselines(sk->__sk_common.skc_net.net);
+	first_baselines(bpf_get_current_task_btf()->nsproxy->net_ns);
 	return 0;
 }
 
@@ -929,7 +934,7 @@ SEC("tp_btf/consume_skb")
 int BPF_PROG(consume_skb_btf, struct sk_buff *skb)
 {
 	struct listen_mib before, after;
-	struct drop d = {};
+	struct drop d;
 	__u64 location;
 	struct net *net;
 
@@ -948,7 +953,7 @@ int BPF_PROG(consume_skb_btf, struct sk_buff *skb)
 	net = dst_net(skb);
 	if (!net || !listen_rise(net, &before, &after))
 		return 0;
-	d.key.location = location;
+	d.key = (struct drop_key){ .location = location };
 	if (!read_packet(skb, &d, true, true))
 		return 0;
 	d.netns = net->ns.inum;

@@ -183,3 +183,14 @@ def test_reason_filters_become_the_probes_mask():
     assert wanted("--exclude-reason", "no_socket") == (everything - {3}, True)
     assert wanted("--reason", "NO_SOCKET", "--reason", "X") == ({3, 200}, False)
     assert wanted("--reason", "QUEUE_PURGE") == ({104}, False)  # asked for: not excluded
+
+
+def test_a_stop_signal_right_after_attaching_ends_cleanly():
+    """Between 'attached' and the main loop (kallsyms is read then), a SIGTERM
+    must still end the process with exit 0, the probe closed."""
+    require_root()
+    proc = subprocess.Popen([CLI, "metrics"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert "I! attached" in proc.stderr.readline()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0 and "Traceback" not in err, err
