@@ -298,7 +298,7 @@ class CoreLoader:
         hook, with the best way of seeing listen-queue drops that loads."""
         lb.set_log_handler(self._on_libbpf_log)
         try:
-            for mode, why in self._listen_modes(config):
+            for mode, why in self._kernel_settings(config):
                 config.listen = mode
                 try:
                     loaded = self._load_and_attach(hook, config, sizes)
@@ -315,8 +315,11 @@ class CoreLoader:
             lb.set_log_handler(None)
             lb.give_back_memory()
 
-    def _listen_modes(self, config):
+    def _kernel_settings(self, config):
+        """Fills in config what this kernel allows; the ways of seeing
+        listen-queue drops to try, best first (listen.settings)."""
         with Btf.vmlinux(self._lib) as btf:
+            config.direct_loads = btf.function_id("bpf_rdonly_cast") is not None
             return listen.settings(config, btf, DropReasons.from_btf(btf) or DropReasons({}),
                                    lb.check_int(self._lib.libbpf_num_possible_cpus(), "possible CPUs"),
                                    lambda btf_id: lb.fentry_attaches(self._lib, btf_id))

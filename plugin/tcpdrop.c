@@ -204,8 +204,9 @@ static __always_inline long stack_id(void *ctx)
 #ifndef TCPDROP_BCC
 /* bpf_rdonly_cast() (6.2+) turns an address into a typed pointer whose loads
  * are direct and fault-safe: a load each, not a helper call. Used where the
- * loader knows the kernel has it (LISTEN_CHAIN: 6.11+). Weak: an object
- * that cannot resolve it still loads, and there the calls are never reached. */
+ * loader knows the kernel has it (cfg.direct_loads; LISTEN_CHAIN is 6.11+).
+ * Weak: an object that cannot resolve it still loads, and there the calls
+ * are never reached. */
 extern void *bpf_rdonly_cast(const void *obj__ign, __u32 btf_id) __ksym __weak;
 #define rdonly_cast(type, addr) ((type *)bpf_rdonly_cast((void *)(addr), bpf_core_type_id_kernel(type)))
 #endif
@@ -529,7 +530,8 @@ static __always_inline bool read_packet(struct sk_buff *skb, struct drop *d, boo
 	d->sport = bpf_ntohs(tcp.source);
 	d->dport = bpf_ntohs(tcp.dest);
 	d->key.flags = tcp.flags;
-	d->len = btf ? skb->len : BPF_CORE_READ(skb, len);
+	if (cfg.events)
+		d->len = btf ? skb->len : BPF_CORE_READ(skb, len);
 	return true;
 }
 
@@ -607,7 +609,7 @@ static __always_inline int handle_drop(void *ctx, struct sk_buff *skb,
 		return 0;
 	d.key = (struct drop_key){ .location = location, .reason = reason };
 	d.netns = 0;
-	if (!read_packet(skb, &d, btf, false))
+	if (!read_packet(skb, &d, btf, btf && cfg.direct_loads))
 		return 0;
 	if (sk)
 		d.key.state = btf ? sk->__sk_common.skc_state
@@ -909,8 +911,9 @@ static __always_inline bool listen_rise(struct net *net, struct listen_mib *befo
 	return true;
 }
 
-/* A rise that is not a SYN's: counted for audit, kept from the next SYN. */
-static __always_inline void listen_absorb(struct net *net)
+/* A rise that is not a SYN's: counted for audit, kept from the next SYN.
+ * Out of line: the drop hooks call it rarely, and carry less code for it. */
+static __noinline void listen_absorb(struct net *net)
 {
 	struct listen_mib before, after;
 

@@ -124,7 +124,8 @@ struct probe_config {
 	__u8 port_tags;		/* enum port_tags */
 	__u8 listen;		/* enum listen_mode */
 	__u8 key_netns;		/* count per network namespace too (drop_key.netns) */
-	__u8 pad[7];
+	__u8 direct_loads;	/* the kernel has bpf_rdonly_cast() (6.2+): headers by direct loads */
+	__u8 pad[6];
 	/* Listen-queue drops: kernel addresses (kallsyms) and numbers (BTF). */
 	__u64 conn_request;	/* tcp_conn_request: the drop site of the SYNs it refuses */
 	__u64 syn_site;		/* tcp_rcv_state_process: where a listener consumes a SYN */

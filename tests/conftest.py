@@ -187,10 +187,11 @@ class Metrics:
         self.proc = subprocess.Popen([CLI, "metrics", *args], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.points, self.stderr = [], []
-        threading.Thread(target=Tracer._read, args=(self.proc.stdout, self.points, parse_line),
-                         daemon=True).start()
-        threading.Thread(target=Tracer._read, args=(self.proc.stderr, self.stderr, str),
-                         daemon=True).start()
+        self.readers = [threading.Thread(target=Tracer._read, args=args, daemon=True)
+                        for args in ((self.proc.stdout, self.points, parse_line),
+                                     (self.proc.stderr, self.stderr, str))]
+        for reader in self.readers:
+            reader.start()
         assert eventually(lambda: any("I! attached" in l for l in self.stderr) or
                           self.proc.poll() is not None, timeout=10)
         assert any("I! attached" in l for l in self.stderr), "".join(self.stderr)
@@ -205,10 +206,12 @@ class Metrics:
         return self.total(**kwargs)
 
     def stop(self, sig=signal.SIGTERM):
+        """Its exit code, once it has exited and every line it wrote is read."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         self.proc.wait(timeout=5)
-        eventually(lambda: self.proc.stdout.closed or not self.proc.stdout.readable(), 1)
+        for reader in self.readers:
+            reader.join(timeout=5)
         return self.proc.returncode
 
 

@@ -47,7 +47,9 @@ def key(dport=443, sport=0, ephemeral=1, reason=2, flags=0x02):
                          state=0, flags=flags, ephemeral=ephemeral))
 
 
-def collector(probe, port_tags=PORT_TAGS_BUCKETED, clock=iter(range(10**9, 10**12, 10**9))):
+def collector(probe, port_tags=PORT_TAGS_BUCKETED):
+    """A Collector whose clock reads 1 s, 2 s, 3 s, ...: each its own."""
+    clock = iter(range(10**9, 10**12, 10**9))
     return Collector(probe, REASONS, FakeSymbols(), port_tags, (32768, 60999),
                      clock=lambda: next(clock))
 
