@@ -8,10 +8,10 @@ Compiling takes a second or two on a real machine (minutes under emulation).
 """
 import os
 import time
-from importlib import resources
 
 from . import log
 from .event import ProbeConfig
+from .check import PACKAGE_DIR
 from .probe import HOOKS, MAPS, HookError
 
 TRACEPOINT_FUNCTION = "tracepoint__skb__kfree_skb"  # the name bcc generates the record's struct for
@@ -42,6 +42,7 @@ def format_fields(format_text):
 
 class BccLoader:
     name = "bcc"
+    listen = "not seen by the bcc backend"  # it has no per-CPU offsets, nor fentry
     hooks = ("tracepoint", "kprobe")  # tp_btf needs BTF, which is why bcc is here
 
     def __init__(self, tracepoint_format, verbose=False):
@@ -51,7 +52,7 @@ class BccLoader:
         self._bpf = None
 
     def cflags(self, hook, config, sizes):
-        source_dir = resources.files(__package__)
+        source_dir = PACKAGE_DIR
         flags = ["-DTCPDROP_BCC", f"-I{source_dir}", f"-DTCPDROP_HOOK_{hook.upper()}",
                  f"-DTCPDROP_CFG={config_initializer(config)}",
                  f"-DTCPDROP_MAX_KEYS={sizes['drops']}",
@@ -67,7 +68,8 @@ class BccLoader:
         flags = self.cflags(hook, config, sizes)
         if self.verbose:
             log.debug("bcc cflags: " + " ".join(flags))
-        source = (resources.files(__package__) / "tcpdrop.c").read_text()
+        with open(os.path.join(PACKAGE_DIR, "tcpdrop.c")) as f:
+            source = f.read()
         started = time.monotonic()
         try:
             # Compiles, loads, and attaches the tracepoint program (bcc does

@@ -9,12 +9,12 @@ import ctypes.util
 import importlib.util
 import os
 import platform
-from importlib import resources
 
 from . import libbpf as lb
 from .btf import Btf
 from .names import DropReasons
 
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))  # the probe object and its source
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
 TRACEFS = "/sys/kernel/tracing"
 KFREE_SKB_FORMAT = f"{TRACEFS}/events/skb/kfree_skb/format"
@@ -26,8 +26,8 @@ class StartupError(Exception):
 
 
 def probe_object():
-    path = resources.files(__package__) / "tcpdrop.bpf.o"
-    if not path.is_file():
+    path = os.path.join(PACKAGE_DIR, "tcpdrop.bpf.o")
+    if not os.path.isfile(path):
         raise StartupError(f"probe object {path} is missing: build it with `make probe` "
                            "(or reinstall the package)")
     return path

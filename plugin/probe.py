@@ -70,7 +70,7 @@ class Probe:
         self._hot = {}  # slot index -> (its epoch, the keys it held on any CPU), at the last read
         self.hook = None  # the hook that attached
         self.backend = loader.name
-        self.listen = "not seen by the bcc backend"  # how listen-queue drops are seen
+        self.listen = None  # how listen-queue drops are seen, once attached
         self._lib = lb.load()
         self._loader = loader
         self._ringbuf = self._sample_cb = self._callback_error = None
@@ -84,7 +84,7 @@ class Probe:
                 self._prog_fds, self._fds = self._loader.load(
                     hook, self.config, map_sizes(self.config, self.max_keys))
                 self.hook = hook
-                self.listen = getattr(self._loader, "listen", self.listen)
+                self.listen = self._loader.listen
                 return
             except HookError as e:
                 failures.append(f"{HOOKS[hook][1]}: {e}")
@@ -306,9 +306,9 @@ class CoreLoader:
                     return loaded
                 except lb.LibbpfError as e:
                     self.close()
+                    failure = f"{e}{self._last_log()}"  # taken even unshown: the next try starts clean
                     if mode == LISTEN_OFF:
-                        raise HookError(f"{e}{self._last_log()}") from None
-                    failure = f"{e}{self._last_log()}"
+                        raise HookError(failure) from None
                     if self.verbose:
                         log.debug(f"listen-queue drops by {why}: {failure}")
         finally:
