@@ -871,8 +871,8 @@ int listen_baselines_walk(struct bpf_iter__task *ctx)
 static __always_inline bool listen_rise(struct net *net, struct listen_mib *before,
 					struct listen_mib *after)
 {
-	struct baseline_key key = { .cpu = bpf_get_smp_processor_id() };
 	struct listen_stash *stash = stash_here();
+	struct baseline_key key;
 	struct listen_mib *last;
 	struct linux_mib *mib;
 
@@ -881,10 +881,11 @@ static __always_inline bool listen_rise(struct net *net, struct listen_mib *befo
 	stash->number = (__u64)net->mib.net_statistics;
 	mib = rdonly_cast(struct linux_mib, *(volatile __u64 *)&stash->number + stash->cpu_offset);
 	after->drops = mib->mibs[cfg.mib_listen_drops];
-	key.net_cookie = net->net_cookie;
+	key = (struct baseline_key){ .net_cookie = net->net_cookie };
 	if (stash->cached_cookie != key.net_cookie) {	/* another namespace than last time */
-		struct baseline_key put_back = { .net_cookie = stash->cached_cookie, .cpu = key.cpu };
+		struct baseline_key put_back = { .net_cookie = stash->cached_cookie };
 
+		key.cpu = put_back.cpu = bpf_get_smp_processor_id();
 		if (put_back.net_cookie)
 			bpf_map_update_elem(&listen_baselines, &put_back, &stash->cached, BPF_ANY);
 		stash->cached_cookie = 0;
