@@ -11,11 +11,17 @@ kernel may allow, best first; the loader tries each in turn.
 from .event import LISTEN_BRACKET, LISTEN_CHAIN, LISTEN_OFF, REASON_LISTEN_OVERFLOW
 from .symbols import function_spans
 
-MODES = {
-    LISTEN_BRACKET: "fentry/fexit on tcp_rcv_state_process",
-    LISTEN_CHAIN: "tracepoints skb:consume_skb and skb:kfree_skb",
-    LISTEN_OFF: "not seen",
-}
+# Each way of seeing them, best first: its mode (tcpdrop.c), its programs,
+# and what the start-up line says of it.
+BRACKET = (LISTEN_BRACKET, ("listen_enter", "listen_exit"), "fentry/fexit on tcp_rcv_state_process")
+CHAIN = (LISTEN_CHAIN, ("consume_skb_btf", "listen_start"),
+         "tracepoints skb:consume_skb, skb:kfree_skb and syscalls:sys_enter_listen")
+# Where tracefs is closed to the monitor (root-only, as for Telegraf's user):
+# the socket's state change instead of listen(2), at ten runs per connection.
+CHAIN_NO_TRACEFS = (LISTEN_CHAIN, ("consume_skb_btf", "listen_start_state"),
+                    "tracepoints skb:consume_skb, skb:kfree_skb and sock:inet_sock_set_state")
+PROGRAMS = {name for _, programs, _ in (BRACKET, CHAIN, CHAIN_NO_TRACEFS) for name in programs}
+
 # The counters of `struct linux_mib` the probe reads, by their enum names.
 MIB = {"mib_listen_drops": "LINUX_MIB_LISTENDROPS",
        "mib_listen_overflows": "LINUX_MIB_LISTENOVERFLOWS",
@@ -27,15 +33,16 @@ SPANS = ("syn_site", "icmp_site", "icmp6_site")  # with their length: where in t
 
 
 def settings(config, btf, reasons, ncpus, fentry_attaches, kallsyms="/proc/kallsyms"):
-    """Fills config's listen fields; [(mode, why)] to try, best first, ending
-    with LISTEN_OFF and why nothing better could be had. fentry_attaches(btf
-    id): whether the kernel lets a program attach at that function's entry."""
+    """Fills config's listen fields; the ways to try, (mode, programs, what
+    it is), best first, ending with LISTEN_OFF and why nothing better could
+    be had. fentry_attaches(btf id): whether the kernel lets a program attach
+    at that function's entry."""
     mib = btf.enumerators(set(MIB.values()))
     spans = function_spans(FUNCTIONS.values(), kallsyms)
     missing = [name for name in (*MIB.values(), *FUNCTIONS.values())
                if name not in mib and name not in spans and name != "icmpv6_rcv"]
     if missing:
-        return [(LISTEN_OFF, f"this kernel has no {', '.join(missing)}")]
+        return [(LISTEN_OFF, (), f"not seen: this kernel has no {', '.join(missing)}")]
     for field, name in MIB.items():
         setattr(config, field, mib[name])
     for field, name in FUNCTIONS.items():
@@ -50,12 +57,12 @@ def settings(config, btf, reasons, ncpus, fentry_attaches, kallsyms="/proc/kalls
     config.ncpus = ncpus
     state_process = btf.function_id(FUNCTIONS["syn_site"])
     fentry = state_process is not None and fentry_attaches(state_process)
-    modes = [(LISTEN_BRACKET, MODES[LISTEN_BRACKET])] if fentry else []
+    ways = [BRACKET] if fentry else []
     if not btf.has_member("trace_event_raw_consume_skb", "location"):
         why = "no fentry, and skb:consume_skb has no location (Linux 6.3+)"
     elif not btf.has_member("trace_event_raw_kfree_skb", "rx_sk"):
         why = "no fentry, and skb:kfree_skb has no rx_sk (Linux 6.11+)"
     else:
-        modes.append((LISTEN_CHAIN, MODES[LISTEN_CHAIN]))
-        why = "neither fentry nor the tracepoints' arguments could be used"
-    return modes + [(LISTEN_OFF, why)]
+        ways += [CHAIN, CHAIN_NO_TRACEFS]
+        why = "neither fentry nor the tracepoints could be used"
+    return ways + [(LISTEN_OFF, (), f"not seen: {why}")]

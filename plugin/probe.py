@@ -14,8 +14,8 @@ import os
 from . import libbpf as lb
 from . import listen, log
 from .btf import Btf
-from .event import (COUNTER_MAX, HOT_SLOTS, LISTEN_BRACKET, LISTEN_CHAIN, LISTEN_OFF,
-                    MAX_STACK_DEPTH, DropCount, DropEvent, DropKey, HotSlot, ProbeConfig)
+from .event import (COUNTER_MAX, HOT_SLOTS, LISTEN_CHAIN, LISTEN_OFF, MAX_STACK_DEPTH, DropCount,
+                    DropEvent, DropKey, HotSlot, ProbeConfig)
 from .names import DropReasons
 
 DEFAULT_MAX_KEYS = 16384
@@ -32,12 +32,6 @@ HOOKS = {
     "tp_btf": ("kfree_skb_btf", "tp_btf/kfree_skb"),
     "tracepoint": ("kfree_skb_tp", "tracepoint/skb/kfree_skb"),
     "kprobe": ("tcp_drop", "kprobe/tcp_drop"),
-}
-# The programs of each way of seeing listen-queue drops (tcpdrop.c).
-LISTEN_PROGRAMS = {
-    LISTEN_BRACKET: ("listen_enter", "listen_exit"),
-    LISTEN_CHAIN: ("consume_skb_btf", "listen_start"),
-    LISTEN_OFF: (),
 }
 LISTEN_WALK = "listen_baselines_walk"  # LISTEN_CHAIN's, run once at start-up
 
@@ -298,10 +292,10 @@ class CoreLoader:
         hook, with the best way of seeing listen-queue drops that loads."""
         lb.set_log_handler(self._on_libbpf_log)
         try:
-            for mode, why in self._kernel_settings(config):
+            for mode, programs, why in self._kernel_settings(config):
                 config.listen = mode
                 try:
-                    loaded = self._load_and_attach(hook, config, sizes)
+                    loaded = self._load_and_attach(hook, config, sizes, programs)
                     self.listen = why
                     return loaded
                 except lb.LibbpfError as e:
@@ -338,14 +332,13 @@ class CoreLoader:
         self._warnings.clear()
         return f" ({last})" if last else ""
 
-    def _load_and_attach(self, hook, config, sizes):
+    def _load_and_attach(self, hook, config, sizes, listen_programs):
         lib = self._lib
         self._obj = lb.check_ptr(lib.bpf_object__open_file(self.object_path.encode(), None),
                                  f"open {self.object_path}")
-        programs = [HOOKS[hook][0], *LISTEN_PROGRAMS[config.listen]]
+        programs = [HOOKS[hook][0], *listen_programs]
         walk = config.listen == LISTEN_CHAIN
-        for name in (*(prog for prog, _ in HOOKS.values()), *sum(LISTEN_PROGRAMS.values(), ()),
-                     LISTEN_WALK):
+        for name in (*(prog for prog, _ in HOOKS.values()), *listen.PROGRAMS, LISTEN_WALK):
             lib.bpf_program__set_autoload(self._program(name), name in programs or
                                           (walk and name == LISTEN_WALK))
         self._set_config(config)

@@ -652,8 +652,9 @@ static __always_inline int handle_drop(void *ctx, struct sk_buff *skb,
  *                   a drop seen already) and an ICMP error that aborted a
  *                   request (icmp_rcv). The first "before" of a namespace is
  *                   read on every CPU when a task in it calls listen(2) (no
- *                   SYN can be refused before), and for the namespaces of all
- *                   tasks at start-up (listen_baselines_walk). A SYN with
+ *                   SYN can be refused before; or as a socket starts
+ *                   listening), and for the namespaces of all tasks at
+ *                   start-up (listen_baselines_walk). A SYN with
  *                   no "before" (a namespace no task was in at start-up) only
  *                   gives one, and is counted in COUNTER_LISTEN_UNTRACKED.
  */
@@ -841,12 +842,22 @@ static __always_inline void first_baselines(struct net *net)
 		bpf_loop(cfg.ncpus, baseline_of_cpu, &of, 0);
 }
 
-/* listen(2): the first "before" of the caller's namespace. Not at the
- * socket's state change: that tracepoint runs ten times per connection. */
+/* listen(2): the first "before" of the caller's namespace. */
 SEC("tracepoint/syscalls/sys_enter_listen")
 int listen_start(void *ctx)
 {
 	first_baselines(bpf_get_current_task_btf()->nsproxy->net_ns);
+	return 0;
+}
+
+/* The same where tracefs, which the syscall tracepoint needs, is closed to
+ * the monitor: a socket entering LISTEN. Dearer: the state of every TCP
+ * socket changes some ten times in its life, and this runs each time. */
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(listen_start_state, struct sock *sk, int oldstate, int newstate)
+{
+	if (newstate == TCP_LISTEN)
+		first_baselines(sk->__sk_common.skc_net.net);
 	return 0;
 }
 

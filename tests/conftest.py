@@ -183,8 +183,8 @@ def _fields(text):
 class Metrics:
     """`telegraf-tcpdrop metrics` running in the background, its output parsed."""
 
-    def __init__(self, *args):
-        self.proc = subprocess.Popen([CLI, "metrics", *args], stdin=subprocess.PIPE,
+    def __init__(self, *args, prefix=()):
+        self.proc = subprocess.Popen([*prefix, CLI, "metrics", *args], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.points, self.stderr = [], []
         self.readers = [threading.Thread(target=Tracer._read, args=args, daemon=True)
@@ -222,8 +222,8 @@ def metrics():
     require_root()
     started = []
 
-    def start(*args):
-        started.append(Metrics(*args))
+    def start(*args, prefix=()):
+        started.append(Metrics(*args, prefix=prefix))
         return started[-1]
     yield start
     for m in started:

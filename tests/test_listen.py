@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from conftest import LISTEN_COUNTERS, eventually
+from conftest import LISTEN_COUNTERS, as_nobody_with, eventually
 
 pytestmark = pytest.mark.kernel
 
@@ -92,4 +92,17 @@ def test_trace_shows_a_refused_syn_with_its_addresses(tracer, netns):
 
 def test_the_monitor_says_how_it_sees_them(metrics):
     m = metrics("--interval", "1s")
-    assert "listen-queue drops: tracepoints skb:consume_skb and skb:kfree_skb" in m.stderr[-1]
+    assert "listen-queue drops: tracepoints skb:consume_skb, skb:kfree_skb and syscalls:sys_enter_listen" in m.stderr[-1]
+
+
+def test_as_telegrafs_user_where_tracefs_is_closed(netns, metrics):
+    """With only CAP_BPF, CAP_PERFMON and CAP_SYSLOG (the package's drop-in),
+    tracefs (root's alone) cannot be read: listen(2)'s tracepoint cannot be
+    attached, and the socket's state change stands in, as exactly."""
+    m = metrics("--interval", "200ms", "--port", "7405",
+                prefix=as_nobody_with("bpf", "perfmon", "syslog"))
+    assert "listen-queue drops: tracepoints skb:consume_skb, skb:kfree_skb and " \
+           "sock:inet_sock_set_state" in m.stderr[-1]
+    netns.traffic("listen-full", "127.0.0.1", 7405, 20)
+    kernel = settled(netns, m, 7405)
+    assert m.total(state="LISTEN", dport="7405") == kernel["TcpExtListenDrops"] >= 18
