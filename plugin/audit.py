@@ -14,7 +14,7 @@ import sys
 import threading
 from dataclasses import dataclass
 
-from . import log
+from . import log, stop
 from .event import DropKey
 
 # Each kernel counter (as nstat names it) and the drops it counts: the drop
@@ -200,7 +200,8 @@ def run(probe, reasons, seconds, as_json=False, out=sys.stdout):
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
-    done.wait(seconds)
+    if not stop.requested():
+        done.wait(seconds)
     audit.namespaces = Namespaces()  # namespaces made meanwhile too
     rows = audit.rows(start, audit.snapshot())
     if as_json:

@@ -5,13 +5,12 @@ it, and exit 1; usage errors exit 2 (argparse).
 """
 import argparse
 import os
-import signal
 import socket
 import sys
 import time
 import urllib.parse
 
-from . import check, config, log
+from . import check, config, log, stop
 from .duration import parse_duration
 from .emit import STATSD_TAG_STYLES, InfluxOutput, StatsdOutput, StdoutOutput
 from .event import REASON_OURS_FIRST, REASON_UNKNOWN, ProbeConfig
@@ -412,20 +411,13 @@ COMMANDS = {"trace": run_trace, "metrics": run_metrics, "audit": run_audit, "rea
             "check": run_check}
 
 
-def stop_now(*_):
-    raise SystemExit(0)
-
-
 def main(argv=None):
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
     except config.ConfigError as e:
         log.error(str(e))
         return 2
-    # Until a command's own loop takes them over, SIGTERM and SIGINT end the
-    # process at once, cleanly: the probe is closed on the way out.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, stop_now)
+    stop.catch()
     try:
         return COMMANDS[args.command](args)
     except (check.StartupError, ProbeError, SymbolsUnavailable) as e:

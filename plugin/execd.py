@@ -13,6 +13,8 @@ import signal
 import stat
 import time
 
+from . import stop
+
 SIGNALS = ("none", "STDIN")
 
 
@@ -32,6 +34,7 @@ class Execd:
     def run(self):
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        self._stop = self._stop or stop.requested()
         # A signal must end the wait: Python retries an interrupted poll().
         wakeup, signal_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(signal_fd)

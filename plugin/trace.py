@@ -11,7 +11,7 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
-from . import log
+from . import log, stop
 from .event import COUNTER_LOST, COUNTER_RATELIMITED
 from .names import flag_names, state_name
 
@@ -127,6 +127,7 @@ class Tracer:
     def run(self):
         signal.signal(signal.SIGINT, self.stop)
         signal.signal(signal.SIGTERM, self.stop)
+        self._stop = self._stop or stop.requested()
         self.probe.on_event(self.on_event)
         if not self.as_json:
             self.out.write(HEADER + "\n")

@@ -107,8 +107,9 @@ def test_installed_package_works(deb, telegraf_root, netns):
     root.before = root.files()  # what the purge below must come back to
     install(root, deb[0])
     check = root.run("telegraf-tcpdrop", "check")
-    assert check.stdout.startswith("ok    backend: core") and check.stdout.count("\nok ") == 8
+    assert check.stdout.startswith("ok    backend: core") and check.stdout.count("\nok ") == 9
     assert "ok    hook: tp_btf/kfree_skb attaches" in check.stdout
+    assert "ok    listen-queue drops: tracepoints" in check.stdout
     assert Path(root.path / "usr/share/man/man8/telegraf-tcpdrop.8.gz").exists()
 
     # trace sees a real drop
