@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass
 
 from . import log, stop
-from .event import DropKey
+from .event import PORT_TAGS_NONE, DropKey, ProbeConfig
 
 # Each kernel counter (as nstat names it) and the drops it counts: the drop
 # reasons whose documentation in the kernel's include/net/dropreason-core.h
@@ -177,6 +177,14 @@ class Audit:
                     rows.append(Row(self.namespaces.name(inode), inode, counter,
                                     kernel, monitor, reasons))
         return rows
+
+
+def probe_config():
+    """Every drop, of every reason, counted per namespace, without ports."""
+    config = ProbeConfig(aggregate=1, port_tags=PORT_TAGS_NONE, key_netns=1, other_reasons=1,
+                         own_reasons=0xF)
+    config.reason_mask[:] = [2**64 - 1] * 4
+    return config
 
 
 def format_rows(rows, out):

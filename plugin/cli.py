@@ -350,13 +350,9 @@ def run_metrics(args):
 def run_audit(args):
     from . import audit  # its imports are its own: not the monitor's start-up
 
-    reasons = check.drop_reasons(check.libbpf())
-    config = ProbeConfig(aggregate=1, port_tags=PORT_TAGS["none"], key_netns=1, other_reasons=1,
-                         own_reasons=0xF)
-    config.reason_mask[:] = [2**64 - 1] * 4
     args.hook = "auto"
-    with open_probe(args, config) as probe:
-        return audit.run(probe, reasons, args.duration, as_json=args.json)
+    with open_probe(args, audit.probe_config()) as probe:
+        return audit.run(probe, check.drop_reasons(check.libbpf()), args.duration, as_json=args.json)
 
 
 def run_reasons(_args):
