@@ -104,8 +104,10 @@ def test_all_backends_report_the_same_drops_byte_for_byte(guest):
     assert counted[0] == counted[1] and counted[0]
     assert counted[2] == [line for line in counted[0]
                           if not any(f"frame={site}," in line for site in LISTEN_SITES)]
-    # and the counts in the kernel match the events one by one
-    assert sum(int(line.split(" drops=")[1].split("i")[0]) for line in counted[0]) == len(traced[0])
+    # and the counts in the kernel match the events one by one (every event: a
+    # refused SYN's retransmit can be the same as the SYN to the last field)
+    assert sum(int(line.split(" drops=")[1].split("i")[0]) for line in counted[0]) == \
+        len(events(result, "core"))
 
 
 @pytest.mark.parametrize("scenario, port", [("listen-full4", 7010), ("listen-full6", 7011),
