@@ -265,6 +265,7 @@ def test_statsd_down_then_up_over_tcp(servers, metrics, netns, tmp_path):
         netns.traffic("raw-syns", 7902, 9, 40000)
         name = f"tcpdrop.7902.4.SYN.tcp_v4_rcv.{os.uname().nodename}.NO_SOCKET.ephemeral.NONE.drops"
         assert eventually(lambda: etsy.counters().get(name) == 9, timeout=10), etsy.counters()
-        assert any(l.startswith("I! StatsD at tcp://localhost:") for l in m.stderr), m.stderr
+        assert eventually(lambda: any(l.startswith("I! StatsD at tcp://localhost:") for l in m.stderr),
+                          timeout=5), m.stderr  # its line can come after the counts
     finally:
         etsy.stop()
