@@ -1050,9 +1050,14 @@ int tcp_drop(struct pt_regs *ctx, struct sock *sk, struct sk_buff *skb)
 {
 	__u64 caller = 0;
 
-	/* At function entry the return address is on top of the stack:
-	 * that is the drop site, as the tracepoint's location would be. */
+	/* At function entry the return address is the drop site, as the
+	 * tracepoint's location would be: on top of the stack on x86, in the
+	 * link register (x30) on arm64. */
+#if defined(__TARGET_ARCH_arm64) || defined(__aarch64__)
+	caller = PT_REGS_RET(ctx);
+#else
 	bpf_probe_read_kernel(&caller, sizeof(caller), (void *)PT_REGS_SP(ctx));
+#endif
 	return handle_drop(ctx, skb, sk, caller, REASON_UNKNOWN, false);
 }
 #endif
