@@ -137,10 +137,12 @@ class PointBuffer:
 
 
 class Backoff:
-    """Exponential, with full jitter; a server's Retry-After wins if longer."""
+    """Exponential, with full jitter: the n-th failure in a row waits a draw of
+    uniform(0, min(cap, first * 2**(n-1))) seconds; a server's Retry-After, or
+    the caller's floor, wins if longer."""
 
-    def __init__(self, first=1.0, cap=300.0, clock=time.monotonic):
-        self.first, self.cap, self.clock = first, cap, clock
+    def __init__(self, first=1.0, cap=300.0, clock=time.monotonic, uniform=random.uniform):
+        self.first, self.cap, self.clock, self.uniform = first, cap, clock, uniform
         self.failures = 0
         self.until = 0.0
 
@@ -149,7 +151,7 @@ class Backoff:
 
     def failed(self, retry_after=None, floor=0.0):
         self.failures += 1
-        delay = random.uniform(0, min(self.cap, self.first * 2 ** (self.failures - 1)))
+        delay = self.uniform(0, min(self.cap, self.first * 2 ** (self.failures - 1)))
         self.until = self.clock() + max(delay, retry_after or 0.0, floor)
 
     def succeeded(self):

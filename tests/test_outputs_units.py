@@ -37,16 +37,23 @@ def test_buffer_over_its_bound_merges_the_oldest_half_per_series():
     assert sum(p.fields["drops"] for p in buffer.points if p.tags["reason"] == "NO_SOCKET") == 5
 
 
-def test_backoff_grows_with_jitter_and_retry_after_wins():
-    now = [0.0]
-    b = Backoff(first=1.0, cap=8.0, clock=lambda: now[0])
+def test_backoff_doubles_up_to_its_cap_with_full_jitter_and_retry_after_wins():
+    now, draws = [0.0], []
+
+    def top_of_range(low, high):  # the jitter's highest draw: the delay is the bound itself
+        draws.append((low, high))
+        return high
+    b = Backoff(first=1.0, cap=8.0, clock=lambda: now[0], uniform=top_of_range)
     delays = []
     for _ in range(6):
         b.failed()
         delays.append(b.until - now[0])
-    assert all(0 <= d <= min(8.0, 2 ** i) for i, d in enumerate(delays))
+    assert delays == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    assert draws == [(0, d) for d in delays]  # full jitter: anywhere from 0 to the bound
     b.failed(retry_after=30.0)
     assert b.until == 30.0 and not b.ready()
+    b.failed(floor=60.0)
+    assert b.until == 60.0
     b.succeeded()
     assert b.ready() and b.failures == 0
 
