@@ -79,15 +79,17 @@ class StdoutOutput:
         pass
 
 
-# Fields that are a level, not a count: merging two points keeps the newer.
-GAUGES = {"keys", "buffered_points"}
+class Gauge(int):
+    """A field that is a level (tag sets in the map, points buffered), not a
+    count, so marked where the field is made: merging two points keeps the
+    newer level, and StatsD sends it as a gauge."""
 
 
 def merge(older, newer):
-    """One point standing for two of the same series: counts add up."""
+    """One point standing for two of the same series: counts add up, levels are the newer's."""
     fields = dict(older.fields)
     for name, value in newer.fields.items():
-        if isinstance(value, int) and name not in GAUGES and name in fields:
+        if isinstance(value, int) and not isinstance(value, Gauge) and name in fields:
             fields[name] += value
         else:
             fields[name] = value
@@ -266,7 +268,7 @@ class InfluxOutput:
                "write_errors": self.write_errors, "rejected": self.rejected}
         delta = {k: now[k] - self._reported[k] for k in now}
         self._reported = now
-        return {"buffered_points": len(self.buffer), "merged_points": delta["merged"],
+        return {"buffered_points": Gauge(len(self.buffer)), "merged_points": delta["merged"],
                 "dropped_points": delta["dropped"], "rejected_points": delta["rejected"],
                 "write_errors": delta["write_errors"]}
 
@@ -301,13 +303,13 @@ def statsd_safe(text):
 
 def statsd_lines(point, tag_style):
     """The StatsD lines of one point: a counter per integer field (a gauge for
-    levels), tags in the chosen style. Strings (stack) have no StatsD form."""
+    a Gauge), tags in the chosen style. Strings (stack) have no StatsD form."""
     tags = sorted((statsd_safe(k), statsd_safe(v)) for k, v in point.tags.items() if v != "")
     lines = []
     for field, value in point.fields.items():
         if not isinstance(value, int) or isinstance(value, bool):
             continue
-        kind = "g" if field in GAUGES else "c"
+        kind = "g" if isinstance(value, Gauge) else "c"
         if tag_style == "influx":  # Telegraf's statsd input: name,tag=value:1|c
             name = f"{point.measurement}.{field}" + "".join(f",{k}={v}" for k, v in tags)
             lines.append(f"{name}:{value}|{kind}")

@@ -8,7 +8,7 @@ space runs per drop.
 import time
 
 from . import log
-from .emit import Point
+from .emit import Gauge, Point
 from .event import (COUNTER_LISTEN_UNTRACKED, COUNTER_LOST, COUNTER_OVERFLOW_BYTES, COUNTER_OVERFLOW_DROPS,
                     COUNTER_RATELIMITED, EPHEMERAL_DPORT, EPHEMERAL_SPORT, PORT_TAGS_ALL,
                     PORT_TAGS_BUCKETED, PORT_TAGS_NONE, DropKey)
@@ -149,7 +149,7 @@ class Collector:
             "map_overflow_drops": delta[COUNTER_OVERFLOW_DROPS],
             "map_overflow_bytes": delta[COUNTER_OVERFLOW_BYTES],
             "listen_untracked": delta[COUNTER_LISTEN_UNTRACKED],
-            "keys": keys,
+            "keys": Gauge(keys),
             "keys_evicted": evicted,
             "interval_ns": now - self._last_time,
         }

@@ -1,5 +1,5 @@
 """From the kernel's totals per tag set to each interval's points, without a kernel."""
-from telegraf_tcpdrop.emit import encode
+from telegraf_tcpdrop.emit import encode, statsd_lines
 from telegraf_tcpdrop.event import (PORT_TAGS_ALL, PORT_TAGS_BUCKETED, PORT_TAGS_NONE, DropEvent,
                                     DropKey)
 from telegraf_tcpdrop.metrics import Collector, Deltas
@@ -84,6 +84,15 @@ def test_points_of_an_interval():
     points = c.collect()
     assert [p.measurement for p in points] == ["tcpdrop_agent"]
     assert points[0].fields["map_overflow_drops"] == 0 and points[0].fields["events_lost"] == 0
+
+
+def test_the_collector_says_which_agent_fields_are_levels():
+    probe = StubProbe()
+    probe.totals = {key(): (3, 180)}
+    _, agent = collector(probe).collect()
+    kinds = {line.split(":")[0]: line.rsplit("|", 1)[1] for line in statsd_lines(agent, "none")}
+    assert kinds.pop("tcpdrop_agent.keys") == "g"
+    assert set(kinds.values()) == {"c"}, kinds
 
 
 def test_port_tags_all_and_none():

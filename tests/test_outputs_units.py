@@ -5,7 +5,7 @@ import pytest
 import urllib3
 from influxdb_client.rest import ApiException
 
-from telegraf_tcpdrop.emit import (Backoff, InfluxOutput, Point, PointBuffer, merge,
+from telegraf_tcpdrop.emit import (Backoff, Gauge, InfluxOutput, Point, PointBuffer, merge,
                                    retry_after_seconds, statsd_lines)
 
 
@@ -14,7 +14,7 @@ def point(t, reason="NO_SOCKET", drops=1, nbytes=60):
 
 
 def agent(t, keys, lost):
-    return Point("tcpdrop_agent", {}, {"keys": keys, "events_lost": lost}, t)
+    return Point("tcpdrop_agent", {}, {"keys": Gauge(keys), "events_lost": lost}, t)
 
 
 def test_merge_adds_counts_and_keeps_levels():
@@ -101,7 +101,9 @@ def test_outage_keeps_points_and_delivers_them_in_order(capsys):
     now[0] = 1021.0
     out.write([point(4)])
     assert [line.split()[-1] for line in out._write_api.written] == ["1", "2", "3", "4"]
-    assert out.health()["write_errors"] == 2 and len(out.buffer) == 0
+    health = out.health()
+    assert health["write_errors"] == 2 and len(out.buffer) == 0
+    assert isinstance(health["buffered_points"], Gauge)  # a level: merging keeps the newer
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("W! InfluxDB unreachable (Connection refused)")
     assert err[1] == "W! InfluxDB answered 503: keeping the points, retrying"
