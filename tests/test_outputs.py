@@ -99,12 +99,16 @@ def test_influxdb_1_8_with_user_password_token_and_db_rp_bucket(servers, metrics
     assert eventually(lambda: drops() == 120, timeout=15), influxdb.query(query, "tcp")
 
 
-def test_client_error_is_one_line_and_no_tight_loop(servers, metrics, influxd18_bin, token):
-    """A database that does not exist: InfluxDB 1.8 answers 404 to every write."""
+def test_client_error_is_one_request_and_one_line(servers, metrics, influxd18_bin, token):
+    """A database that does not exist: InfluxDB 1.8 answers 404 to every write,
+    and a 404 is not retried for a minute."""
     influxdb = servers(InfluxDB1, influxd18_bin)
     m = metrics("--output", "influxdb", "--influx-url", influxdb.url, "--influx-bucket",
                 "nosuchdb/autogen", "--interval", "300ms")
-    time.sleep(2)  # six intervals
+    assert eventually(lambda: influxdb.http_stats()["writeReq"] >= 1, timeout=5)
+    time.sleep(2)  # six more intervals: a retry, had there been one, would have come by now
+    stats = influxdb.http_stats()
+    assert (stats["writeReq"], stats["clientError"]) == (1, 1), stats
     errors = [l for l in m.stderr if l.startswith("E! ")]
     assert errors == ["E! InfluxDB answered 404: no such bucket or organization (--influx-bucket, "
                       "--influx-org); keeping the points and retrying every few minutes\n"]

@@ -119,6 +119,13 @@ bind-address = "127.0.0.1:{free_port()}"
         url = f"{self.url}/query?" + urllib.parse.urlencode({"q": q, "db": db})
         return json.loads(http(url, data=b"", method="POST"))
 
+    def http_stats(self):
+        """The HTTP service's own counters (writeReq, clientError, pointsWrittenOK, ...),
+        from /debug/vars: what the server really received."""
+        stats = json.loads(http(f"{self.url}/debug/vars"))
+        [values] = [v["values"] for k, v in stats.items() if k.startswith("httpd:")]
+        return values
+
 
 class InfluxDB2(Server):
     """influxd 2.x, set up with an organization, a bucket and a token."""
