@@ -36,10 +36,19 @@ def _escaper(specials):
     return lambda text: text.translate(table)
 
 
+def _name_escaper(specials):
+    """As _escaper, trailing backslashes trimmed: InfluxDB's parser takes a
+    separator after a backslash as escaped, whatever precedes the backslash,
+    so no escaping can end a name or tag value with one ("a trailing backslash
+    can't be round-tripped", influxdata/line-protocol); Telegraf trims them too."""
+    escape = _escaper(specials)
+    return lambda text: escape(text).rstrip("\\")
+
+
 # https://docs.influxdata.com/influxdb/v2/reference/syntax/line-protocol/#special-characters
 # A backslash is escaped in string field values only: elsewhere parsers keep it as is.
-_measurement = _escaper(", ")
-_key = _escaper(",= ")  # tag keys, tag values, field keys
+_measurement = _name_escaper(", ")
+_key = _name_escaper(",= ")  # tag keys, tag values, field keys
 _string = _escaper('\\"')
 
 
@@ -54,9 +63,10 @@ def _field_value(value):
 
 
 def encode(point):
-    """One line of line protocol, tags sorted by key; empty tag values are left
-    out (line protocol has no empty tag)."""
-    tags = "".join(f",{_key(k)}={_key(v)}" for k, v in sorted(point.tags.items()) if v != "")
+    """One line of line protocol, tags sorted by key; a tag left empty once
+    escaped is left out (line protocol has no empty tag)."""
+    tags = ((_key(k), _key(v)) for k, v in sorted(point.tags.items()))
+    tags = "".join(f",{k}={v}" for k, v in tags if k and v)
     fields = ",".join(f"{_key(k)}={_field_value(v)}" for k, v in point.fields.items())
     return f"{_measurement(point.measurement)}{tags} {fields} {point.time_ns}"
 

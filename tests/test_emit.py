@@ -22,6 +22,11 @@ def test_escaping_of_every_special_character():
     assert encode(ODD) == ODD_LINE
 
 
+def test_a_trailing_backslash_is_trimmed_so_that_it_escapes_no_separator():
+    point = Point("m\\", {"a": "x\\", "b": "\\\\", "c": "y\\,z"}, {"f\\": 1}, 1)
+    assert encode(point) == "m,a=x,c=y\\\\,z f=1i 1"  # b, only backslashes, is left out
+
+
 def test_stdout_output_writes_one_batch_and_flushes():
     class Stream(io.StringIO):
         flushes = 0

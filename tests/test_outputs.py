@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import eventually, require_root
+from telegraf_tcpdrop.emit import InfluxOutput, Point
 from test_telegraf import Telegraf, shipped_drop_in
 
 sys.path.insert(0, str(Path(__file__).parent / "peers"))
@@ -97,6 +98,18 @@ def test_influxdb_1_8_with_user_password_token_and_db_rp_bucket(servers, metrics
         series = influxdb.query(query, "tcp")["results"][0].get("series", [])
         return series[0]["values"][0][1] if series else 0
     assert eventually(lambda: drops() == 120, timeout=15), influxdb.query(query, "tcp")
+
+
+def test_a_tag_value_ending_in_a_backslash_leaves_the_next_tag_intact(servers, influxd18_bin):
+    influxdb = servers(InfluxDB1, influxd18_bin)
+    influxdb.query("CREATE DATABASE tcp", "tcp")
+    out = InfluxOutput(influxdb.url, "-", "tcp/autogen", "-:-", max_points=10)
+    out.write([Point("tcpdrop", {"frame": "x\\", "host": "web1", "reason": "a\\,b"}, {"drops": 3},
+                     1_700_000_000_000_000_000)])
+    out.close()
+    [series] = influxdb.query('SELECT * FROM "tcpdrop"', "tcp")["results"][0]["series"]
+    assert [dict(zip(series["columns"], row)) for row in series["values"]] == [
+        {"time": "2023-11-14T22:13:20Z", "drops": 3, "frame": "x", "host": "web1", "reason": "a\\,b"}]
 
 
 def test_client_error_is_one_request_and_one_line(servers, metrics, influxd18_bin, token):
