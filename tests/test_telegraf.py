@@ -4,12 +4,13 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import CLI, eventually
+from conftest import CLI, Tracer, eventually
 from telegraf_tcpdrop.emit import Point, encode
 
 pytestmark = pytest.mark.kernel
@@ -89,6 +90,10 @@ def telegraf(telegraf_bin, tmp_path):
         t.stop()
 
 
+def agent_points(metrics):
+    return [m for m in metrics if m["name"] == "tcpdrop_agent"]
+
+
 def drops(metrics, **tags):
     return sum(m["fields"]["drops"] for m in metrics
                if m["name"] == "tcpdrop" and all(m["tags"].get(k) == v for k, v in tags.items()))
@@ -113,10 +118,12 @@ def test_drop_in_counts_real_drops(telegraf, netns):
     assert eventually(lambda: "attached to tp_btf/kfree_skb" in t.logged(), timeout=15), t.logged()
     netns.traffic("raw-syns", 7500, 50, 40000)
     assert eventually(lambda: drops(t.metrics(), dport="7500") >= 50, timeout=10), t.logged()
-    time.sleep(2.5)  # two more intervals: nothing counted twice
+    # Two more intervals written out (one tcpdrop_agent point each): nothing counted twice.
+    intervals = len(agent_points(t.metrics()))
+    assert eventually(lambda: len(agent_points(t.metrics())) >= intervals + 2, timeout=10), \
+        f"fewer than 2 more intervals written in 10 s: {t.logged()}"
     assert drops(t.metrics(), dport="7500", flags="SYN", reason="NO_SOCKET",
                  sport="ephemeral", state="NONE", family="4", frame="tcp_v4_rcv") == 50
-    assert any(m["name"] == "tcpdrop_agent" for m in t.metrics())
     assert all(m["tags"].get("host") for m in t.metrics())  # Telegraf adds the host
     # Our stderr lines reach Telegraf's log at their level.
     assert re.search(r"I! \[inputs\.execd\] .*attached to tp_btf/kfree_skb", t.logged()), t.logged()
@@ -127,9 +134,22 @@ def test_telegraf_test_mode(telegraf_bin, tmp_path, netns):
     conf.write_text(shipped_drop_in())
     proc = subprocess.Popen([telegraf_bin, "--config", str(conf), "--test", "--test-wait", "4"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(2)
+    out, err = [], []
+    readers = [threading.Thread(target=Tracer._read, args=(stream, into, str), daemon=True)
+               for stream, into in ((proc.stdout, out), (proc.stderr, err))]
+    for reader in readers:
+        reader.start()
+    # The drops must come after the plugin attached, and before Telegraf's one
+    # gather at the end of its --test-wait.
+    def attached():
+        return any("attached to tp_btf/kfree_skb" in line for line in err)
+    eventually(lambda: attached() or proc.poll() is not None, timeout=4)
+    assert attached(), f"the plugin did not attach within Telegraf's --test-wait: {''.join(err)}"
     netns.traffic("raw-syns", 7501, 4, 40000)
-    out, err = proc.communicate(timeout=30)
+    proc.wait(timeout=30)
+    for reader in readers:
+        reader.join(timeout=5)
+    out, err = "".join(out), "".join(err)
     assert proc.returncode == 0, err
     assert re.search(r"^> tcpdrop,dport=7501,.*flags=SYN.*[ ,]drops=4i", out, re.M), out + err
     assert re.search(r"^> tcpdrop_agent,host=\S+ events_lost=0i", out, re.M), out
