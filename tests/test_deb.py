@@ -5,18 +5,19 @@ import re
 import shutil
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import pytest
 
-from conftest import eventually, require_root
+from conftest import Tracer, eventually, require_root
 
 sys.path.insert(0, str(Path(__file__).parent / "peers"))
 from debian_root import DebianRoot  # noqa: E402
 from servers import EtsyStatsd, VictoriaMetrics, free_port  # noqa: E402
 
-pytestmark = pytest.mark.kernel
+# In the order written: removing and purging follow the install test (the root it leaves).
+pytestmark = [pytest.mark.kernel, pytest.mark.random_order(disabled=True)]
 ROOT = Path(__file__).parents[1]
 DROP_IN = "/etc/telegraf/telegraf.d/tcpdrop.conf"
 
@@ -84,16 +85,26 @@ def install(root, deb):
 
 
 def telegraf_starts(root):
-    """Whether Telegraf, with the main config and the drop-in directory, is still
-    running after its inputs have started (it exits at once if one cannot start;
-    `telegraf --test` does not, so it cannot tell), and its log."""
-    telegraf = root.popen("telegraf", "--config", "/etc/telegraf/telegraf.conf",
+    """Whether Telegraf, with the main config and the drop-in directory, gets
+    past starting its inputs (it exits at once if one cannot start; `telegraf
+    --test` does not, so it cannot tell), and its log. Its outputs flush only
+    once its inputs have started: with --debug, each flush logs a line."""
+    telegraf = root.popen("telegraf", "--debug", "--config", "/etc/telegraf/telegraf.conf",
                           "--config-directory", "/etc/telegraf/telegraf.d",
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    time.sleep(4)
-    running = telegraf.poll() is None
+    log = []
+    reader = threading.Thread(target=Tracer._read, args=(telegraf.stdout, log, str), daemon=True)
+    reader.start()
+
+    def flushed():
+        return any("D! [outputs.file] Buffer fullness" in line for line in log)
+    ended = eventually(lambda: flushed() or telegraf.poll() is not None, timeout=30)
+    running = flushed()
     telegraf.terminate()
-    return running, telegraf.communicate(timeout=20)[0]
+    telegraf.wait(timeout=20)
+    reader.join(timeout=5)
+    assert ended, "Telegraf neither flushed its outputs nor exited within 30 s:\n" + "".join(log)
+    return running, "".join(log)
 
 
 def test_lintian_finds_no_error_and_no_warning(deb):
