@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import CLI, LISTEN_COUNTERS, Netns, eventually
+from conftest import CLI, LISTEN_COUNTERS, Netns, Tracer, eventually
 
 HIDE_BTF = ["unshare", "-m", "sh", "-c", 'mount -t tmpfs none /sys/kernel/btf && exec "$@"', "sh"]
 # trace: every event; metrics: every port as a tag, so lines name their scenario.
@@ -37,8 +37,11 @@ class Run:
         self.proc = subprocess.Popen([*prefix, CLI, *COMMANDS[command], *options], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.stdout, self.stderr = [], []
-        for stream, lines in ((self.proc.stdout, self.stdout), (self.proc.stderr, self.stderr)):
-            threading.Thread(target=lambda s=stream, l=lines: l.extend(s), daemon=True).start()
+        self.readers = [threading.Thread(target=Tracer._read, args=(stream, lines, str), daemon=True)
+                        for stream, lines in ((self.proc.stdout, self.stdout),
+                                              (self.proc.stderr, self.stderr))]
+        for reader in self.readers:
+            reader.start()
         attached = eventually(lambda: any("I! attached" in l for l in self.stderr) or
                               self.proc.poll() is not None, timeout=600, interval=0.05)
         self.startup = time.monotonic() - started
@@ -52,13 +55,20 @@ class Run:
             self.proc.send_signal(signal.SIGINT)
         self.proc.stdin.close()  # metrics: emit what is pending and exit
         self.proc.wait(timeout=60)
-        time.sleep(0.2)  # the reader threads reach EOF
+        for reader in self.readers:  # every line it wrote
+            reader.join(timeout=60)
+            if reader.is_alive():
+                raise SystemExit(f"{self.command}: its output did not end within 60 s of its exit")
         return {"exit": self.proc.returncode, "stderr": self.stderr, "startup_s": self.startup,
                 "rss_kib": self.rss_kib, "stdout": self.stdout}
 
 
-def scenarios():
-    """Each scenario of test_drops.py in a namespace of its own: {name: details}."""
+def scenarios(traces):
+    """Each scenario of test_drops.py in a namespace of its own: {name: details}.
+    The last is one more SYN to a closed port, which every hook sees: once each
+    of the trace runs ({name: Run}) has printed it, it has printed every event
+    before it (the ring buffer delivers in order). The metrics runs need no
+    wait: they count in the kernel, at the drop."""
     done = {}
 
     def scenario(name, kind, *args, nft_port=None, setup=None):
@@ -86,8 +96,14 @@ def scenarios():
         scenario("udp4", "udp", "127.0.0.1", 9),
         scenario("udp6", "udp", "::1", 9),
         scenario("icmp", "icmp-bad-checksum"),
+        scenario("last", "syn", "127.0.0.1", 9, 40009),
     ]
-    time.sleep(1)  # the last events through the ring buffers
+    last = done["last"]["netns"]
+    for name, run in traces.items():
+        if not eventually(lambda: any(json.loads(line)["netns"] == last for line in run.stdout),
+                          timeout=60, interval=0.05):
+            raise SystemExit(f"{name} did not print the last scenario's drop within 60 s: "
+                             f"{''.join(run.stderr)}")
     for ns in namespaces:
         ns.delete()
     return done
@@ -103,7 +119,8 @@ def main(outfile):
         backends["bcc"] = (HIDE_BTF, [])
     runs = {(backend, command): Run(prefix, options, command)
             for backend, (prefix, options) in backends.items() for command in COMMANDS}
-    done = scenarios()
+    done = scenarios({f"{backend} {command}": run for (backend, command), run in runs.items()
+                      if command == "trace"})
     result = {"kernel": os.uname().release, "tcp_drop_symbol": tcp_drop, "scenarios": done,
               "runs": {f"{backend} {command}": run.stop()
                        for (backend, command), run in runs.items()}}
