@@ -221,33 +221,36 @@ class InfluxOutput:
 
     def flush(self):
         """Sends what is buffered, oldest first, until done or the server fails."""
-        delivered = 0
+        buffered, rejected = len(self.buffer), self.rejected
         while len(self.buffer):
-            chunk = self.buffer.first(self.CHUNK)
-            if not self._send(chunk):
+            if not self._send(min(self.CHUNK, len(self.buffer))):
                 return
-            self.buffer.remove_first(len(chunk))
-            delivered += len(chunk)
-        if self._problem:
+        if self.backoff.failures:  # back from failing (a refusal is no failure)
+            delivered = buffered - (self.rejected - rejected)
             log.info(f"InfluxDB takes writes again: {delivered} buffered points delivered")
             self._problem = None
         self.backoff.succeeded()
 
-    def _send(self, chunk):
-        """True when the chunk is done with (written, or rejected for good)."""
+    def _send(self, n):
+        """Sends the n oldest points. True when they are done with (written, or
+        refused for good) and out of the buffer; False when kept for a retry."""
         from influxdb_client.rest import ApiException
         try:
             self._write_api.write(bucket=self.bucket, org=self.org,
-                                  record=[encode(p) for p in chunk], write_precision="ns")
-            return True
+                                  record=[encode(p) for p in self.buffer.first(n)],
+                                  write_precision="ns")
         except ApiException as e:
             status, headers = e.status, e.headers or {}
             self.write_errors += 1
-            if status == 400 or status == 422:
-                # The data itself is refused (e.g. a field type conflict): retrying cannot help.
-                self.rejected += len(chunk)
-                self._say(log.error, f"InfluxDB rejected {len(chunk)} points ({status}): "
+            if status == 413 and n > 1:  # too large for the server: each half on its own
+                return self._send(n // 2) and self._send(n - n // 2)
+            if status in (400, 413, 422):
+                # The data itself is refused (e.g. a field type conflict, a point
+                # too large even alone): retrying cannot help.
+                self.rejected += n
+                self._say(log.error, f"InfluxDB rejected {n} point{'s' * (n > 1)} ({status}): "
                                      f"{_body(e)}")
+                self.buffer.remove_first(n)
                 return True
             if status in self.FIXABLE:
                 self._say(log.error, f"InfluxDB answered {status}: {self.FIXABLE[status]}; "
@@ -266,6 +269,8 @@ class InfluxOutput:
             self._say(log.warn, f"InfluxDB unreachable ({_reason(e)}): keeping the points, retrying")
             self.backoff.failed()
             return False
+        self.buffer.remove_first(n)
+        return True
 
     def _say(self, level, message):
         kind = message.split(":")[0]

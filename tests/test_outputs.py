@@ -1,7 +1,9 @@
 """The outputs against real servers on loopback: VictoriaMetrics (InfluxDB's v2
 write API), InfluxDB 1.x behind Telegraf, Telegraf's statsd input, Etsy statsd."""
 import os
+import random
 import re
+import string
 import subprocess
 import sys
 import time
@@ -110,6 +112,41 @@ def test_a_tag_value_ending_in_a_backslash_leaves_the_next_tag_intact(servers, i
     [series] = influxdb.query('SELECT * FROM "tcpdrop"', "tcp")["results"][0]["series"]
     assert [dict(zip(series["columns"], row)) for row in series["values"]] == [
         {"time": "2023-11-14T22:13:20Z", "drops": 3, "frame": "x", "host": "web1", "reason": "a\\,b"}]
+
+
+def test_a_request_too_large_is_split_and_a_point_too_large_alone_is_counted(servers, influxd18_bin,
+                                                                            capsys):
+    """InfluxDB 1.8 answers 413 to a request body over its max-body-size: the
+    output halves the request until the parts fit; a point too large alone is
+    dropped, counted in rejected_points, and said once."""
+    influxdb = servers(InfluxDB1, influxd18_bin, 4000)
+    influxdb.query("CREATE DATABASE tcp", "tcp")
+    out = InfluxOutput(influxdb.url, "-", "tcp/autogen", "-:-", max_points=1000)
+    noise = random.Random(7)  # random text, which gzip cannot shrink below the limit
+
+    def text(length):
+        return "".join(noise.choices(string.ascii_letters, k=length))
+
+    def point(n, **stack):
+        return Point("tcpdrop", {"frame": text(60), "n": str(n)}, {"drops": n, **stack},
+                     1_700_000_000_000_000_000)
+    first = [point(n, stack=text(8000)) if n == 120 else point(n) for n in range(200)]
+    second = [point(200, stack=text(8000)), point(201)]
+    out.write(first)  # ~12 kB gzipped: 413, then in halves
+    out.write(second)
+    health = out.health()
+    out.close()
+    stored = influxdb.query('SELECT "drops" FROM "tcpdrop" GROUP BY "n"', "tcp")["results"][0]["series"]
+    fitting = {n for n in range(202) if n not in (120, 200)}
+    assert {int(s["tags"]["n"]) for s in stored} == fitting
+    assert all(s["values"][0][1] == int(s["tags"]["n"]) for s in stored)
+    # The store keeps one point per series and time: the server's own count shows none came twice.
+    stats = influxdb.http_stats()
+    assert stats["pointsWrittenOK"] == len(fitting), stats
+    assert (health["rejected_points"], health["buffered_points"]) == (2, 0)
+    assert health["write_errors"] == stats["clientError"]  # each 413, on both sides
+    assert capsys.readouterr().err == \
+        'E! InfluxDB rejected 1 point (413): {"error":"Request Entity Too Large"}\n'
 
 
 def test_client_error_is_one_request_and_one_line(servers, metrics, influxd18_bin, token):

@@ -89,10 +89,12 @@ class VictoriaMetrics(Server):
 
 
 class InfluxDB1(Server):
-    """influxd 1.x (Debian's 1.6, or 1.8 from build-influxdb1.sh) on a free port, no auth."""
+    """influxd 1.x (Debian's 1.6, or 1.8 from build-influxdb1.sh) on a free port, no auth;
+    a request body over max_body_size bytes (as sent: gzipped) is answered 413."""
 
-    def __init__(self, workdir, binary="influxd"):
+    def __init__(self, workdir, binary="influxd", max_body_size=25_000_000):
         self.workdir, self.binary, self.port = Path(workdir), binary, free_port()
+        self.max_body_size = max_body_size
         self.url = f"http://127.0.0.1:{self.port}"
 
     def start(self):
@@ -109,6 +111,7 @@ bind-address = "127.0.0.1:{free_port()}"
 [http]
   bind-address = "127.0.0.1:{self.port}"
   log-enabled = false
+  max-body-size = {self.max_body_size}
 """)
         self.start_process([self.binary, "-config", str(d / "influxdb.conf")], d)
         wait_until(lambda: urllib.request.urlopen(f"{self.url}/ping", timeout=2).status == 204,
