@@ -65,6 +65,11 @@ REASONS = check.drop_reasons(check.libbpf())
 BPFTRACE = "tracepoint:skb:kfree_skb { @drops[args->reason, ksym(args->location)] = count(); }"
 
 
+def read_lines(stream, into):
+    for line in stream:
+        into.append(line)
+
+
 def sh(*cmd, **kwargs):
     return subprocess.run(cmd, check=True, capture_output=True, text=True, **kwargs).stdout
 
@@ -123,6 +128,7 @@ class Monitor:
     def __init__(self, name, command=None, ready=None, floor=False):
         self.name, self.command, self.ready, self.floor = name, command, ready, floor
         self.proc, self.lines, self.stderr, self._floor = None, [], [], None
+        self.readers = []
 
     def start(self):
         before = set(bpf_programs())
@@ -134,8 +140,11 @@ class Monitor:
             self.proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                          stderr=subprocess.PIPE, text=True,
                                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
-            for stream, into in ((self.proc.stdout, self.lines), (self.proc.stderr, self.stderr)):
-                threading.Thread(target=lambda s=stream, i=into: i.extend(s), daemon=True).start()
+            self.readers = [threading.Thread(target=read_lines, args=(stream, into), daemon=True)
+                            for stream, into in ((self.proc.stdout, self.lines),
+                                                 (self.proc.stderr, self.stderr))]
+            for reader in self.readers:
+                reader.start()
             deadline = time.monotonic() + 600  # bcc compiles for a minute under QEMU
             while not any(self.ready in line for line in self.lines + self.stderr):
                 if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -158,18 +167,39 @@ class Monitor:
             total += int((task / "schedstat").read_text().split()[0])
         return total / 1e9
 
-    def wait_for_interval(self):
-        """metrics: until its next interval's points are out. CPU is then
-        measured over whole intervals (each costs the same, storm or not: a
-        window with one interval more would read as 25% more CPU)."""
+    def wait_for_interval(self, after_ns=None):
+        """metrics: until the points of its next interval are out, or of the
+        first one taken after after_ns (wall clock: a tcpdrop_agent line's
+        timestamp, taken before the counts are read). CPU is then measured
+        over whole intervals (each costs the same, storm or not: a window with
+        one interval more would read as 25% more CPU)."""
         if not self.name.startswith("metrics"):
             return
-        done = sum(line.startswith("tcpdrop_agent") for line in self.lines)
+        at = 0 if after_ns is not None else len(self.lines)
         deadline = time.monotonic() + 5
-        while sum(line.startswith("tcpdrop_agent") for line in self.lines) == done:
+        while True:
+            for line in self.lines[at:]:
+                at += 1
+                if line.startswith("tcpdrop_agent") and int(line.rsplit(" ", 1)[1]) > (after_ns or 0):
+                    return
             if time.monotonic() > deadline:
                 raise SystemExit(f"{self.name} wrote nothing for 5 s: {''.join(self.stderr)}")
             time.sleep(0.002)
+
+    def wait_for_storm(self, kind, expected, ended_ns):
+        """Until the monitor has reported the storm that ended at ended_ns
+        (wall clock), so that the CPU window holds the work the storm made:
+        metrics, the first interval taken after it; trace and bcc's tcpdrop,
+        every drop printed or said not shown (trace says so each second), or
+        5 s without (stop() takes the rest, and what is missing is the
+        result). bpftrace prints its counts at exit; none and the floor
+        report nothing."""
+        if self.name.startswith("metrics"):
+            self.wait_for_interval(after_ns=ended_ns)
+        elif self.name in ("trace", "bcc-tcpdrop"):
+            deadline = time.monotonic() + 5
+            while seen(self, kind)["drops"] < expected and time.monotonic() < deadline:
+                time.sleep(0.05)
 
     def peak_rss_kib(self):
         if not self.proc:
@@ -186,7 +216,10 @@ class Monitor:
             self.proc.send_signal(signal.SIGINT)
             self.proc.stdin.close()
             self.proc.wait(timeout=30)
-            time.sleep(0.2)  # the readers reach EOF
+            for reader in self.readers:  # every line it wrote
+                reader.join(timeout=30)
+                if reader.is_alive():
+                    raise SystemExit(f"{self.name}: its output did not end within 30 s of its exit")
         return time.monotonic() - started
 
 
@@ -251,21 +284,25 @@ def seen(monitor, kind):
     return {}
 
 
-SETTLE_SECONDS = 1.5  # after attaching: the one-off start-up work (kallsyms) is not the storm's
+# After attaching, the one-off start-up work (kallsyms) is not the storm's.
+# metrics says when it is over: its first interval's points (wait_for_interval).
+# trace (in --json), bcc's tcpdrop and bpftrace (which says "Attaching" before it
+# attaches) say nothing then: they are given this long.
+SETTLE_SECONDS = 1.5
 
 
 def run_one(storm, monitor, kind, packets, sports=None, pps=0, idle_seconds=0):
     monitor.start()
-    time.sleep(SETTLE_SECONDS if monitor.proc else 0)
+    if monitor.proc and not monitor.name.startswith("metrics"):
+        time.sleep(SETTLE_SECONDS)
     monitor.wait_for_interval()
     programs, cpu, wall = bpf_programs(), monitor.cpu_seconds(), time.monotonic()
     if idle_seconds:
-        time.sleep(idle_seconds)
+        time.sleep(idle_seconds)  # the window measured: what a monitor costs with no drops
         sent, seconds = 0, idle_seconds
     else:
         sent, seconds = storm.send(kind, packets, sports, pps)
-    time.sleep(1.2)  # one more metrics interval: the storm's last counts
-    monitor.wait_for_interval()
+    monitor.wait_for_storm(kind, sent * DROPS_PER_PACKET[kind], time.time_ns())
     after, cpu_after = bpf_programs(), monitor.cpu_seconds()
     wall = time.monotonic() - wall
     rss = monitor.peak_rss_kib()
