@@ -7,11 +7,12 @@ interval's tcpdrop_agent point.
 - StdoutOutput: line protocol for Telegraf's inputs.execd.
 - InfluxOutput: InfluxDB's v2 write API (influxdb-client); keeps what it could
   not deliver, within a bound, and delivers it when the server is back.
-- StatsdOutput: StatsD counters (the statsd package), UDP or TCP.
+- StatsdOutput: StatsD counters and gauges, UDP or TCP.
 """
 import email.utils
 import logging
 import random
+import socket
 import sys
 import time
 from collections import deque
@@ -338,37 +339,80 @@ def statsd_lines(point, tag_style):
     return lines
 
 
+# Bytes per UDP packet: Etsy statsd's advice for Ethernet (MTU 1500, less
+# headers, with a margin): no packet is fragmented, or lost for being too big.
+STATSD_MAX_PACKET = 1432
+
+
+def statsd_packets(lines, max_bytes):
+    """Encoded lines joined by newlines into packets of at most max_bytes; a
+    line longer than that goes alone, never with others."""
+    packet = b""
+    for line in lines:
+        if packet and len(packet) + 1 + len(line) > max_bytes:
+            yield packet
+            packet = b""
+        packet = packet + b"\n" + line if packet else line
+    if packet:
+        yield packet
+
+
+class StatsdUDP:
+    """Datagrams of whole lines, each within max_packet bytes unless one line alone is longer."""
+
+    def __init__(self, host, port, max_packet):
+        family, _, _, _, self.address = socket.getaddrinfo(host, port, socket.AF_INET,
+                                                           socket.SOCK_DGRAM)[0]
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)  # a full socket buffer is an error, not a wait
+        self.max_packet = max_packet
+
+    def frames(self, lines):
+        return statsd_packets(lines, self.max_packet)
+
+    def send(self, frame):
+        self.sock.sendto(frame, self.address)
+
+    def close(self):
+        self.sock.close()
+
+
+class StatsdTCP:
+    """A stream of lines, each ended by a newline; connected at the first send,
+    and again at the send after a failure."""
+
+    def __init__(self, host, port):
+        self.address, self.sock = (host, port), None
+
+    def frames(self, lines):
+        return [b"".join(line + b"\n" for line in lines)] if lines else []
+
+    def send(self, frame):
+        try:
+            if self.sock is None:
+                self.sock = socket.create_connection(self.address, timeout=1.0)
+            self.sock.sendall(frame)
+        except OSError:
+            self.close()
+            raise
+
+    def close(self):
+        if self.sock:
+            self.sock.close()
+            self.sock = None
+
+
 class StatsdOutput:
-    """StatsD counters through the statsd package, batched into packets under
-    the MTU. Sending never blocks for long and never raises: a failed send is
-    counted (send_errors), as StatsD over UDP is fire-and-forget."""
+    """StatsD counters and gauges, UTF-8 (what Etsy statsd and Telegraf's statsd
+    input read), over UDP or TCP. Sending never blocks for long and never
+    raises: a failed send is counted (send_errors), as StatsD over UDP is
+    fire-and-forget."""
 
-    def __init__(self, host, port, protocol="udp", tag_style="influx", mtu_payload=1432):
-        import statsd
-
-        output = self
+    def __init__(self, host, port, protocol="udp", tag_style="influx",
+                 max_packet=STATSD_MAX_PACKET):
         self.where = f"{protocol}://{host}:{port}"
-
-        class CountingUDP(statsd.StatsClient):
-            def _send(self, data):  # statsd's own swallows errors: count them instead
-                try:
-                    self._sock.sendto(data.encode("ascii"), self._addr)
-                except OSError as e:
-                    output.failed(e)
-
-        class CountingTCP(statsd.TCPStatsClient):
-            def _send(self, data):
-                try:
-                    super()._send(data)
-                except OSError as e:
-                    output.failed(e)
-                    self.close()  # connect again on the next send
-
-        if protocol == "tcp":
-            self.client = CountingTCP(host, port, timeout=1.0)
-        else:
-            self.client = CountingUDP(host, port, maxudpsize=mtu_payload)
-            self.client._sock.setblocking(False)  # a full socket buffer is an error, not a wait
+        self.transport = StatsdTCP(host, port) if protocol == "tcp" else StatsdUDP(host, port,
+                                                                                   max_packet)
         self.tag_style = tag_style
         self.send_errors = self._reported = 0
         self._failing = False
@@ -382,13 +426,12 @@ class StatsdOutput:
 
     def write(self, points):
         errors = self.send_errors
-        pipe = self.client.pipeline()
-        for point in points:
-            for line in statsd_lines(point, self.tag_style):
-                # Formatted here (the package has no tags); the pipeline packs
-                # the lines into packets under the MTU.
-                pipe._after(line)
-        pipe.send()
+        lines = [line.encode() for point in points for line in statsd_lines(point, self.tag_style)]
+        for frame in self.transport.frames(lines):
+            try:
+                self.transport.send(frame)
+            except OSError as e:
+                self.failed(e)
         if self._failing and self.send_errors == errors:
             log.info(f"StatsD at {self.where} takes counts again")
             self._failing = False
@@ -398,4 +441,4 @@ class StatsdOutput:
         return {"send_errors": errors}
 
     def close(self):
-        self.client.close()
+        self.transport.close()

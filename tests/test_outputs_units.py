@@ -1,12 +1,14 @@
-"""The outputs' own logic, without a server: buffer bounds, backoff, answers."""
+"""The outputs' own logic, without a server: buffer bounds, backoff, answers,
+the StatsD packets as a socket of the test's own receives them."""
 import io
+import socket
 
 import pytest
 import urllib3
 from influxdb_client.rest import ApiException
 
-from telegraf_tcpdrop.emit import (Backoff, Gauge, InfluxOutput, Point, PointBuffer, merge,
-                                   retry_after_seconds, statsd_lines)
+from telegraf_tcpdrop.emit import (Backoff, Gauge, InfluxOutput, Point, PointBuffer, StatsdOutput,
+                                   merge, retry_after_seconds, statsd_lines)
 
 
 def point(t, reason="NO_SOCKET", drops=1, nbytes=60):
@@ -114,7 +116,7 @@ def test_rejected_data_is_dropped_and_counted(capsys):
     out, _ = influx(400)
     out.write([point(1), point(2)])
     assert len(out.buffer) == 0 and out.health()["rejected_points"] == 2
-    # One line: the server works, so no "takes writes again" (it said so, counting the two as delivered).
+    # One line: the server works (it said "takes writes again", counting the two as delivered).
     assert capsys.readouterr().err == 'E! InfluxDB rejected 2 points (400): {"message":"nope"}\n'
 
 
@@ -150,3 +152,26 @@ def test_statsd_none_style_keeps_one_level_per_tag():
 def test_statsd_levels_are_gauges():
     assert statsd_lines(agent(1, keys=4, lost=0), "none") == ["tcpdrop_agent.keys:4|g",
                                                                 "tcpdrop_agent.events_lost:0|c"]
+
+
+def test_statsd_packets_are_utf8_whole_lines_within_the_limit():
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.settimeout(5)
+    out = StatsdOutput("127.0.0.1", receiver.getsockname()[1], max_packet=200)
+    # Lines of 55 characters but 68 bytes: three fit in 200 characters, not in 200 bytes.
+    points = [Point("tcpdrop", {"host": "café-1", "frame": f"Größe_{n:02}_" + "é" * 10},
+                    {"drops": n}, 1) for n in range(20)]
+    points.insert(7, Point("tcpdrop", {"frame": "x" * 300}, {"drops": 1}, 1))  # over 200 bytes alone
+    out.write(points)
+    lines = [line.encode() for p in points for line in statsd_lines(p, "influx")]
+    packets = []
+    while sum(p.count(b"\n") + 1 for p in packets) < len(lines):
+        packets.append(receiver.recv(65535))
+    assert b"\n".join(packets) == b"\n".join(lines)
+    assert lines[0] == "tcpdrop.drops,frame=Größe_00_éééééééééé,host=café-1:0|c".encode()
+    assert [len(p) for p in packets if len(p) > 200] == [len(lines[7])]  # the long line, alone
+    # Packed: no packet could have taken the next one's first line.
+    assert all(len(p) + 1 + len(q.split(b"\n")[0]) > 200 for p, q in zip(packets, packets[1:]))
+    assert out.health() == {"send_errors": 0}
+    out.close()
