@@ -18,7 +18,9 @@ from conftest import require_root
 sys.path.insert(0, str(Path(__file__).parent / "peers"))
 import kernel_vm  # noqa: E402
 
-pytestmark = [pytest.mark.kernel, pytest.mark.slow]
+# In the order written, under random order too: its tests share each VM's run
+# (a module fixture per kernel), which a shuffle would boot again and again.
+pytestmark = [pytest.mark.kernel, pytest.mark.slow, pytest.mark.random_order(disabled=True)]
 TESTS = Path(__file__).parent
 # run name: (hook, backend)
 BACKENDS = {"core": ("tp_btf/kfree_skb", "core"),
