@@ -142,15 +142,16 @@ class Audit:
 
     def __init__(self, probe, reasons, namespaces):
         self.probe, self.reasons, self.namespaces = probe, reasons, namespaces
+        self._seen = {}  # inode -> {reason name: drops}, since the start
 
     def monitor(self):
         """{inode: {reason name, or LISTEN: drops}} seen so far."""
-        seen = {}
-        for raw, (drops, _) in self.probe.read_counts().items():
+        for raw, (drops, _) in self.probe.take_counts().items():
             key = DropKey.from_buffer_copy(raw)
-            by_reason = seen.setdefault(key.netns, {})
+            by_reason = self._seen.setdefault(key.netns, {})
             name = self.reasons.name(key.reason)
             by_reason[name] = by_reason.get(name, 0) + drops
+        seen = {inode: dict(by_reason) for inode, by_reason in self._seen.items()}
         for inode, rises in self.probe.listen_drops().items():
             seen.setdefault(inode, {})[LISTEN] = rises
         return seen

@@ -6,6 +6,7 @@ that CoreLoader writes into .rodata are compiled in here as a C initializer,
 and the tracepoint's fields are read from its format file instead of BTF.
 Compiling takes a second or two on a real machine (minutes under emulation).
 """
+import ctypes
 import os
 import time
 
@@ -51,21 +52,22 @@ class BccLoader:
         self.verbose = verbose
         self._bpf = None
 
-    def cflags(self, hook, config, sizes):
+    def cflags(self, hooks, config, sizes):
         source_dir = PACKAGE_DIR
-        flags = ["-DTCPDROP_BCC", f"-I{source_dir}", f"-DTCPDROP_HOOK_{hook.upper()}",
+        flags = ["-DTCPDROP_BCC", f"-I{source_dir}", *(f"-DTCPDROP_HOOK_{hook.upper()}" for hook in hooks),
                  f"-DTCPDROP_CFG={config_initializer(config)}",
-                 f"-DTCPDROP_MAX_KEYS={sizes['drops']}",
-                 f"-DTCPDROP_RINGBUF_PAGES={sizes['events'] // os.sysconf('SC_PAGE_SIZE')}",
-                 f"-DTCPDROP_MAX_STACKS={sizes['stacks']}"]
+                 f"-DTCPDROP_MAX_KEYS={sizes['drops_a']}",
+                 f"-DTCPDROP_RINGBUF_PAGES={sizes['events'] // os.sysconf('SC_PAGE_SIZE')}"]
         flags += [f"-DTP_HAS_{field.upper()}" for field in ("reason", "rx_sk") if field in self.fields]
         return flags
 
-    def load(self, hook, config, sizes):
-        """(program fd, {map name: fd}) of the source compiled, loaded and attached at hook."""
+    def load(self, hook, config, sizes, also_kprobe=False):
+        """(program fds, {map name: fd}) of the source compiled, loaded and
+        attached at hook (and kprobe/tcp_drop if also_kprobe)."""
         from bcc import BPF  # loads LLVM: only when this backend is used
 
-        flags = self.cflags(hook, config, sizes)
+        hooks = (hook, "kprobe") if also_kprobe else (hook,)
+        flags = self.cflags(hooks, config, sizes)
         if self.verbose:
             log.debug("bcc cflags: " + " ".join(flags))
         with open(os.path.join(PACKAGE_DIR, "tcpdrop.c")) as f:
@@ -75,16 +77,19 @@ class BccLoader:
             # Compiles, loads, and attaches the tracepoint program (bcc does
             # that itself for functions named tracepoint__*).
             self._bpf = BPF(text=source, cflags=flags)
-            if hook == "kprobe":
-                function = HOOKS["kprobe"][0]
-                self._bpf.attach_kprobe(event="tcp_drop", fn_name=function)
-            else:
-                function = TRACEPOINT_FUNCTION
-            prog_fd = self._bpf.funcs[function.encode()].fd
+            if "kprobe" in hooks:
+                self._bpf.attach_kprobe(event="tcp_drop", fn_name=HOOKS["kprobe"][0])
+            functions = [TRACEPOINT_FUNCTION if h == "tracepoint" else HOOKS["kprobe"][0] for h in hooks]
+            prog_fds = [self._bpf.funcs[function.encode()].fd for function in functions]
+            fds = {name: self._bpf[name].map_fd for name in MAPS}
+            # libbpf fills drops_now and hot_now at load (tcpdrop.c); bcc leaves
+            # them empty, and the handler counts nothing until they are set.
+            for outer, inner in (("drops_now", "drops_a"), ("hot_now", "hot_a")):
+                self._bpf[outer][0] = ctypes.c_int(fds[inner])
         except Exception as e:  # bcc raises bare Exception for every failure
             raise HookError(str(e)) from None
         log.info(f"bcc compiled and loaded the probe in {time.monotonic() - started:.1f} s")
-        return [prog_fd], {name: self._bpf[name].map_fd for name in MAPS}
+        return prog_fds, fds
 
     def close(self):
         if self._bpf:

@@ -309,6 +309,8 @@ def open_probe(args, config, **probe_options):
         raise check.StartupError(f"{e}{tracefs_problem}") from None
     log.info(f"attached to {HOOKS[probe.hook][1]} ({backend}) in "
              f"{(time.monotonic() - started) * 1000:.0f} ms; listen-queue drops: {probe.listen}")
+    if probe.unseen:
+        log.warn(probe.unseen)
     return probe
 
 
@@ -320,7 +322,8 @@ def loaded_symbols():
 
 def run_trace(args):
     reasons = check.drop_reasons(check.libbpf())
-    config = probe_config(args, reasons, events=1, events_per_sec=args.rate_limit)
+    config = probe_config(args, reasons, events=1, stacks=int(args.stack),
+                          events_per_sec=args.rate_limit)
     with open_probe(args, config) as probe:
         tracer = Tracer(probe, reasons, loaded_symbols(), as_json=args.json, with_stack=args.stack)
         tracer.run()
@@ -333,10 +336,11 @@ def run_metrics(args):
     low, high = ephemeral_range()
     probe_settings = probe_config(args, reasons, aggregate=1, port_tags=PORT_TAGS[args.port_tags],
                                   ephemeral_low=low, ephemeral_high=high,
-                                  events=int(args.stacks), events_per_sec=STACK_SAMPLES)
+                                  events=int(args.stacks), stacks=int(args.stacks),
+                                  events_per_sec=STACK_SAMPLES)
     with open_probe(args, probe_settings, max_keys=args.max_keys) as probe:
         collector = Collector(probe, reasons, loaded_symbols(), probe_settings.port_tags,
-                              (low, high), stats_enabled=check.bpf_stats_enabled,
+                              stats_enabled=check.bpf_stats_enabled,
                               output_health=output.health,
                               # Telegraf adds the host tag to what it reads from stdout.
                               host=None if args.output == "stdout" else socket.gethostname())

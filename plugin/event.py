@@ -14,34 +14,15 @@ REASON_OURS_FIRST = REASON_LISTEN_DROP
 # enum listen_mode
 LISTEN_OFF, LISTEN_BRACKET, LISTEN_CHAIN = 0, 1, 2
 
-EPHEMERAL_SPORT, EPHEMERAL_DPORT = 1, 2
+# drop_key.marks
+EPHEMERAL_SPORT, EPHEMERAL_DPORT, MARK_TRUNCATED, MARK_FRAGMENT, MARK_NO_PORTS = 1, 2, 4, 8, 16
 
 # enum port_tags
 PORT_TAGS_BUCKETED, PORT_TAGS_ALL, PORT_TAGS_NONE = 0, 1, 2
 
 # enum counter
 (COUNTER_LOST, COUNTER_RATELIMITED, COUNTER_OVERFLOW_DROPS, COUNTER_OVERFLOW_BYTES,
- COUNTER_LISTEN_UNTRACKED, COUNTER_MAX) = range(6)
-
-
-class DropEvent(ctypes.Structure):
-    _fields_ = [
-        ("location", ctypes.c_uint64),
-        ("saddr", ctypes.c_uint8 * 16),
-        ("daddr", ctypes.c_uint8 * 16),
-        ("reason", ctypes.c_uint32),
-        ("len", ctypes.c_uint32),
-        ("netns", ctypes.c_uint32),
-        ("pid", ctypes.c_uint32),
-        ("stack_id", ctypes.c_int32),
-        ("sport", ctypes.c_uint16),
-        ("dport", ctypes.c_uint16),
-        ("family", ctypes.c_uint8),
-        ("state", ctypes.c_uint8),
-        ("flags", ctypes.c_uint8),
-        ("pad", ctypes.c_uint8),
-        ("comm", ctypes.c_char * TASK_COMM_LEN),
-    ]
+ COUNTER_LISTEN_UNTRACKED, COUNTER_STACKS_LOST, COUNTER_MAX) = range(7)
 
 
 class DropKey(ctypes.Structure):
@@ -53,9 +34,35 @@ class DropKey(ctypes.Structure):
         ("family", ctypes.c_uint8),
         ("state", ctypes.c_uint8),
         ("flags", ctypes.c_uint8),
-        ("ephemeral", ctypes.c_uint8),
+        ("marks", ctypes.c_uint8),
         ("netns", ctypes.c_uint32),
     ]
+
+
+class DropEvent(ctypes.Structure):
+    _fields_ = [
+        ("key", DropKey),
+        ("saddr", ctypes.c_uint8 * 16),
+        ("daddr", ctypes.c_uint8 * 16),
+        ("len", ctypes.c_uint32),
+        ("netns", ctypes.c_uint32),
+        ("pid", ctypes.c_uint32),
+        ("stack_size", ctypes.c_int32),
+        ("sport", ctypes.c_uint16),
+        ("dport", ctypes.c_uint16),
+        ("comm", ctypes.c_char * TASK_COMM_LEN),
+        ("stack", ctypes.c_uint64 * MAX_STACK_DEPTH),
+    ]
+
+    def ports(self):
+        """(sport, dport) as read from the packet; (None, None) if it ended before them."""
+        if self.key.marks & MARK_NO_PORTS:
+            return None, None
+        return self.sport, self.dport
+
+    def stack_ips(self):
+        """The kernel stack's return addresses, innermost first; [] if none."""
+        return list(self.stack[:max(self.stack_size, 0) // 8])
 
 
 class DropCount(ctypes.Structure):
@@ -69,8 +76,8 @@ class HotSlot(ctypes.Structure):
     _fields_ = [
         ("key", DropKey),
         ("count", DropCount),
-        ("epoch", ctypes.c_uint32),
         ("claimed", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
     ]
 
 
@@ -89,7 +96,8 @@ class ProbeConfig(ctypes.Structure):
         ("listen", ctypes.c_uint8),
         ("key_netns", ctypes.c_uint8),
         ("direct_loads", ctypes.c_uint8),
-        ("pad", ctypes.c_uint8 * 6),
+        ("stacks", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 5),
         ("conn_request", ctypes.c_uint64),
         ("syn_site", ctypes.c_uint64),
         ("syn_site_len", ctypes.c_uint64),

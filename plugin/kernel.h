@@ -33,8 +33,8 @@ enum bpf_map_type {
 	BPF_MAP_TYPE_ARRAY = 2,
 	BPF_MAP_TYPE_PERCPU_HASH = 5,
 	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
-	BPF_MAP_TYPE_STACK_TRACE = 7,
 	BPF_MAP_TYPE_LRU_HASH = 9,
+	BPF_MAP_TYPE_ARRAY_OF_MAPS = 12,
 	BPF_MAP_TYPE_RINGBUF = 27,
 };
 #define BPF_ANY 0	/* bpf_map_update_elem(): add or replace */
@@ -99,7 +99,9 @@ struct sk_buff {
 	unsigned int len;
 	__be16 protocol;
 	__u16 network_header;
+	unsigned int tail;	/* sk_buff_data_t: an offset from head on 64-bit */
 	unsigned char *head;
+	unsigned char *data;
 };
 
 /* Only the type's name matters to CO-RE: its values are read from BTF. */

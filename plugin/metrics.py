@@ -1,7 +1,7 @@
 """`telegraf-tcpdrop metrics`: the probe's in-kernel counts as points.
 
 A drop travels: kernel -> drops map (a DropKey tag set, counted per CPU) ->
-read_counts() once per interval -> the delta since the last read -> a Point
+take_counts() once per interval: the interval's counts -> a Point
 `tcpdrop,<tags> drops=,bytes=` -> an output (plugin/emit.py). Nothing in user
 space runs per drop.
 """
@@ -10,14 +10,13 @@ import time
 from . import log
 from .emit import Gauge, Point
 from .event import (COUNTER_LISTEN_UNTRACKED, COUNTER_LOST, COUNTER_OVERFLOW_BYTES, COUNTER_OVERFLOW_DROPS,
-                    COUNTER_RATELIMITED, EPHEMERAL_DPORT, EPHEMERAL_SPORT, PORT_TAGS_ALL,
-                    PORT_TAGS_BUCKETED, PORT_TAGS_NONE, DropKey)
-from .names import flag_names, state_name
+                    COUNTER_RATELIMITED, COUNTER_STACKS_LOST, EPHEMERAL_DPORT, EPHEMERAL_SPORT,
+                    MARK_NO_PORTS, PORT_TAGS_ALL, PORT_TAGS_BUCKETED, PORT_TAGS_NONE, DropKey)
+from .names import flags_tag, state_name
 from .trace import drop_site_stack
 
 PORT_TAGS = {"bucketed": PORT_TAGS_BUCKETED, "all": PORT_TAGS_ALL, "none": PORT_TAGS_NONE}
-# A tag set unchanged this many intervals leaves the map, so that a port scan
-# does not hold its keys forever (it comes back, from 0, on its next drop).
+# Intervals without a drop after which a tag set's tags are let go.
 IDLE_INTERVALS = 30
 
 
@@ -27,46 +26,18 @@ def ephemeral_range(path="/proc/sys/net/ipv4/ip_local_port_range"):
     return int(low), int(high)
 
 
-class Deltas:
-    """Turns ever-growing totals per key into what changed since last time."""
-
-    def __init__(self, idle_intervals=IDLE_INTERVALS):
-        self.idle_intervals = idle_intervals
-        self._last = {}  # key -> (drops, bytes, intervals unchanged)
-
-    def update(self, totals):
-        """(changed {key: (drops, bytes)}, keys idle long enough to evict)."""
-        changed, idle, last = {}, [], {}
-        for key, (drops, nbytes) in totals.items():
-            old_drops, old_bytes, unchanged = self._last.get(key, (0, 0, 0))
-            if drops != old_drops:
-                changed[key] = (drops - old_drops, nbytes - old_bytes)
-                unchanged = 0
-            else:
-                unchanged += 1
-            if unchanged >= self.idle_intervals:
-                idle.append(key)
-            last[key] = (drops, nbytes, unchanged)
-        self._last = last
-        return changed, idle
-
-    def forget(self, keys):
-        """The kernel dropped these keys: a next drop counts from 0 again."""
-        for key in keys:
-            self._last.pop(key, None)
-
-
 class Collector:
     """Reads the probe each interval and makes that interval's points."""
 
-    def __init__(self, probe, reasons, symbols, port_tags, ephemeral, clock=time.time_ns,
-                 stats_enabled=lambda: False, output_health=dict, host=None):
-        self.probe, self.reasons, self.symbols = probe, reasons, symbols
-        self.port_tags, self.ephemeral = port_tags, ephemeral
+    def __init__(self, probe, reasons, symbols, port_tags, clock=time.time_ns,
+                 stats_enabled=lambda: False, output_health=dict, host=None,
+                 idle_intervals=IDLE_INTERVALS):
+        self.probe, self.reasons, self.symbols, self.port_tags = probe, reasons, symbols, port_tags
         self.clock, self.stats_enabled, self.output_health = clock, stats_enabled, output_health
+        self.idle_intervals = idle_intervals
         self._tags = {}  # key -> its tags, made once: buffered points share them
+        self._idle = {}  # key -> intervals since its last drop
         self._host = {"host": host} if host else {}
-        self.deltas = Deltas()
         self.examples = {}  # key -> folded stack of one drop this interval (--stacks)
         self._counters = [0] * len(probe.counters())
         self._runs = probe.run_stats()
@@ -75,52 +46,33 @@ class Collector:
 
     def on_event(self, event):
         """One sampled drop (--stacks): keep its stack as its tag set's example."""
-        key = self.key_of(event)
+        key = bytes(event.key)  # the tag set the kernel counted it under
         if key not in self.examples:
-            ips = drop_site_stack(self.probe.stack(event.stack_id), event.location, self.symbols.function)
+            ips = drop_site_stack(event.stack_ips(), event.key.location, self.symbols.function)
             if ips:
                 self.examples[key] = ";".join(self.symbols.function(ip) for ip in reversed(ips))
-
-    def key_of(self, event):
-        """The DropKey bytes the kernel counted this event's drop under."""
-        key = DropKey(location=event.location, reason=event.reason, family=event.family,
-                      state=event.state, flags=event.flags)
-        key.sport, key.dport = event.sport, event.dport
-        if self.port_tags == PORT_TAGS_NONE:
-            key.sport = key.dport = 0
-        elif self.port_tags == PORT_TAGS_BUCKETED:
-            low, high = self.ephemeral
-            if low <= event.sport <= high:
-                key.sport, key.ephemeral = 0, key.ephemeral | EPHEMERAL_SPORT
-            if low <= event.dport <= high:
-                key.dport, key.ephemeral = 0, key.ephemeral | EPHEMERAL_DPORT
-        return bytes(key)
 
     def tags(self, key):
         tags = {
             **self._host,
             "family": str(key.family),
-            "flags": flag_names(key.flags) or "NONE",
+            "flags": flags_tag(key.flags, key.marks),
             "frame": self.symbols.function(key.location),
             "reason": self.reasons.name(key.reason),
             "state": state_name(key.state),
         }
-        if self.port_tags != PORT_TAGS_NONE:
-            tags["sport"] = "ephemeral" if key.ephemeral & EPHEMERAL_SPORT else str(key.sport)
-            tags["dport"] = "ephemeral" if key.ephemeral & EPHEMERAL_DPORT else str(key.dport)
+        if self.port_tags != PORT_TAGS_NONE and not key.marks & MARK_NO_PORTS:
+            tags["sport"] = "ephemeral" if key.marks & EPHEMERAL_SPORT else str(key.sport)
+            tags["dport"] = "ephemeral" if key.marks & EPHEMERAL_DPORT else str(key.dport)
         return tags
 
     def collect(self):
         """The points of the interval that ends now."""
         now = self.clock()
-        totals = self.probe.read_counts()
-        changed, idle = self.deltas.update(totals)
-        evicted = self.probe.delete_keys(idle)
-        self.deltas.forget(evicted)
-        for key in evicted:
-            self._tags.pop(key, None)
+        counts = self.probe.take_counts()
+        self._forget_idle(counts)
         points = []
-        for raw, (drops, nbytes) in changed.items():
+        for raw, (drops, nbytes) in counts.items():
             fields = {"drops": drops, "bytes": nbytes}
             if raw in self.examples:
                 fields["stack"] = self.examples[raw]
@@ -128,12 +80,24 @@ class Collector:
                 self._tags[raw] = self.tags(DropKey.from_buffer_copy(raw))
             points.append(Point("tcpdrop", self._tags[raw], fields, now))
         self.examples.clear()
-        health = self.agent_fields(now, len(totals), len(evicted))
+        health = self.agent_fields(now, len(counts))
         points.append(Point("tcpdrop_agent", self._host, health, now))
         self._last_time = now
         return points
 
-    def agent_fields(self, now, keys, evicted):
+    def _forget_idle(self, counts):
+        """Tags of a tag set without drops for idle_intervals are let go: a
+        port scan must not hold them forever."""
+        for key in counts:
+            self._idle[key] = 0
+        for key in list(self._idle):
+            if key not in counts:
+                self._idle[key] += 1
+                if self._idle[key] >= self.idle_intervals:
+                    del self._idle[key]
+                    self._tags.pop(key, None)
+
+    def agent_fields(self, now, keys):
         """The monitor's own health over the interval: what it could not count or show."""
         counters = self.probe.counters()
         delta = [new - old for new, old in zip(counters, self._counters)]
@@ -150,7 +114,7 @@ class Collector:
             "map_overflow_bytes": delta[COUNTER_OVERFLOW_BYTES],
             "listen_untracked": delta[COUNTER_LISTEN_UNTRACKED],
             "keys": Gauge(keys),
-            "keys_evicted": evicted,
+            "stacks_lost": delta[COUNTER_STACKS_LOST],
             "interval_ns": now - self._last_time,
         }
         fields.update(self.output_health())

@@ -6,8 +6,8 @@ read from the running kernel (BTF, or the tracepoint's format file).
 """
 import re
 
-from .event import (REASON_LISTEN_DROP, REASON_LISTEN_OVERFLOW, REASON_SYN_QUEUE_FULL,
-                    REASON_UNKNOWN, STATE_NONE)
+from .event import (MARK_FRAGMENT, MARK_TRUNCATED, REASON_LISTEN_DROP, REASON_LISTEN_OVERFLOW,
+                    REASON_SYN_QUEUE_FULL, REASON_UNKNOWN, STATE_NONE)
 
 # TCP header flag bits, in bit order (RFC 9293, RFC 3168).
 TCP_FLAGS = ("FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR")
@@ -46,6 +46,16 @@ OWN_REASONS = {
 def flag_names(flags):
     """'SYN|ACK' for 0x12; '' for no flag set."""
     return "|".join(name for bit, name in enumerate(TCP_FLAGS) if flags & (1 << bit))
+
+
+def flags_tag(flags, marks):
+    """The flags as tagged: 'SYN|ACK'; 'NONE' for no flag set; FRAGMENT or
+    TRUNCATED where the packet held no flags byte to read (drop_key.marks)."""
+    if marks & MARK_FRAGMENT:
+        return "FRAGMENT"
+    if marks & MARK_TRUNCATED:
+        return "TRUNCATED"
+    return flag_names(flags) or "NONE"
 
 
 def state_name(state):

@@ -10,21 +10,22 @@ releases everything in reverse order and is safe to call twice.
 """
 import ctypes
 import os
+import re
 
 from . import libbpf as lb
 from . import listen, log
 from .btf import Btf
-from .event import (COUNTER_MAX, HOT_SLOTS, LISTEN_CHAIN, LISTEN_OFF, MAX_STACK_DEPTH, DropCount,
-                    DropEvent, DropKey, HotSlot, ProbeConfig)
+from .event import COUNTER_MAX, HOT_SLOTS, LISTEN_CHAIN, LISTEN_OFF, DropEvent, DropKey, HotSlot, ProbeConfig
 from .names import DropReasons
+from .symbols import function_spans
 
 DEFAULT_MAX_KEYS = 16384
-RINGBUF_BYTES = 256 * 1024
-MAX_STACKS = 4096  # distinct kernel stacks kept for events
-BATCH = 1024  # keys per bpf_map_lookup_batch() call
+RINGBUF_BYTES = 1024 * 1024  # ~1,700 events with their stacks
+BATCH = 1024  # keys per bpf_map_lookup_and_delete_batch() call
 LISTEN_NETNS = 4096  # namespaces whose ListenDrops audit follows
-ENOENT, EINVAL, ENOTSUPP = 2, 22, 524
-MAPS = ("drops", "hot_slots", "hot_epochs", "events", "stacks", "counters")
+ENOENT = 2
+GENERATIONS = ("a", "b")  # of the drops and hot-slot maps (tcpdrop.c)
+MAPS = ("drops_a", "drops_b", "hot_a", "hot_b", "drops_now", "hot_now", "events", "counters")
 CORE_MAPS = (*MAPS, "listen_drops")
 
 # Program name in tcpdrop.c -> what it attaches to, in order of preference.
@@ -34,6 +35,20 @@ HOOKS = {
     "kprobe": ("tcp_drop", "kprobe/tcp_drop"),
 }
 LISTEN_WALK = "listen_baselines_walk"  # LISTEN_CHAIN's, run once at start-up
+KPROBE = HOOKS["kprobe"][0]
+
+
+def tcp_drop_needs_kprobe(release=None, kallsyms="/proc/kallsyms"):
+    """(whether the kfree_skb hooks need kprobe/tcp_drop beside them, why
+    not or what is not seen). Before 5.18, tcp_drop() freed with
+    __kfree_skb(), which fires no tracepoint; from 5.18 it frees with
+    kfree_skb_reason(), and from 6.0 it is gone."""
+    major, minor = map(int, re.match(r"(\d+)\.(\d+)", release or os.uname().release).groups())
+    if (major, minor) >= (5, 18):
+        return False, None
+    if "tcp_drop" in function_spans(["tcp_drop"], kallsyms):
+        return True, None
+    return False, "drops in tcp_drop() not seen: it frees with __kfree_skb(), and it is inlined"
 
 
 class ProbeError(Exception):
@@ -47,12 +62,10 @@ class HookError(Exception):
 def map_sizes(config, max_keys):
     """max_entries of the sized maps: those the mode does not use shrink to
     their minimum (kernel memory)."""
-    if config.events:
-        sizes = {"events": RINGBUF_BYTES, "stacks": MAX_STACKS}
-    else:
-        sizes = {"events": os.sysconf("SC_PAGE_SIZE"), "stacks": 1}
-    return {"drops": max_keys if config.aggregate else 1,
-            "listen_drops": LISTEN_NETNS if config.key_netns else 1, **sizes}
+    drops = max_keys if config.aggregate else 1
+    return {"drops_a": drops, "drops_b": drops,
+            "events": RINGBUF_BYTES if config.events else os.sysconf("SC_PAGE_SIZE"),
+            "listen_drops": LISTEN_NETNS if config.key_netns else 1}
 
 
 class Probe:
@@ -60,23 +73,26 @@ class Probe:
         """loader: a CoreLoader or a BccLoader, which Probe closes."""
         self.config = config or ProbeConfig()
         self.max_keys = max_keys
-        self._batch_lookup = True  # until the kernel says it has none (< 5.6)
-        self._hot = {}  # slot index -> (its epoch, the keys it held on any CPU), at the last read
+        self._generation = 0  # index into GENERATIONS: the one the handler counts into
         self.hook = None  # the hook that attached
         self.backend = loader.name
         self.listen = None  # how listen-queue drops are seen, once attached
+        self.unseen = None  # drops this kernel keeps from the probe, once attached
         self._lib = lb.load()
         self._loader = loader
         self._ringbuf = self._sample_cb = self._callback_error = None
         self._attach_first(hooks)
         self.ncpus = lb.check_int(self._lib.libbpf_num_possible_cpus(), "libbpf_num_possible_cpus")
+        self._zero_slots = (HotSlot * self.ncpus)()
 
     def _attach_first(self, hooks):
         failures = []
+        also_kprobe, self.unseen = tcp_drop_needs_kprobe()
         for hook in hooks:
             try:
                 self._prog_fds, self._fds = self._loader.load(
-                    hook, self.config, map_sizes(self.config, self.max_keys))
+                    hook, self.config, map_sizes(self.config, self.max_keys),
+                    also_kprobe and hook != "kprobe")
                 self.hook = hook
                 self.listen = self._loader.listen
                 return
@@ -93,7 +109,10 @@ class Probe:
         otherwise print and swallow it)."""
         def sample(_ctx, data, size):
             try:
-                callback(DropEvent.from_buffer_copy(ctypes.string_at(data, ctypes.sizeof(DropEvent))))
+                if size != ctypes.sizeof(DropEvent):
+                    raise ProbeError(f"an event of {size} bytes, not {ctypes.sizeof(DropEvent)}: "
+                                     "the probe object does not match this program; reinstall")
+                callback(DropEvent.from_buffer_copy(ctypes.string_at(data, size)))
                 return 0
             except BaseException as e:
                 self._callback_error = e
@@ -129,58 +148,38 @@ class Probe:
             totals.append(sum(values))
         return totals
 
-    def read_counts(self):
-        """{DropKey bytes: (drops, bytes)} of every key, summed over CPUs: the
-        drops map's counts plus those in the hot slots."""
-        counts = self._read_map()
-        for key, (drops, nbytes) in self._read_hot_slots().items():
+    def take_counts(self):
+        """{DropKey bytes: (drops, bytes)} counted since the last take, summed
+        over CPUs: the drops map's counts plus those in the hot slots. The
+        handler is moved to the other generation of maps first; the kernel
+        returns from each swap only once no program runs on the old maps
+        (tcpdrop.c), which are then read and emptied, quiet."""
+        old = GENERATIONS[self._generation]
+        self._generation ^= 1
+        new = GENERATIONS[self._generation]
+        for outer, inner in (("hot_now", f"hot_{new}"), ("drops_now", f"drops_{new}")):
+            zero, fd = ctypes.c_uint32(0), ctypes.c_uint32(self._fds[inner])
+            lb.check_int(self._lib.bpf_map_update_elem(self._fds[outer], ctypes.byref(zero),
+                                                       ctypes.byref(fd), 0), f"swap in {inner}")
+        counts = self._take_map(self._fds[f"drops_{old}"])
+        for key, (drops, nbytes) in self._take_hot_slots(self._fds[f"hot_{old}"]).items():
             old_drops, old_bytes = counts.get(key, (0, 0))
             counts[key] = (old_drops + drops, old_bytes + nbytes)
         return counts
 
-    def _read_map(self):
-        if self._batch_lookup:
-            try:
-                return self._read_counts_batched()
-            except lb.LibbpfError as e:
-                if e.errno not in (EINVAL, ENOTSUPP):
-                    raise
-                self._batch_lookup = False
-        return self._read_counts_one_by_one()
-
-    def _read_hot_slots(self):
-        """{key: (drops, bytes)} of the claimed, current hot slots; notes each
-        slot index's epoch and the keys it holds on any CPU."""
-        counts, self._hot = {}, {}
-        slots = (HotSlot * self.ncpus)()
-        for index in range(HOT_SLOTS):
-            i, epoch = ctypes.c_uint32(index), ctypes.c_uint32()
-            lb.check_int(self._lib.bpf_map_lookup_elem(self._fds["hot_epochs"], ctypes.byref(i),
-                                                       ctypes.byref(epoch)), "read hot epochs")
-            lb.check_int(self._lib.bpf_map_lookup_elem(self._fds["hot_slots"], ctypes.byref(i), slots),
-                         "read hot slots")
-            current = [slot for slot in slots if slot.claimed and slot.epoch == epoch.value]
-            for slot in current:
-                key = bytes(slot.key)
-                drops, nbytes = counts.get(key, (0, 0))
-                counts[key] = (drops + slot.count.drops, nbytes + slot.count.bytes)
-            if current:
-                self._hot[index] = (epoch.value, {bytes(slot.key) for slot in current})
-        return counts
-
-    def _read_counts_batched(self):
-        fd, per_key = self._fds["drops"], self.ncpus * 2  # two u64 per CPU
+    def _take_map(self, fd):
+        per_key = self.ncpus * 2  # two u64 per CPU
         keys = (DropKey * BATCH)()
         values = (ctypes.c_uint64 * (BATCH * per_key))()
         token, next_token = ctypes.c_uint64(), ctypes.c_uint64()  # hash maps: a bucket index
         counts, first = {}, True
         while True:
             n = ctypes.c_uint32(BATCH)
-            ret = self._lib.bpf_map_lookup_batch(fd, None if first else ctypes.byref(token),
-                                                 ctypes.byref(next_token), keys, values,
-                                                 ctypes.byref(n), None)
+            ret = self._lib.bpf_map_lookup_and_delete_batch(
+                fd, None if first else ctypes.byref(token), ctypes.byref(next_token), keys, values,
+                ctypes.byref(n), None)
             if ret < 0 and -ret != ENOENT:
-                raise lb.LibbpfError("bpf_map_lookup_batch", ret)
+                raise lb.LibbpfError("bpf_map_lookup_and_delete_batch", ret)
             flat = memoryview(values).cast("B").cast("Q")
             for i in range(n.value):
                 cpus = flat[i * per_key:(i + 1) * per_key]
@@ -189,37 +188,22 @@ class Probe:
                 return counts
             token.value, first = next_token.value, False
 
-    def _read_counts_one_by_one(self):
-        fd, counts = self._fds["drops"], {}
-        key, next_key = DropKey(), DropKey()
-        values = (DropCount * self.ncpus)()
-        previous = None
-        while self._lib.bpf_map_get_next_key(fd, previous, ctypes.byref(next_key)) == 0:
-            ctypes.memmove(ctypes.byref(key), ctypes.byref(next_key), ctypes.sizeof(DropKey))
-            previous = ctypes.byref(key)
-            if self._lib.bpf_map_lookup_elem(fd, previous, values) == 0:
-                counts[bytes(key)] = (sum(v.drops for v in values), sum(v.bytes for v in values))
+    def _take_hot_slots(self, fd):
+        """{key: (drops, bytes)} of the claimed slots; each claimed one is emptied."""
+        counts = {}
+        slots = (HotSlot * self.ncpus)()
+        for index in range(HOT_SLOTS):
+            i = ctypes.c_uint32(index)
+            lb.check_int(self._lib.bpf_map_lookup_elem(fd, ctypes.byref(i), slots), "read hot slots")
+            claimed = [slot for slot in slots if slot.claimed]
+            for slot in claimed:
+                key = bytes(slot.key)
+                drops, nbytes = counts.get(key, (0, 0))
+                counts[key] = (drops + slot.count.drops, nbytes + slot.count.bytes)
+            if claimed:
+                lb.check_int(self._lib.bpf_map_update_elem(fd, ctypes.byref(i), self._zero_slots, 0),
+                             "empty hot slots")
         return counts
-
-    def delete_keys(self, keys):
-        """Takes idle keys out of the kernel's tables; returns those that left.
-        A key in a hot slot leaves only along with every key its slot index
-        holds on the other CPUs: the index is retired (its epoch bumped) for
-        all CPUs at once, else counts would be lost."""
-        idle = set(keys)
-        staying = set()
-        for index, (epoch, held) in self._hot.items():
-            if held <= idle:
-                i, epoch = ctypes.c_uint32(index), ctypes.c_uint32(epoch + 1)
-                lb.check_int(self._lib.bpf_map_update_elem(self._fds["hot_epochs"], ctypes.byref(i),
-                                                           ctypes.byref(epoch), 0), "retire hot slot")
-            else:
-                staying |= held & idle
-        gone = idle - staying
-        for key in gone:
-            raw = DropKey.from_buffer_copy(key)
-            self._lib.bpf_map_delete_elem(self._fds["drops"], ctypes.byref(raw))
-        return gone
 
     def run_stats(self):
         """(runs, run time in ns, runs the kernel skipped) of the attached
@@ -250,16 +234,6 @@ class Probe:
                 counts[key.value] = sum(values)
         return counts
 
-    def stack(self, stack_id):
-        """The kernel stack's return addresses, innermost first; [] if gone."""
-        if stack_id < 0:
-            return []
-        ips = (ctypes.c_uint64 * MAX_STACK_DEPTH)()
-        key = ctypes.c_uint32(stack_id)
-        if self._lib.bpf_map_lookup_elem(self._fds["stacks"], ctypes.byref(key), ips) < 0:
-            return []
-        return [ip for ip in ips if ip]
-
     def close(self):
         if self._ringbuf:
             self._lib.ring_buffer__free(self._ringbuf)
@@ -287,15 +261,17 @@ class CoreLoader:
         self._obj = None
         self._links = []
 
-    def load(self, hook, config, sizes):
+    def load(self, hook, config, sizes, also_kprobe=False):
         """(program fds, {map name: fd}) of the object loaded and attached at
-        hook, with the best way of seeing listen-queue drops that loads."""
+        hook (and kprobe/tcp_drop if also_kprobe), with the best way of
+        seeing listen-queue drops that loads."""
         lb.set_log_handler(self._on_libbpf_log)
         try:
             for mode, programs, why in self._kernel_settings(config):
                 config.listen = mode
                 try:
-                    loaded = self._load_and_attach(hook, config, sizes, programs)
+                    loaded = self._load_and_attach(hook, config, sizes,
+                                                   (*programs, KPROBE) if also_kprobe else programs)
                     self.listen = why
                     return loaded
                 except lb.LibbpfError as e:
@@ -332,11 +308,11 @@ class CoreLoader:
         self._warnings.clear()
         return f" ({last})" if last else ""
 
-    def _load_and_attach(self, hook, config, sizes, listen_programs):
+    def _load_and_attach(self, hook, config, sizes, more_programs):
         lib = self._lib
         self._obj = lb.check_ptr(lib.bpf_object__open_file(self.object_path.encode(), None),
                                  f"open {self.object_path}")
-        programs = [HOOKS[hook][0], *listen_programs]
+        programs = [HOOKS[hook][0], *more_programs]
         walk = config.listen == LISTEN_CHAIN
         for name in (*(prog for prog, _ in HOOKS.values()), *listen.PROGRAMS, LISTEN_WALK):
             lib.bpf_program__set_autoload(self._program(name), name in programs or
@@ -377,7 +353,9 @@ class CoreLoader:
                             ".rodata initial value")
         offset = Btf(self._lib, self._lib.bpf_object__btf(self._obj), owned=False) \
             .datasec_offset(".rodata", "cfg")
-        assert offset + ctypes.sizeof(ProbeConfig) <= size.value
+        if offset + ctypes.sizeof(ProbeConfig) > size.value:
+            raise ProbeError(f"{self.object_path}: its settings are smaller than this program's: "
+                             "the probe object does not match this program; reinstall")
         ctypes.memmove(data + offset, ctypes.addressof(config), ctypes.sizeof(ProbeConfig))
 
     def _map(self, name):

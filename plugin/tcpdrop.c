@@ -39,44 +39,52 @@ char LICENSE[] SEC("license") = "GPL";
 
 const volatile struct probe_config cfg = {};
 
-/* Drop counts per tag set, per CPU: no atomics, no cache line ping-pong in a
- * drop storm. User space sums the CPUs. The loader sizes drops, events and
- * stacks for the mode it runs in (plugin/probe.py, map_sizes). */
-struct {
+/*
+ * Drop counts per tag set, per CPU: no atomics, no cache line ping-pong in a
+ * drop storm. User space sums the CPUs. A drop storm is a few tag sets
+ * counted millions of times: their counts go to a slot of a per-CPU array
+ * (an index and a compare) instead of a hash lookup each.
+ *
+ * Both come in two generations, a and b. The handler finds the current one
+ * through drops_now and hot_now; each interval, user space swaps in the
+ * other, empty generation, and the kernel returns from that map-in-map update
+ * only once no program still runs on the old one (an RCU grace period). So
+ * the old generation is read whole and quiet, then emptied: no count is read
+ * twice or lost, and nothing is ever deleted from a map a program is
+ * counting into. The loader sizes the maps for its mode (probe.py, map_sizes).
+ */
+struct drops_map {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 16384);
 	__type(key, struct drop_key);
 	__type(value, struct drop_count);
-} drops SEC(".maps");
+} drops_a SEC(".maps"), drops_b SEC(".maps");
 
-/* A drop storm is a few tag sets counted millions of times: their counts go
- * to a slot of this per-CPU array (an index and a compare) instead of a hash
- * lookup each. User space retires a slot index by bumping its epoch. */
-struct {
+struct hot_map {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, HOT_SLOTS);
 	__type(key, __u32);
 	__type(value, struct hot_slot);
-} hot_slots SEC(".maps");
+} hot_a SEC(".maps"), hot_b SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, HOT_SLOTS);
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u32);
-} hot_epochs SEC(".maps");
+	__array(values, struct drops_map);
+} drops_now SEC(".maps") = { .values = { &drops_a } };
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__array(values, struct hot_map);
+} hot_now SEC(".maps") = { .values = { &hot_a } };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 256 * 1024);
 } events SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
-	__uint(max_entries, 4096);
-	__uint(key_size, sizeof(__u32));
-	__uint(value_size, MAX_STACK_DEPTH * sizeof(__u64));
-} stacks SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -93,24 +101,14 @@ struct {
 } budgets SEC(".maps");
 
 /* Each map operation the handler does, in libbpf's terms (bcc's below). */
-static __always_inline struct drop_count *drops_lookup(struct drop_key *key)
+static __always_inline void *drops_current(__u32 *zero)
 {
-	return bpf_map_lookup_elem(&drops, key);
+	return bpf_map_lookup_elem(&drops_now, zero);
 }
 
-static __always_inline long drops_insert(struct drop_key *key, struct drop_count *first)
+static __always_inline void *hot_current(__u32 *zero)
 {
-	return bpf_map_update_elem(&drops, key, first, BPF_NOEXIST);
-}
-
-static __always_inline struct hot_slot *hot_slot(__u32 *index)
-{
-	return bpf_map_lookup_elem(&hot_slots, index);
-}
-
-static __always_inline __u32 *hot_epoch(__u32 *index)
-{
-	return bpf_map_lookup_elem(&hot_epochs, index);
+	return bpf_map_lookup_elem(&hot_now, zero);
 }
 
 static __always_inline __u64 *counter(__u32 *slot)
@@ -128,44 +126,31 @@ static __always_inline struct drop_event *event_reserve(void)
 	return bpf_ringbuf_reserve(&events, sizeof(struct drop_event), 0);
 }
 
-static __always_inline long stack_id(void *ctx)
-{
-	return bpf_get_stackid(ctx, &stacks, 0);
-}
-
 #else /* TCPDROP_BCC: the same maps and settings, in bcc's terms */
 
 /* The loader's settings, as a C initializer: compiled in, folded away. */
 static const struct probe_config cfg = TCPDROP_CFG;
 
-BPF_PERCPU_HASH(drops, struct drop_key, struct drop_count, TCPDROP_MAX_KEYS);
-BPF_PERCPU_ARRAY(hot_slots, struct hot_slot, HOT_SLOTS);
-BPF_ARRAY(hot_epochs, __u32, HOT_SLOTS);
+BPF_PERCPU_HASH(drops_a, struct drop_key, struct drop_count, TCPDROP_MAX_KEYS);
+BPF_PERCPU_HASH(drops_b, struct drop_key, struct drop_count, TCPDROP_MAX_KEYS);
+BPF_PERCPU_ARRAY(hot_a, struct hot_slot, HOT_SLOTS);
+BPF_PERCPU_ARRAY(hot_b, struct hot_slot, HOT_SLOTS);
+BPF_ARRAY_OF_MAPS(drops_now, "drops_a", 1);	/* the loader sets [0] before attaching */
+BPF_ARRAY_OF_MAPS(hot_now, "hot_a", 1);
 BPF_RINGBUF_OUTPUT(events, TCPDROP_RINGBUF_PAGES);
-BPF_STACK_TRACE(stacks, TCPDROP_MAX_STACKS);
 BPF_PERCPU_ARRAY(counters, __u64, COUNTER_MAX);
 BPF_PERCPU_ARRAY(budgets, struct budget, 1);
 
 /* Functions, not macros: bcc rewrites map.lookup() only where it is written
  * out ("cannot use map function inside a macro"), and not &map in helpers. */
-static __always_inline struct drop_count *drops_lookup(struct drop_key *key)
+static __always_inline void *drops_current(__u32 *zero)
 {
-	return drops.lookup(key);
+	return drops_now.lookup(zero);
 }
 
-static __always_inline long drops_insert(struct drop_key *key, struct drop_count *first)
+static __always_inline void *hot_current(__u32 *zero)
 {
-	return drops.insert(key, first);	/* BPF_NOEXIST */
-}
-
-static __always_inline struct hot_slot *hot_slot(__u32 *index)
-{
-	return hot_slots.lookup(index);
-}
-
-static __always_inline __u32 *hot_epoch(__u32 *index)
-{
-	return hot_epochs.lookup(index);
+	return hot_now.lookup(zero);
 }
 
 static __always_inline __u64 *counter(__u32 *slot)
@@ -181,11 +166,6 @@ static __always_inline struct budget *budget(__u32 *zero)
 static __always_inline struct drop_event *event_reserve(void)
 {
 	return events.ringbuf_reserve(sizeof(struct drop_event));
-}
-
-static __always_inline long stack_id(void *ctx)
-{
-	return stacks.get_stackid(ctx, 0);
 }
 
 #define SEC(name)	/* bcc gives each program its own section */
@@ -256,21 +236,30 @@ union packet {
 	} v6;
 };
 
-/* IPv6 extension headers that may stand between the IPv6 and TCP headers. */
+/* IPv6 extension headers that may stand between the IPv6 and TCP headers:
+ * RFC 8200's, and those of RFC 7045's common format (HIP, Shim6). Mobility's
+ * next header is always "none": no TCP behind it. */
 #define NEXTHDR_HOP	0
 #define NEXTHDR_ROUTING	43
 #define NEXTHDR_FRAGMENT 44
 #define NEXTHDR_AUTH	51
 #define NEXTHDR_DEST	60
-#define MAX_IPV6_EXT	6
+#define NEXTHDR_HIP	139
+#define NEXTHDR_SHIM6	140
+#define MAX_IPV6_EXT	8	/* more, and the packet is not taken for TCP */
 
+#define TCP_FLAGS_END	14	/* the flags byte is byte 13 of the TCP header */
+#define TCP_PORTS_END	4
+
+/* Atomic: the listen-queue handlers may interrupt a kfree_skb handler on
+ * the same CPU, and these slots are shared; they count rare events only. */
 static __always_inline void count(enum counter slot, __u64 n)
 {
 	__u32 key = slot;
 	__u64 *value = counter(&key);
 
 	if (value)
-		*value += n;
+		__sync_fetch_and_add(value, n);
 }
 
 /* Per-CPU budget of events per second: a drop storm must not become an
@@ -317,13 +306,14 @@ static __always_inline bool reason_wanted(__u32 reason)
 	return word & (1ULL << (reason & 63));
 }
 
-static __always_inline __u16 port_tag(__u16 port, __u8 *ephemeral, __u8 bit)
+/* A port as tagged; MARK_NO_PORTS: none read, none tagged. */
+static __always_inline __u16 port_tag(__u16 port, __u8 *marks, __u8 ephemeral)
 {
-	if (cfg.port_tags == PORT_TAGS_NONE)
+	if (cfg.port_tags == PORT_TAGS_NONE || (*marks & MARK_NO_PORTS))
 		return 0;
 	if (cfg.port_tags == PORT_TAGS_BUCKETED &&
 	    port >= cfg.ephemeral_low && port <= cfg.ephemeral_high) {
-		*ephemeral |= bit;
+		*marks |= ephemeral;
 		return 0;
 	}
 	return port;
@@ -344,33 +334,41 @@ static __always_inline __u32 hot_index(const struct drop_key *key)
 	return ((x[0] ^ x[1] ^ x[2]) * 0x9E3779B97F4A7C15ULL) >> (64 - HOT_SLOT_BITS);
 }
 
-static __always_inline void count_drop(struct drop_key *key, __u32 bytes)
+/* Counts one drop under @key in the current generation. @hot: the caller
+ * may use the hot slots; only the kfree_skb handlers do, which never run
+ * nested on one CPU (the kernel skips a program's nested runs), so a slot
+ * is never half written when read. The listen-queue handlers, which may
+ * interrupt them, count in the map only, under keys of their own. */
+static __always_inline void count_drop(struct drop_key *key, __u32 bytes, bool hot_ok)
 {
-	__u32 index = hot_index(key);
-	struct hot_slot *hot = hot_slot(&index);
-	__u32 *epoch = hot_epoch(&index);
+	__u32 zero = 0, index = hot_index(key);
+	void *drops = drops_current(&zero);
+	struct hot_slot *hot = NULL;
 	struct drop_count *c;
-	bool hot_free;
 
-	if (!hot || !epoch)
+	if (!drops)
 		return;
-	hot_free = !hot->claimed || hot->epoch != *epoch;
-	if (!hot_free && same_key(&hot->key, key)) {
-		hot->count.drops += 1;
-		hot->count.bytes += bytes;
-		return;
+	if (hot_ok) {
+		void *hot_slots = hot_current(&zero);
+
+		hot = hot_slots ? bpf_map_lookup_elem(hot_slots, &index) : NULL;
+		if (hot && hot->claimed && same_key(&hot->key, key)) {
+			hot->count.drops += 1;
+			hot->count.bytes += bytes;
+			return;
+		}
 	}
 
-	c = drops_lookup(key);
+	c = bpf_map_lookup_elem(drops, key);
 	if (!c) {
 		struct drop_count first = { .drops = 1, .bytes = bytes };
-		long err = drops_insert(key, &first);
+		long err = bpf_map_update_elem(drops, key, &first, BPF_NOEXIST);
 
 		if (!err)
 			goto claim;
 		/* -EEXIST: another CPU added the key first; else the map is full */
 		if (err == -EEXIST)
-			c = drops_lookup(key);
+			c = bpf_map_lookup_elem(drops, key);
 		if (!c) {
 			count(COUNTER_OVERFLOW_DROPS, 1);
 			count(COUNTER_OVERFLOW_BYTES, bytes);
@@ -382,35 +380,51 @@ static __always_inline void count_drop(struct drop_key *key, __u32 bytes)
 claim:
 	/* Only a key the map holds takes a slot: --max-keys still bounds the
 	 * tag sets. The slot counts from zero; user space adds both. */
-	if (hot_free) {
-		hot->claimed = 0;
+	if (hot && !hot->claimed) {
 		hot->key = *key;
 		hot->count.drops = 0;
 		hot->count.bytes = 0;
-		hot->epoch = *epoch;
-		hot->claimed = 1;	/* last: a reader skips a slot being claimed */
+		hot->claimed = 1;
 	}
 }
 
-/* Offset of the TCP header after the IPv6 header, or 0 if this is not a
- * TCP packet with its TCP header (non-first fragments have none). */
-static __always_inline __u32 ipv6_tcp_offset(unsigned char *nh, __u8 nexthdr)
+/* One dropped packet, read: its tag set and what only events need. */
+struct drop {
+	struct drop_key key;
+	union packet pkt;
+	__u16 sport, dport;	/* 0 unless read (key.marks) */
+	__u32 bytes;		/* the IP packet as the kernel held it (drop_count.bytes) */
+	__u32 netns;		/* events and key_netns only: the namespace's inode, 0 if unknown */
+};
+
+/* Offset of the TCP header after the IPv6 header at @nh, of which @readable
+ * bytes are the packet's: 0 if this is not a TCP packet, or its extension
+ * headers are not all there. A non-first fragment has no TCP header: marked. */
+static __always_inline __u32 ipv6_tcp_offset(unsigned char *nh, __u8 nexthdr, __s64 readable,
+					     struct drop *d)
 {
 	__u32 off = sizeof(struct ipv6_head);
 	struct { __u8 nexthdr; __u8 len; __be16 frag_off; } ext;
 
-	for (int i = 0; i < MAX_IPV6_EXT; i++) {
+	for (int i = 0; i <= MAX_IPV6_EXT; i++) {
 		if (nexthdr == IPPROTO_TCP)
 			return off;
-		if (nexthdr != NEXTHDR_HOP && nexthdr != NEXTHDR_ROUTING &&
-		    nexthdr != NEXTHDR_FRAGMENT && nexthdr != NEXTHDR_AUTH &&
-		    nexthdr != NEXTHDR_DEST)
+		if (i == MAX_IPV6_EXT ||
+		    (nexthdr != NEXTHDR_HOP && nexthdr != NEXTHDR_ROUTING &&
+		     nexthdr != NEXTHDR_FRAGMENT && nexthdr != NEXTHDR_AUTH &&
+		     nexthdr != NEXTHDR_DEST && nexthdr != NEXTHDR_HIP &&
+		     nexthdr != NEXTHDR_SHIM6))
 			return 0;
-		if (bpf_probe_read_kernel(&ext, sizeof(ext), nh + off))
+		/* every extension header is 8 bytes or more */
+		if (off + 8 > readable || bpf_probe_read_kernel(&ext, sizeof(ext), nh + off))
 			return 0;
 		if (nexthdr == NEXTHDR_FRAGMENT) {
-			if (ext.frag_off & bpf_htons(0xfff8))
-				return 0;
+			if (ext.frag_off & bpf_htons(0xfff8)) {
+				if (ext.nexthdr != IPPROTO_TCP)
+					return 0;
+				d->key.marks |= MARK_FRAGMENT | MARK_NO_PORTS;
+				return off + 8;
+			}
 			off += 8;
 		} else if (nexthdr == NEXTHDR_AUTH) {
 			off += (ext.len + 2) * 4;
@@ -421,16 +435,6 @@ static __always_inline __u32 ipv6_tcp_offset(unsigned char *nh, __u8 nexthdr)
 	}
 	return 0;
 }
-
-/* One dropped packet, read: its tag set and what only events need. */
-struct drop {
-	struct drop_key key;
-	union packet pkt;
-	__u16 sport, dport;
-	__u32 bytes;		/* IP length, from the IP header */
-	__u32 len;		/* skb->len */
-	__u32 netns;		/* events and key_netns only: the namespace's inode, 0 if unknown */
-};
 
 /* The fields of union packet the handler reads, by direct loads: the IP
  * header and the first bytes after a header without options. */
@@ -446,7 +450,6 @@ static __always_inline void read_headers_direct(unsigned char *nh, struct drop *
 		d->pkt.v4.ip.version_ihl = *(__u8 *)ip;
 		d->pkt.v4.ip.protocol = ip->protocol;
 		d->pkt.v4.ip.frag_off = ip->frag_off;
-		d->pkt.v4.ip.tot_len = ip->tot_len;
 		d->pkt.v4.ip.saddr = ip->saddr;
 		d->pkt.v4.ip.daddr = ip->daddr;
 		d->pkt.v4.tcp.source = tcp->source;
@@ -458,7 +461,6 @@ static __always_inline void read_headers_direct(unsigned char *nh, struct drop *
 		tcp = rdonly_cast(struct tcphdr, nh + sizeof(struct ipv6_head));
 		d->pkt.v6.ip.version_class = *(__u8 *)ip;
 		d->pkt.v6.ip.nexthdr = ip->nexthdr;
-		d->pkt.v6.ip.payload_len = ip->payload_len;
 		__builtin_memcpy(d->pkt.v6.ip.saddr, ip->saddr.in6_u.u6_addr8, 16);
 		__builtin_memcpy(d->pkt.v6.ip.daddr, ip->daddr.in6_u.u6_addr8, 16);
 		d->pkt.v6.tcp.source = tcp->source;
@@ -469,18 +471,25 @@ static __always_inline void read_headers_direct(unsigned char *nh, struct drop *
 }
 
 /* Reads the packet's IP and TCP headers into @d: false if it is not a TCP
- * packet with its TCP header, or not of the family asked for. @btf and
- * @direct are compile-time constants at each call site. @btf: the hook hands
- * us BTF-typed pointers (direct loads, which the verifier makes fault-safe),
- * else plain addresses, and each field costs a probe read. @direct: the
- * headers too are read with direct loads (bpf_rdonly_cast), not a probe read. */
+ * packet, or not of the family asked for. @btf and @direct are compile-time
+ * constants at each call site. @btf: the hook hands us BTF-typed pointers
+ * (direct loads, which the verifier makes fault-safe), else plain addresses,
+ * and each field costs a probe read. @direct: the headers too are read with
+ * direct loads (bpf_rdonly_cast), not a probe read.
+ *
+ * Only what the packet holds is believed, never a length field of its own:
+ * the headers are fetched in one go, and then a byte is used only if it lies
+ * within the packet's linear data (head to tail, where the kernel keeps the
+ * headers it has looked at). Where the packet ends inside the TCP header,
+ * d->key.marks says what is missing, and those fields stay 0. */
 static __always_inline bool read_packet(struct sk_buff *skb, struct drop *d, bool btf, bool direct)
 {
-	struct tcp_head tcp;
-	unsigned char *nh;
+	struct tcp_head *tcp, after_options;
+	unsigned char *head, *data, *nh;
 	__be16 protocol;
 	__u16 network_header;
-	__u32 tcp_off;
+	__u32 tail, len, ihl, tcp_off;
+	__s64 held, readable;
 
 	/* Most drops are not TCP: decide that with as little work as possible. */
 	protocol = btf ? skb->protocol : BPF_CORE_READ(skb, protocol);
@@ -496,47 +505,67 @@ static __always_inline bool read_packet(struct sk_buff *skb, struct drop *d, boo
 	network_header = btf ? skb->network_header : BPF_CORE_READ(skb, network_header);
 	if (network_header == NETWORK_HEADER_UNSET)
 		return false;
-	nh = (btf ? skb->head : BPF_CORE_READ(skb, head)) + network_header;
+	head = btf ? skb->head : BPF_CORE_READ(skb, head);
+	data = btf ? skb->data : BPF_CORE_READ(skb, data);
+	len = btf ? skb->len : BPF_CORE_READ(skb, len);
+	tail = btf ? skb->tail : BPF_CORE_READ(skb, tail);
+	nh = head + network_header;
+	/* From the IP header on: held, all the packet's bytes (skb->len counts
+	 * from skb->data); readable, those in the linear data. */
+	held = (__s64)len + (data - nh);
+	readable = (__s64)tail - network_header;
+	if (readable > held)
+		readable = held;
 	if (direct)
 		read_headers_direct(nh, d);
 	else if (bpf_probe_read_kernel(&d->pkt, sizeof(d->pkt), nh))
 		return false;
 
 	if (d->key.family == 4) {
-		__u32 ihl = (d->pkt.v4.ip.version_ihl & 0x0f) * 4;
-
-		if (d->pkt.v4.ip.version_ihl >> 4 != 4 || d->pkt.v4.ip.protocol != IPPROTO_TCP)
+		ihl = (d->pkt.v4.ip.version_ihl & 0x0f) * 4;
+		/* an IP header not all there is not taken for TCP */
+		if (readable < (__s64)sizeof(struct ipv4_head) ||
+		    d->pkt.v4.ip.version_ihl >> 4 != 4 || d->pkt.v4.ip.protocol != IPPROTO_TCP ||
+		    ihl < sizeof(struct ipv4_head))
 			return false;
 		if (d->pkt.v4.ip.frag_off & bpf_htons(0x1fff))
-			return false;	/* a non-first fragment: no TCP header */
-		if (ihl == sizeof(struct ipv4_head))
-			tcp = d->pkt.v4.tcp;
-		else if (ihl < sizeof(struct ipv4_head) ||
-			 bpf_probe_read_kernel(&tcp, sizeof(tcp), nh + ihl))
-			return false;
-		d->bytes = bpf_ntohs(d->pkt.v4.ip.tot_len);
+			d->key.marks |= MARK_FRAGMENT | MARK_NO_PORTS;	/* no TCP header */
+		tcp = &d->pkt.v4.tcp;
+		tcp_off = ihl;
 	} else {
-		if (d->pkt.v6.ip.version_class >> 4 != 6)
+		if (readable < (__s64)sizeof(struct ipv6_head) || d->pkt.v6.ip.version_class >> 4 != 6)
 			return false;
-		tcp_off = ipv6_tcp_offset(nh, d->pkt.v6.ip.nexthdr);
+		tcp_off = ipv6_tcp_offset(nh, d->pkt.v6.ip.nexthdr, readable, d);
 		if (!tcp_off)
 			return false;
-		if (tcp_off == sizeof(struct ipv6_head))
-			tcp = d->pkt.v6.tcp;
-		else if (bpf_probe_read_kernel(&tcp, sizeof(tcp), nh + tcp_off))
-			return false;
-		d->bytes = sizeof(struct ipv6_head) + bpf_ntohs(d->pkt.v6.ip.payload_len);
+		tcp = &d->pkt.v6.tcp;
 	}
-	d->sport = bpf_ntohs(tcp.source);
-	d->dport = bpf_ntohs(tcp.dest);
-	d->key.flags = tcp.flags;
-	if (cfg.events)
-		d->len = btf ? skb->len : BPF_CORE_READ(skb, len);
+	d->bytes = held;
+	if (d->key.marks & MARK_FRAGMENT)
+		return true;
+	if (readable - tcp_off < TCP_FLAGS_END) {
+		d->key.marks |= MARK_TRUNCATED;
+		if (readable - tcp_off < TCP_PORTS_END) {
+			d->key.marks |= MARK_NO_PORTS;
+			return true;
+		}
+	}
+	/* After IP options or extension headers: not in the one read. */
+	if (tcp_off != (d->key.family == 4 ? sizeof(struct ipv4_head) : sizeof(struct ipv6_head))) {
+		if (bpf_probe_read_kernel(&after_options, sizeof(after_options), nh + tcp_off))
+			return false;
+		tcp = &after_options;
+	}
+	d->sport = bpf_ntohs(tcp->source);
+	d->dport = bpf_ntohs(tcp->dest);
+	if (!(d->key.marks & MARK_TRUNCATED))
+		d->key.flags = tcp->flags;
 	return true;
 }
 
-/* The rarer half of a drop's details: only the event path reads them. */
-static __always_inline void send_event(void *ctx, struct drop *d)
+/* The rarer half of a drop's details: only the event path reads them.
+ * @key: the tag set the drop was counted under. */
+static __always_inline void send_event(void *ctx, struct drop *d, struct drop_key *key)
 {
 	struct drop_event *e;
 
@@ -550,11 +579,7 @@ static __always_inline void send_event(void *ctx, struct drop *d)
 		return;
 	}
 	__builtin_memset(e, 0, sizeof(*e));	/* reserved memory is not zeroed */
-	e->location = d->key.location;
-	e->reason = d->key.reason;
-	e->family = d->key.family;
-	e->state = d->key.state;
-	e->flags = d->key.flags;
+	e->key = *key;
 	e->sport = d->sport;
 	e->dport = d->dport;
 	if (d->key.family == 4) {
@@ -564,30 +589,34 @@ static __always_inline void send_event(void *ctx, struct drop *d)
 		__builtin_memcpy(e->saddr, d->pkt.v6.ip.saddr, 16);
 		__builtin_memcpy(e->daddr, d->pkt.v6.ip.daddr, 16);
 	}
-	e->len = d->len;
+	e->len = d->bytes;
 	e->netns = d->netns;
 	e->pid = bpf_get_current_pid_tgid() >> 32;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	e->stack_id = stack_id(ctx);
+	if (cfg.stacks) {
+		e->stack_size = bpf_get_stack(ctx, e->stack, sizeof(e->stack), 0);
+		if (e->stack_size < 0)
+			count(COUNTER_STACKS_LOST, 1);
+	}
 	bpf_ringbuf_submit(e, 0);
 }
 
-/* A read drop, past the port filter: counted under its tag set, and sent. */
-static __always_inline void account(void *ctx, struct drop *d)
+/* A read drop, past the port filter: counted under its tag set, and sent.
+ * @hot_ok: see count_drop(). */
+static __always_inline void account(void *ctx, struct drop *d, bool hot_ok)
 {
+	struct drop_key key = d->key;
+
 	if (cfg.port && d->sport != cfg.port && d->dport != cfg.port)
 		return;
-	if (cfg.aggregate) {
-		struct drop_key key = d->key;
-
-		key.sport = port_tag(d->sport, &key.ephemeral, EPHEMERAL_SPORT);
-		key.dport = port_tag(d->dport, &key.ephemeral, EPHEMERAL_DPORT);
-		if (cfg.key_netns)
-			key.netns = d->netns;
-		count_drop(&key, d->bytes);
-	}
+	key.sport = port_tag(d->sport, &key.marks, EPHEMERAL_SPORT);
+	key.dport = port_tag(d->dport, &key.marks, EPHEMERAL_DPORT);
+	if (cfg.key_netns)
+		key.netns = d->netns;
+	if (cfg.aggregate)
+		count_drop(&key, d->bytes, hot_ok);
 	if (cfg.events)
-		send_event(ctx, d);
+		send_event(ctx, d, &key);
 }
 
 static __always_inline __u32 netns_inum(struct net *net, bool btf)
@@ -608,6 +637,7 @@ static __always_inline int handle_drop(void *ctx, struct sk_buff *skb,
 	if (!reason_wanted(reason))
 		return 0;
 	d.key = (struct drop_key){ .location = location, .reason = reason };
+	d.sport = d.dport = 0;
 	d.netns = 0;
 	if (!read_packet(skb, &d, btf, btf && cfg.direct_loads))
 		return 0;
@@ -627,7 +657,7 @@ static __always_inline int handle_drop(void *ctx, struct sk_buff *skb,
 				  : BPF_CORE_READ(sk, __sk_common.skc_net.net);
 		d.netns = netns_inum(net, btf);
 	}
-	account(ctx, &d);
+	account(ctx, &d, true);
 	return 0;
 }
 
@@ -772,7 +802,7 @@ static __always_inline void listen_drop(void *ctx, struct drop *d, struct listen
 	}
 	d->key.state = TCP_LISTEN;
 	if (reason_wanted(d->key.reason))
-		account(ctx, d);
+		account(ctx, d, false);
 }
 
 SEC("fentry/tcp_rcv_state_process")
@@ -969,6 +999,7 @@ int BPF_PROG(consume_skb_btf, struct sk_buff *skb)
 	if (!net || !listen_rise(net, &before, &after))
 		return 0;
 	d.key = (struct drop_key){ .location = location };
+	d.sport = d.dport = 0;
 	if (!read_packet(skb, &d, true, true))
 		return 0;
 	d.netns = net->ns.inum;

@@ -10,41 +10,38 @@
 #define TASK_COMM_LEN 16
 #define MAX_STACK_DEPTH 64
 
-/* One dropped TCP packet, as the trace mode prints it. */
-struct drop_event {
+/* The tag set drops are counted under (metrics mode): the drops map's key. */
+struct drop_key {
 	__u64 location;		/* the drop site: return address into the caller of kfree_skb */
-	__u8 saddr[16];		/* IPv4 in the first 4 bytes */
-	__u8 daddr[16];
 	__u32 reason;		/* enum skb_drop_reason; REASON_UNKNOWN where the kernel has none */
-	__u32 len;		/* skb->len */
-	__u32 netns;		/* network namespace inode, 0 if unknown */
-	__u32 pid;		/* task on CPU: often unrelated to the packet (softirq) */
-	__s32 stack_id;		/* into the stacks map; < 0 = no stack (-errno) */
-	__u16 sport;		/* host byte order */
+	__u16 sport;		/* host byte order; 0 where bucketed, not tagged or not read (marks) */
 	__u16 dport;
 	__u8 family;		/* 4 or 6 */
 	__u8 state;		/* TCP state of the socket, STATE_NONE if none */
 	__u8 flags;		/* TCP header flags byte: FIN SYN RST PSH ACK URG ECE CWR */
-	__u8 pad;
-	char comm[TASK_COMM_LEN];
+	__u8 marks;		/* EPHEMERAL_* and MARK_*: what sport, dport and flags cannot say */
+	__u32 netns;		/* network namespace inode with key_netns, else 0 (no byte left to chance) */
 };
 
-/* The tag set drops are counted under (metrics mode): the drops map's key. */
-struct drop_key {
-	__u64 location;
-	__u32 reason;
-	__u16 sport;		/* 0 where bucketed away (see ephemeral) or not tagged */
+/* One dropped TCP packet, as the trace mode prints it. */
+struct drop_event {
+	struct drop_key key;	/* the tag set it was counted under */
+	__u8 saddr[16];		/* IPv4 in the first 4 bytes */
+	__u8 daddr[16];
+	__u32 len;		/* bytes of the IP packet the kernel held (see drop_count) */
+	__u32 netns;		/* network namespace inode, 0 if unknown */
+	__u32 pid;		/* task on CPU: often unrelated to the packet (softirq) */
+	__s32 stack_size;	/* bytes of stack[] filled; 0 = not asked; < 0 = none (-errno) */
+	__u16 sport;		/* as read, host byte order; 0 if not (key.marks) */
 	__u16 dport;
-	__u8 family;
-	__u8 state;
-	__u8 flags;
-	__u8 ephemeral;		/* EPHEMERAL_SPORT | EPHEMERAL_DPORT: port was in the ephemeral range */
-	__u32 netns;		/* network namespace inode with key_netns, else 0 (no byte left to chance) */
+	char comm[TASK_COMM_LEN];
+	__u64 stack[MAX_STACK_DEPTH];	/* kernel return addresses, innermost first */
 };
 
 struct drop_count {
 	__u64 drops;
-	__u64 bytes;		/* IP packet length (header + payload), from the IP header */
+	__u64 bytes;		/* of the IP packets as the kernel held them: from the IP
+				 * header to the end of the data, never the header's word */
 };
 
 /* The per-CPU cache of hot tag sets in front of the drops map (tcpdrop.c,
@@ -55,12 +52,16 @@ struct drop_count {
 struct hot_slot {
 	struct drop_key key;
 	struct drop_count count;	/* counted here, not in the map, while the slot holds the key */
-	__u32 epoch;		/* hot_epochs[index] when claimed: another value = free */
 	__u32 claimed;		/* 1 once key is set */
+	__u32 pad;
 };
 
-#define EPHEMERAL_SPORT 1
+/* drop_key.marks, drop_event.marks */
+#define EPHEMERAL_SPORT 1	/* sport was in the ephemeral range: tagged as that, 0 here */
 #define EPHEMERAL_DPORT 2
+#define MARK_TRUNCATED 4	/* the packet ends before the TCP flags byte: flags 0, not read */
+#define MARK_FRAGMENT 8		/* a non-first fragment: no TCP header at all */
+#define MARK_NO_PORTS 16	/* the packet ends before the ports: sport, dport 0, not read */
 
 enum port_tags {
 	PORT_TAGS_BUCKETED,	/* ports in the ephemeral range count as one */
@@ -107,6 +108,7 @@ enum counter {
 	COUNTER_OVERFLOW_DROPS,	/* drops map full: counted here instead */
 	COUNTER_OVERFLOW_BYTES,
 	COUNTER_LISTEN_UNTRACKED,	/* SYNs not told dropped or not: no "before" (tcpdrop.c) */
+	COUNTER_STACKS_LOST,	/* an event sent without its stack */
 	COUNTER_MAX,
 };
 
@@ -125,7 +127,8 @@ struct probe_config {
 	__u8 listen;		/* enum listen_mode */
 	__u8 key_netns;		/* count per network namespace too (drop_key.netns) */
 	__u8 direct_loads;	/* the kernel has bpf_rdonly_cast() (6.2+): headers by direct loads */
-	__u8 pad[6];
+	__u8 stacks;		/* events carry the kernel stack */
+	__u8 pad[5];
 	/* Listen-queue drops: kernel addresses (kallsyms) and numbers (BTF). */
 	__u64 conn_request;	/* tcp_conn_request: the drop site of the SYNs it refuses */
 	__u64 syn_site;		/* tcp_rcv_state_process: where a listener consumes a SYN */

@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
 from . import log, stop
-from .event import COUNTER_LOST, COUNTER_RATELIMITED
-from .names import flag_names, state_name
+from .event import COUNTER_LOST, COUNTER_RATELIMITED, COUNTER_STACKS_LOST
+from .names import flags_tag, state_name
 
 HEADER = f"{'TIME':<8} {'PID':<7} {'IP':<2} {'SADDR:SPORT':<21} > {'DADDR:DPORT':<21} STATE (FLAGS) REASON"
 COUNTER_CHECK_SECONDS = 1.0
@@ -27,9 +27,9 @@ class Drop:
     comm: str
     family: int
     saddr: str
-    sport: int
+    sport: int | None  # None: the packet ended before its ports
     daddr: str
-    dport: int
+    dport: int | None
     state: str
     flags: str
     reason: str
@@ -53,31 +53,35 @@ def drop_site_stack(ips, location, function):
 
 
 def decode(event, reasons, symbols, stack_ips, now):
+    key = event.key
+
     def addr(raw):
-        if event.family == 4:
+        if key.family == 4:
             return str(ipaddress.IPv4Address(bytes(raw[:4])))
         return str(ipaddress.IPv6Address(bytes(raw)))
 
+    sport, dport = event.ports()
     return Drop(
         time=now.isoformat(timespec="microseconds").replace("+00:00", "Z"),
         pid=event.pid,
         comm=event.comm.decode(errors="replace"),
-        family=event.family,
+        family=key.family,
         saddr=addr(event.saddr),
-        sport=event.sport,
+        sport=sport,
         daddr=addr(event.daddr),
-        dport=event.dport,
-        state=state_name(event.state),
-        flags=flag_names(event.flags),
-        reason=reasons.name(event.reason),
-        location=symbols.format(event.location),
+        dport=dport,
+        state=state_name(key.state),
+        flags=flags_tag(key.flags, key.marks),
+        reason=reasons.name(key.reason),
+        location=symbols.format(key.location),
         netns=event.netns,
         len=event.len,
-        stack=[symbols.format(ip) for ip in drop_site_stack(stack_ips, event.location, symbols.function)],
+        stack=[symbols.format(ip) for ip in drop_site_stack(stack_ips, key.location, symbols.function)],
     )
 
 
 def endpoint(family, addr, port):
+    port = "-" if port is None else port
     return f"{addr}:{port}" if family == 4 else f"[{addr}]:{port}"
 
 
@@ -96,11 +100,11 @@ class Tracer:
         self.probe, self.reasons, self.symbols = probe, reasons, symbols
         self.as_json, self.with_stack, self.out = as_json, with_stack, out
         self.printed = 0
-        self._not_shown = [0, 0]  # lost, over the rate limit, as last reported
+        self._not_shown = [0, 0, 0]  # lost, over the rate limit, stacks lost, as last reported
         self._stop = False
 
     def on_event(self, event):
-        stack_ips = self.probe.stack(event.stack_id) if self.with_stack else []
+        stack_ips = event.stack_ips() if self.with_stack else []
         drop = decode(event, self.reasons, self.symbols, stack_ips, datetime.now(timezone.utc))
         if self.as_json:
             self.out.write(json.dumps(asdict(drop)) + "\n")
@@ -114,12 +118,15 @@ class Tracer:
     def report_not_shown(self):
         """One W! line when drops went unprinted since the last report."""
         counters = self.probe.counters()
-        lost, ratelimited = counters[COUNTER_LOST], counters[COUNTER_RATELIMITED]
-        new_lost, new_limited = lost - self._not_shown[0], ratelimited - self._not_shown[1]
+        now = [counters[COUNTER_LOST], counters[COUNTER_RATELIMITED], counters[COUNTER_STACKS_LOST]]
+        new_lost, new_limited, new_stackless = (n - last for n, last in zip(now, self._not_shown))
         if new_lost or new_limited:
             log.warn(f"{new_lost + new_limited} drops not shown: {new_lost} lost (ring buffer "
                      f"full), {new_limited} over the rate limit (--rate-limit)")
-        self._not_shown = [lost, ratelimited]
+        if new_stackless:
+            log.warn(f"{new_stackless} drops shown without their kernel stack (the kernel could "
+                     "not take it)")
+        self._not_shown = now
 
     def stop(self, *_):
         self._stop = True

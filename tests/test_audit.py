@@ -56,7 +56,7 @@ class Probe:
     def __init__(self, listen):
         self.listen = listen
 
-    def read_counts(self):
+    def take_counts(self):
         return {}
 
     def listen_drops(self):

@@ -44,10 +44,11 @@ def test_a_wrong_offset_is_caught():
 
 def test_constants_match_the_header():
     names = ["TASK_COMM_LEN", "MAX_STACK_DEPTH", "STATE_NONE", "REASON_UNKNOWN",
-             "EPHEMERAL_SPORT", "EPHEMERAL_DPORT", "HOT_SLOTS",
+             "EPHEMERAL_SPORT", "EPHEMERAL_DPORT", "MARK_TRUNCATED", "MARK_FRAGMENT", "MARK_NO_PORTS",
+             "HOT_SLOTS",
              "PORT_TAGS_BUCKETED", "PORT_TAGS_ALL", "PORT_TAGS_NONE",
              "COUNTER_LOST", "COUNTER_RATELIMITED", "COUNTER_OVERFLOW_DROPS",
-             "COUNTER_OVERFLOW_BYTES", "COUNTER_LISTEN_UNTRACKED", "COUNTER_MAX",
+             "COUNTER_OVERFLOW_BYTES", "COUNTER_LISTEN_UNTRACKED", "COUNTER_STACKS_LOST", "COUNTER_MAX",
              "REASON_LISTEN_OVERFLOW", "REASON_SYN_QUEUE_FULL", "REASON_LISTEN_DROP",
              "LISTEN_OFF", "LISTEN_BRACKET", "LISTEN_CHAIN"]
     asserts = "\n".join(f'_Static_assert({n} == {getattr(event, n)}u, "{n}");' for n in names)

@@ -1,8 +1,9 @@
 """From the kernel's totals per tag set to each interval's points, without a kernel."""
 from telegraf_tcpdrop.emit import encode, statsd_lines
-from telegraf_tcpdrop.event import (PORT_TAGS_ALL, PORT_TAGS_BUCKETED, PORT_TAGS_NONE, DropEvent,
-                                    DropKey)
-from telegraf_tcpdrop.metrics import Collector, Deltas
+from telegraf_tcpdrop.event import (COUNTER_MAX, EPHEMERAL_SPORT, MARK_FRAGMENT, MARK_NO_PORTS,
+                                    MARK_TRUNCATED, PORT_TAGS_ALL, PORT_TAGS_BUCKETED, PORT_TAGS_NONE,
+                                    DropEvent, DropKey)
+from telegraf_tcpdrop.metrics import Collector
 from telegraf_tcpdrop.names import DropReasons
 
 REASONS = DropReasons({2: "NO_SOCKET", 12: "NETFILTER_DROP"})
@@ -17,68 +18,44 @@ class FakeSymbols:
 
 
 class StubProbe:
-    """The probe's reading side: totals per key, counters, stacks, run stats."""
+    """The probe's reading side: each interval's counts per key, counters, run stats."""
 
     def __init__(self):
-        self.totals, self.counters_ = {}, [0, 0, 0, 0, 0]
-        self.deleted = []
+        self.counts, self.counters_ = {}, [0] * COUNTER_MAX
 
-    def read_counts(self):
-        return dict(self.totals)
+    def take_counts(self):
+        counts, self.counts = self.counts, {}
+        return counts
 
     def counters(self):
         return list(self.counters_)
 
-    def delete_keys(self, keys):
-        self.deleted += keys
-        for key in keys:
-            del self.totals[key]
-        return keys
-
     def run_stats(self):
         return (100, 5000, 0)
 
-    def stack(self, stack_id):
-        return [0xFFFF5000, RCV, 0xFFFF1028]
 
-
-def key(dport=443, sport=0, ephemeral=1, reason=2, flags=0x02):
+def key(dport=443, sport=0, marks=EPHEMERAL_SPORT, reason=2, flags=0x02):
     return bytes(DropKey(location=RCV, reason=reason, sport=sport, dport=dport, family=4,
-                         state=0, flags=flags, ephemeral=ephemeral))
+                         state=0, flags=flags, marks=marks))
 
 
-def collector(probe, port_tags=PORT_TAGS_BUCKETED):
+def collector(probe, port_tags=PORT_TAGS_BUCKETED, **options):
     """A Collector whose clock reads 1 s, 2 s, 3 s, ...: each its own."""
     clock = iter(range(10**9, 10**12, 10**9))
-    return Collector(probe, REASONS, FakeSymbols(), port_tags, (32768, 60999),
-                     clock=lambda: next(clock))
-
-
-def test_deltas_only_where_something_changed():
-    d = Deltas(idle_intervals=3)
-    assert d.update({b"a": (5, 300)}) == ({b"a": (5, 300)}, [])
-    assert d.update({b"a": (5, 300), b"b": (1, 60)}) == ({b"b": (1, 60)}, [])
-    assert d.update({b"a": (7, 420), b"b": (1, 60)}) == ({b"a": (2, 120)}, [])
-    assert d.update({b"a": (7, 420), b"b": (1, 60)}) == ({}, [])
-    assert d.update({b"a": (7, 420), b"b": (1, 60)}) == ({}, [b"b"])  # idle for 3 intervals
-    d.forget([b"b"])  # the kernel let it go
-    # b came back (the kernel counts it from 0 again); a has now been idle for 3 too
-    assert d.update({b"a": (7, 420), b"b": (2, 60)}) == ({b"b": (2, 60)}, [b"a"])
-    # a stays where the kernel could not let it go: no delta when it is read again
-    assert d.update({b"a": (7, 420), b"b": (2, 60)}) == ({}, [b"a"])
+    return Collector(probe, REASONS, FakeSymbols(), port_tags, clock=lambda: next(clock), **options)
 
 
 def test_points_of_an_interval():
     probe = StubProbe()
     c = collector(probe)
-    probe.totals = {key(): (3, 180)}
-    probe.counters_ = [1, 0, 4, 240, 0]
+    probe.counts = {key(): (3, 180)}
+    probe.counters_ = [1, 0, 4, 240, 0, 0]
     points = c.collect()
     assert [encode(p) for p in points] == [
         "tcpdrop,dport=443,family=4,flags=SYN,frame=tcp_v4_rcv,reason=NO_SOCKET,sport=ephemeral,"
         "state=NONE drops=3i,bytes=180i 2000000000",
         "tcpdrop_agent events_lost=1i,events_ratelimited=0i,map_overflow_drops=4i,"
-        "map_overflow_bytes=240i,listen_untracked=0i,keys=1i,keys_evicted=0i,interval_ns=1000000000i,"
+        "map_overflow_bytes=240i,listen_untracked=0i,keys=1i,stacks_lost=0i,interval_ns=1000000000i,"
         "probe_misses=0i 2000000000"]
     # Nothing new: only the agent's point, with its counters as deltas.
     points = c.collect()
@@ -88,7 +65,7 @@ def test_points_of_an_interval():
 
 def test_the_collector_says_which_agent_fields_are_levels():
     probe = StubProbe()
-    probe.totals = {key(): (3, 180)}
+    probe.counts = {key(): (3, 180)}
     _, agent = collector(probe).collect()
     kinds = {line.split(":")[0]: line.rsplit("|", 1)[1] for line in statsd_lines(agent, "none")}
     assert kinds.pop("tcpdrop_agent.keys") == "g"
@@ -97,17 +74,17 @@ def test_the_collector_says_which_agent_fields_are_levels():
 
 def test_port_tags_all_and_none():
     probe = StubProbe()
-    probe.totals = {key(dport=443, sport=50000, ephemeral=0): (1, 60)}
+    probe.counts = {key(dport=443, sport=50000, marks=0): (1, 60)}
     [point, _] = collector(probe, PORT_TAGS_ALL).collect()
     assert (point.tags["sport"], point.tags["dport"]) == ("50000", "443")
-    probe.totals = {key(dport=0, sport=0, ephemeral=0): (1, 60)}
+    probe.counts = {key(dport=0, sport=0, marks=0): (1, 60)}
     [point, _] = collector(probe, PORT_TAGS_NONE).collect()
     assert "sport" not in point.tags and "dport" not in point.tags
 
 
 def test_flags_without_any_bit_set_are_tagged_none():
     probe = StubProbe()
-    probe.totals = {key(flags=0): (1, 40)}
+    probe.counts = {key(flags=0): (1, 40)}
     assert collector(probe).collect()[0].tags["flags"] == "NONE"
 
 
@@ -133,22 +110,33 @@ def test_probe_misses_are_reported_as_deltas_whether_or_not_stats_are_on():
 def test_a_sampled_event_gives_its_tag_set_a_folded_stack():
     probe = StubProbe()
     c = collector(probe)
-    event = DropEvent(location=RCV, reason=2, family=4, state=0, flags=0x02, sport=40000,
-                      dport=443, stack_id=1)
-    assert c.key_of(event) == key()
+    event = DropEvent(key=DropKey.from_buffer_copy(key()), sport=40000, dport=443, stack_size=24)
+    event.stack[:3] = [0xFFFF5000, RCV, 0xFFFF1028]
     c.on_event(event)
-    probe.totals = {key(): (1, 60)}
+    probe.counts = {key(): (1, 60)}
     [point, _] = c.collect()
     assert point.fields["stack"] == "ip_protocol_deliver_rcu;tcp_v4_rcv"
-    probe.totals = {key(): (2, 120)}
+    probe.counts = {key(): (2, 120)}
     assert "stack" not in c.collect()[0].fields  # examples are per interval
 
 
-def test_idle_keys_leave_the_map():
+def test_what_the_packet_did_not_hold_is_not_tagged():
     probe = StubProbe()
-    c = collector(probe)
-    probe.totals = {key(): (1, 60)}
-    for _ in range(31):
-        c.collect()
-    assert probe.deleted == [key()]
-    assert c.collect()[-1].fields["keys"] == 0
+    probe.counts = {key(marks=MARK_TRUNCATED, flags=0, sport=40000): (1, 44),
+                    key(marks=MARK_TRUNCATED | MARK_NO_PORTS, flags=0, dport=0): (1, 22),
+                    key(marks=MARK_FRAGMENT | MARK_NO_PORTS, flags=0, dport=0): (1, 60)}
+    points = collector(probe, PORT_TAGS_ALL).collect()[:-1]
+    assert [(p.tags["flags"], p.tags.get("sport"), p.tags.get("dport")) for p in points] == [
+        ("TRUNCATED", "40000", "443"), ("TRUNCATED", None, None), ("FRAGMENT", None, None)]
+
+
+def test_the_tags_of_idle_tag_sets_are_let_go():
+    probe = StubProbe()
+    c = collector(probe, idle_intervals=3)
+    probe.counts = {key(): (1, 60)}
+    c.collect()
+    for _ in range(2):
+        assert c.collect()[-1].fields["keys"] == 0
+        assert key() in c._tags
+    c.collect()
+    assert key() not in c._tags

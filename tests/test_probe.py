@@ -6,9 +6,9 @@ import pytest
 from conftest import eventually
 from telegraf_tcpdrop import check, libbpf
 from telegraf_tcpdrop.btf import Btf
-from telegraf_tcpdrop.event import COUNTER_LOST, COUNTER_RATELIMITED, ProbeConfig
+from telegraf_tcpdrop.event import COUNTER_LOST, COUNTER_RATELIMITED, COUNTER_STACKS_LOST, ProbeConfig
 from telegraf_tcpdrop.names import DropReasons
-from telegraf_tcpdrop.probe import CoreLoader, Probe, ProbeError
+from telegraf_tcpdrop.probe import CoreLoader, Probe, ProbeError, tcp_drop_needs_kprobe
 
 pytestmark = pytest.mark.kernel
 
@@ -64,8 +64,7 @@ def event_config(**fields):
 
 
 def fields(e):
-    return (e.family, bytes(e.saddr), bytes(e.daddr), e.sport, e.dport, e.state, e.flags,
-            e.reason, e.location, e.netns, e.len)
+    return (bytes(e.key), bytes(e.saddr), bytes(e.daddr), e.sport, e.dport, e.netns, e.len)
 
 
 def test_classic_tracepoint_reports_what_tp_btf_reports(netns, capture):
@@ -75,7 +74,31 @@ def test_classic_tracepoint_reports_what_tp_btf_reports(netns, capture):
     netns.traffic("syn", "::1", 7100, 40010)
     [a], [b] = btf.wait(1), classic.wait(1)
     assert fields(a) == fields(b)
-    assert a.reason == reasons().number("NO_SOCKET")
+    assert a.key.reason == reasons().number("NO_SOCKET")
+
+
+def test_events_carry_their_kernel_stack_when_asked(netns, capture):
+    with_stack, without = capture(port=7107, stacks=1), capture(port=7107)
+    netns.traffic("syn", "127.0.0.1", 7107, 40017)
+    [a], [b] = with_stack.wait(1), without.wait(1)
+    assert a.key.location in a.stack_ips()  # the drop site, below the tracing frames
+    assert (b.stack_size, b.stack_ips()) == (0, [])
+    assert with_stack.probe.counters()[COUNTER_STACKS_LOST] == 0
+
+
+@pytest.mark.parametrize("release, symbol, expected", [
+    ("5.10.0-35-amd64", True, (True, None)),
+    ("5.17.15", True, (True, None)),
+    ("5.10.0-35-amd64", False, (False, "drops in tcp_drop() not seen: it frees with __kfree_skb(), "
+                                       "and it is inlined")),
+    ("5.18.0", True, (False, None)),  # tcp_drop() frees with kfree_skb_reason(): the tracepoint sees it
+    ("6.18.0", False, (False, None))])
+def test_tcp_drop_gets_its_kprobe_where_no_tracepoint_sees_its_drops(tmp_path, release, symbol, expected):
+    kallsyms = tmp_path / "kallsyms"
+    kallsyms.write_text("ffffffff81000000 T tcp_v4_rcv\n" +
+                        ("ffffffff81000400 t tcp_drop\n" if symbol else "") +
+                        "ffffffff81000800 T tcp_rcv_established\n")
+    assert tcp_drop_needs_kprobe(release, kallsyms) == expected
 
 
 def test_kprobe_hook_fails_clearly_where_tcp_drop_cannot_be_probed():
@@ -100,7 +123,7 @@ def test_family_filter(netns, capture):
     netns.traffic("syn", "127.0.0.1", 7103, 40013)
     netns.traffic("syn", "::1", 7103, 40014)
     c.wait(1)
-    assert [(e.family, e.sport) for e in c.settle()] == [(6, 40014)]
+    assert [(e.key.family, e.sport) for e in c.settle()] == [(6, 40014)]
 
 
 def test_reason_filter(netns, capture):
@@ -112,7 +135,7 @@ def test_reason_filter(netns, capture):
     netns.traffic("syn", "127.0.0.1", 7105, 40015)  # closed port: NO_SOCKET, filtered out
     netns.traffic("syn", "127.0.0.1", 7104, 40016, 0.2)
     c.wait(1)
-    assert {(e.dport, e.reason) for e in c.settle()} == {(7104, netfilter_drop)}
+    assert {(e.dport, e.key.reason) for e in c.settle()} == {(7104, netfilter_drop)}
 
 
 def test_rate_limit_counts_what_it_holds_back(netns, capture):

@@ -4,7 +4,7 @@ import ipaddress
 import json
 from datetime import datetime, timezone
 
-from telegraf_tcpdrop.event import DropEvent
+from telegraf_tcpdrop.event import COUNTER_MAX, MARK_NO_PORTS, MARK_TRUNCATED, DropEvent, DropKey
 from telegraf_tcpdrop.names import DropReasons
 from telegraf_tcpdrop.trace import HEADER, Tracer, decode, drop_site_stack, format_line
 
@@ -27,11 +27,13 @@ class FakeSymbols:
             addr, self.NAMES.get(addr, "?").split("+")[0])
 
 
-def event(family=4, saddr="10.0.0.1", daddr="10.0.0.2"):
-    e = DropEvent(location=RCV, reason=2, len=32, netns=4026531833, pid=3061, stack_id=7,
-                  sport=40001, dport=443, family=family, state=0, flags=0x02, comm=b"curl")
+def event(family=4, saddr="10.0.0.1", daddr="10.0.0.2", flags=0x02, marks=0, stack_size=32):
+    key = DropKey(location=RCV, reason=2, family=family, state=0, flags=flags, marks=marks)
+    e = DropEvent(key=key, len=32, netns=4026531833, pid=3061, stack_size=stack_size,
+                  sport=40001, dport=443, comm=b"curl")
     e.saddr[:len(ipaddress.ip_address(saddr).packed)] = ipaddress.ip_address(saddr).packed
     e.daddr[:len(ipaddress.ip_address(daddr).packed)] = ipaddress.ip_address(daddr).packed
+    e.stack[:4] = [BPF, TRACE_RUN, RCV, DELIVER]
     return e
 
 
@@ -57,6 +59,19 @@ def test_decode_ipv4():
         "stack": ["tcp_v4_rcv+0x99", "ip_protocol_deliver_rcu+0x28"]}
 
 
+def test_what_the_packet_did_not_hold_is_not_shown():
+    truncated = decode(event(flags=0, marks=MARK_TRUNCATED), REASONS, FakeSymbols(), [], NOW)
+    assert (truncated.sport, truncated.dport, truncated.flags) == (40001, 443, "TRUNCATED")
+    portless = decode(event(flags=0, marks=MARK_TRUNCATED | MARK_NO_PORTS), REASONS, FakeSymbols(), [], NOW)
+    assert (portless.sport, portless.dport, portless.flags) == (None, None, "TRUNCATED")
+    assert format_line(portless).endswith("10.0.0.1:-            > 10.0.0.2:-            "
+                                          "NONE (TRUNCATED) NO_SOCKET")
+
+
+def test_a_stack_the_kernel_could_not_take_is_empty():
+    assert event(stack_size=-14).stack_ips() == [] and event(stack_size=16).stack_ips() == [BPF, TRACE_RUN]
+
+
 def test_line_ipv4_and_ipv6():
     v4 = decode(event(), REASONS, FakeSymbols(), [], NOW)
     v6 = decode(event(6, "2001:db8::1", "fe80::2"), REASONS, FakeSymbols(), [], NOW)
@@ -70,13 +85,10 @@ def test_line_ipv4_and_ipv6():
 
 
 class StubProbe:
-    """Stands in for the loaded probe: its stack map and counters."""
+    """Stands in for the loaded probe: its counters."""
 
     def __init__(self):
-        self.lost_and_limited = [0, 0, 0, 0]
-
-    def stack(self, stack_id):
-        return [BPF, TRACE_RUN, RCV, DELIVER] if stack_id == 7 else []
+        self.lost_and_limited = [0] * COUNTER_MAX
 
     def counters(self):
         return list(self.lost_and_limited)
@@ -103,8 +115,9 @@ def test_unprinted_drops_are_reported_once(capsys):
     probe = StubProbe()
     tracer = Tracer(probe, REASONS, FakeSymbols(), out=io.StringIO())
     tracer.report_not_shown()
-    probe.lost_and_limited = [2, 5, 0, 0]
+    probe.lost_and_limited = [2, 5, 0, 0, 0, 3]
     tracer.report_not_shown()
     tracer.report_not_shown()
     assert capsys.readouterr().err == \
-        "W! 7 drops not shown: 2 lost (ring buffer full), 5 over the rate limit (--rate-limit)\n"
+        "W! 7 drops not shown: 2 lost (ring buffer full), 5 over the rate limit (--rate-limit)\n" \
+        "W! 3 drops shown without their kernel stack (the kernel could not take it)\n"
