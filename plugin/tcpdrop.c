@@ -192,7 +192,7 @@ extern void *bpf_rdonly_cast(const void *obj__ign, __u32 btf_id) __ksym __weak;
 #endif
 
 /* Wire formats, not kernel structs: these never move. */
-struct tcp_head {		/* the first 14 bytes of a TCP header */
+struct tcp_head {		/* the first 14 bytes of a TCP header (sizeof: 16, aligned) */
 	__be16 source;
 	__be16 dest;
 	__be32 seq;
