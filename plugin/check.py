@@ -4,8 +4,6 @@ Each check returns a short description of what it found, or raises
 StartupError with one line saying what is missing and how to get it.
 `telegraf-tcpdrop check` runs them all and prints the result.
 """
-import ctypes
-import ctypes.util
 import importlib.util
 import os
 import platform
@@ -118,17 +116,35 @@ def libbpf():
         raise StartupError(f"{lb.LIBBPF_SONAME} not found: install it (apt install libbpf1)") from None
 
 
-def tracefs():
-    """Mounts tracefs if it is not: the classic tracepoint hook needs it."""
+def tracefs_mounted():
     with open("/proc/self/mounts") as f:
-        if any(line.split()[1:3] == [TRACEFS, "tracefs"] for line in f):
-            return f"{TRACEFS} mounted"
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    if libc.mount(b"nodev", TRACEFS.encode(), b"tracefs", 0, None) == 0:
-        return f"{TRACEFS} mounted by us"
-    err = os.strerror(ctypes.get_errno())
-    raise StartupError(f"tracefs is not mounted and mounting it failed ({err}): "
-                       f"mount -t tracefs nodev {TRACEFS}")
+        return any(line.split()[1:3] == [TRACEFS, "tracefs"] for line in f)
+
+
+def tracefs(backend="core"):
+    """Whether tracefs is mounted and open to this user, and what that means.
+    Mounts nothing: the monitor mounts it when it starts (cli.mount_tracefs).
+    The tp_btf hook and fentry need none of it; the classic tracepoint hook,
+    listen(2)'s tracepoint and the bcc backend read it when they attach."""
+    mount = f"mount -t tracefs nodev {TRACEFS}"
+    if not tracefs_mounted():
+        if _effective_caps() >> CAP_SYS_ADMIN & 1:
+            return (f"{TRACEFS} not mounted: the monitor mounts it when it starts; the hooks "
+                    f"below are attached without it (to mount it now: {mount})")
+        problem, fix = (f"{TRACEFS} not mounted, and this user may not mount it (no "
+                        "CAP_SYS_ADMIN)"), f"as root: {mount}"
+    else:
+        try:
+            with open(KFREE_SKB_FORMAT):
+                return f"{TRACEFS} mounted"
+        except OSError as e:
+            problem = f"{TRACEFS} mounted, but closed to this user ({e.strerror})"
+            fix = (f"to open it to this user's group: mount -o remount,gid={os.getgid()},mode=0750 "
+                   f"{TRACEFS}")
+    if backend == "bcc":
+        raise StartupError(f"{problem}: the bcc backend reads the tracepoint's fields there; {fix}")
+    return (f"{problem}: tp_btf and fentry need none of it; the classic tracepoint hook cannot "
+            f"attach, and listen(2)'s tracepoint gives way to sock:inet_sock_set_state ({fix})")
 
 
 def drop_reasons(lib):

@@ -4,6 +4,8 @@ Errors at start-up print one `E! ` line saying what is wrong and how to fix
 it, and exit 1; usage errors exit 2 (argparse).
 """
 import argparse
+import ctypes
+import ctypes.util
 import os
 import socket
 import sys
@@ -280,8 +282,23 @@ def probe_config(args, reasons, **mode):
     return config
 
 
-def open_probe(args, config, **probe_options):
-    """Checks the host, then loads and attaches the probe; StartupError if it cannot."""
+def mount_tracefs():
+    """Mounts tracefs where it is not: the classic tracepoint hook, listen(2)'s
+    tracepoint and the bcc backend read it when they attach (tp_btf and fentry
+    do not). StartupError if it cannot. `check` only says whether it is."""
+    if check.tracefs_mounted():
+        return
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    if libc.mount(b"nodev", check.TRACEFS.encode(), b"tracefs", 0, None) != 0:
+        raise check.StartupError(f"tracefs is not mounted and mounting it failed "
+                                 f"({os.strerror(ctypes.get_errno())}): mount -t tracefs nodev "
+                                 f"{check.TRACEFS}")
+
+
+def open_probe(args, config, mount=True, **probe_options):
+    """Checks the host, mounts tracefs where it is not (unless mount is False:
+    `check` changes nothing), then loads and attaches the probe; StartupError
+    if it cannot."""
     backend, _ = check.backend(args.backend)
     hooks = (CoreLoader if backend == "core" else BccLoader).hooks
     if args.hook != "auto":
@@ -290,9 +307,10 @@ def open_probe(args, config, **probe_options):
                              "for the lack of: use --backend core")
         hooks = (args.hook,)
     check.privileges()
+    tracefs_problem = ""
     try:
-        check.tracefs()
-        tracefs_problem = ""
+        if mount:
+            mount_tracefs()
     except check.StartupError as e:
         tracefs_problem = f"; also, {e}"
     if backend == "core":
@@ -387,7 +405,7 @@ def run_check(args):
     steps = [
         *needs,
         ("privileges", check.privileges),
-        ("tracefs", check.tracefs),
+        ("tracefs", lambda: check.tracefs(backend)),
         ("drop reasons", lambda: f"{len(check.drop_reasons(lib).names)} names from the running kernel"),
         ("symbols", lambda: f"{KernelSymbols().count()} kernel functions in /proc/kallsyms"),
     ]
@@ -401,7 +419,7 @@ def run_check(args):
     if failed:
         return 1
     options = argparse.Namespace(backend=backend, hook="auto", verbose=False)
-    with open_probe(options, ProbeConfig()) as probe:
+    with open_probe(options, ProbeConfig(), mount=False) as probe:
         print(f"ok    hook: {HOOKS[probe.hook][1]} attaches", flush=True)
         print(f"ok    listen-queue drops: {probe.listen}", flush=True)
     return 0

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 import telegraf_tcpdrop
+from telegraf_tcpdrop.cli import mount_tracefs
 
 from conftest import CLI, as_nobody_with, eventually, require_root
 
@@ -89,13 +90,52 @@ def test_no_probe_object(tmp_path):
     assert_one_error_line(result, 1, "tcpdrop.bpf.o is missing", "make probe")
 
 
-def test_tracefs_is_mounted_when_missing():
+def without_tracefs(tmp_path):
+    """A private mount namespace without tracefs (whether or not the host has it
+    mounted: a fresh boot has it not), its mounts written out before and after."""
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            f"{{ umount /sys/kernel/tracing 2>/dev/null || true; }} && "
+            f'cat /proc/self/mounts >{tmp_path}/before && "$@"; code=$?; '
+            f"cat /proc/self/mounts >{tmp_path}/after; exit $code", "sh"]
+
+
+def mounts(path):
+    """The mounts listed in path, but network namespaces' (other tests' come and go)."""
+    return [line for line in path.read_text().splitlines() if not line.startswith("nsfs ")]
+
+
+def test_check_mounts_nothing_and_says_what_no_tracefs_means(tmp_path):
     require_root()
-    # Unmounted here whether or not it was mounted before (a fresh boot has it not).
-    no_tracefs = in_mount_namespace("{ umount /sys/kernel/tracing 2>/dev/null || true; }")
-    result = run("check", prefix=no_tracefs)
+    result = run("check", prefix=without_tracefs(tmp_path))
     assert result.returncode == 0, result
-    assert "ok    tracefs: /sys/kernel/tracing mounted by us" in result.stdout
+    assert mounts(tmp_path / "after") == mounts(tmp_path / "before")
+    assert "tracefs" not in (tmp_path / "after").read_text()
+    assert ("ok    tracefs: /sys/kernel/tracing not mounted: the monitor mounts it when it starts; "
+            "the hooks below are attached without it (to mount it now: mount -t tracefs nodev "
+            "/sys/kernel/tracing)\n") in result.stdout
+    assert "ok    hook: tp_btf/kfree_skb attaches" in result.stdout
+    assert "sock:inet_sock_set_state" in result.stdout  # listen(2)'s tracepoint is in tracefs
+
+
+def test_the_monitor_mounts_tracefs_when_it_starts(tmp_path):
+    require_root()
+    # --signal STDIN with stdin at its end: the monitor emits once and exits
+    result = run("metrics", "--signal", "STDIN", prefix=without_tracefs(tmp_path),
+                 stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result
+    assert "tracefs" not in (tmp_path / "before").read_text()
+    assert " /sys/kernel/tracing tracefs " in (tmp_path / "after").read_text()
+    assert "syscalls:sys_enter_listen" in result.stderr  # in tracefs
+
+
+def test_check_as_telegrafs_user_says_what_a_closed_tracefs_means():
+    require_root()
+    mount_tracefs()  # root's alone, as mounted
+    result = run("check", prefix=as_nobody_with("bpf", "perfmon", "syslog"))
+    assert result.returncode == 0, result
+    assert ("ok    tracefs: /sys/kernel/tracing mounted, but closed to this user (Permission "
+            "denied): tp_btf and fentry need none of it;") in result.stdout
+    assert "mount -o remount,gid=65534,mode=0750 /sys/kernel/tracing)\n" in result.stdout
 
 
 def test_check_passes_on_this_host():

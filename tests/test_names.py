@@ -4,9 +4,10 @@ import subprocess
 
 import pytest
 
-from telegraf_tcpdrop import check, libbpf
+from telegraf_tcpdrop import libbpf
 from telegraf_tcpdrop.btf import Btf
 from telegraf_tcpdrop.check import KFREE_SKB_FORMAT
+from telegraf_tcpdrop.cli import mount_tracefs
 from telegraf_tcpdrop.event import REASON_LISTEN_OVERFLOW, REASON_SYN_QUEUE_FULL, REASON_UNKNOWN
 from telegraf_tcpdrop.names import OWN_REASONS, DropReasons, flag_names, state_name
 
@@ -62,7 +63,7 @@ def test_reasons_from_a_btf_fixture(tmp_path):
 
 def test_running_kernel_btf_and_format_file_agree():
     """The two sources of names on this kernel give the same name for every value."""
-    check.tracefs()
+    mount_tracefs()
     with Btf.vmlinux(libbpf.load()) as btf:
         from_btf = DropReasons.from_btf(btf)
     with open(KFREE_SKB_FORMAT) as f:

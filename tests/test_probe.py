@@ -6,6 +6,7 @@ import pytest
 from conftest import eventually
 from telegraf_tcpdrop import check, libbpf
 from telegraf_tcpdrop.btf import Btf
+from telegraf_tcpdrop.cli import mount_tracefs
 from telegraf_tcpdrop.event import COUNTER_LOST, COUNTER_RATELIMITED, COUNTER_STACKS_LOST, ProbeConfig
 from telegraf_tcpdrop.names import DropReasons
 from telegraf_tcpdrop.probe import CoreLoader, Probe, ProbeError, tcp_drop_needs_kprobe
@@ -68,7 +69,7 @@ def fields(e):
 
 
 def test_classic_tracepoint_reports_what_tp_btf_reports(netns, capture):
-    check.tracefs()
+    mount_tracefs()
     btf, classic = capture(hooks=("tp_btf",), port=7100), capture(hooks=("tracepoint",), port=7100)
     assert (btf.probe.hook, classic.probe.hook) == ("tp_btf", "tracepoint")
     netns.traffic("syn", "::1", 7100, 40010)
