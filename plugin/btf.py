@@ -10,6 +10,10 @@ import struct
 from . import libbpf as lb
 
 
+class BtfError(Exception):
+    """A type or member asked for is not in the BTF: one line naming it and what it means."""
+
+
 class Btf:
     """One parsed BTF: the running kernel's (`vmlinux()`) or a file's (`parse(path)`)."""
 
@@ -100,13 +104,16 @@ class Btf:
                    for m in (lb.BtfMember * head.contents.vlen).from_address(addr))
 
     def datasec_offset(self, section, variable):
-        """Byte offset of a global `variable` inside `section` (e.g. ".rodata")."""
+        """Byte offset of a global `variable` inside `section` (e.g. ".rodata");
+        BtfError if the object has no such variable."""
         head = self._find(section, lb.BTF_KIND_DATASEC)
-        if not head:
-            raise KeyError(f"no section {section} in BTF")
-        addr = ctypes.addressof(head.contents) + ctypes.sizeof(lb.BtfType)
-        for info in (lb.BtfVarSecinfo * head.contents.vlen).from_address(addr):
-            var = self._lib.btf__type_by_id(self._handle, info.type).contents
-            if self._name(var.name_off) == variable:
-                return info.offset
-        raise KeyError(f"no variable {variable} in {section}")
+        if head:
+            addr = ctypes.addressof(head.contents) + ctypes.sizeof(lb.BtfType)
+            for info in (lb.BtfVarSecinfo * head.contents.vlen).from_address(addr):
+                var = self._lib.btf__type_by_id(self._handle, info.type).contents
+                if self._name(var.name_off) == variable:
+                    return info.offset
+        missing = (f"global {variable} in section {section}" if head else
+                   f"section {section}, where its global {variable} should be")
+        raise BtfError(f"the BPF object's BTF has no {missing}: the object was not built from "
+                       "this version's source; rebuild it (make probe) or reinstall the package")

@@ -20,6 +20,7 @@ from .execd import SIGNALS, Execd
 from .metrics import PORT_TAGS, Collector, ephemeral_range
 from .names import OWN_REASONS
 from .bcc_loader import BccLoader
+from .btf import BtfError
 from .probe import DEFAULT_MAX_KEYS, HOOKS, CoreLoader, Probe, ProbeError
 from .symbols import KernelSymbols, SymbolsUnavailable
 from .trace import Tracer
@@ -438,7 +439,7 @@ def main(argv=None):
     stop.catch()
     try:
         return COMMANDS[args.command](args)
-    except (check.StartupError, ProbeError, SymbolsUnavailable) as e:
+    except (check.StartupError, ProbeError, BtfError, SymbolsUnavailable) as e:
         log.error(str(e))
         return 1
     except UsageError as e:

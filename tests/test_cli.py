@@ -79,15 +79,36 @@ def test_no_libbpf():
                           "E! libbpf.so.1 not found", "apt install libbpf1")
 
 
+def package_copy(tmp_path):
+    """A copy of the package, to break; run with run_copy."""
+    package = tmp_path / "telegraf_tcpdrop"
+    subprocess.run(["cp", "-r", telegraf_tcpdrop.__path__[0], str(package)], check=True)
+    return package
+
+
+def run_copy(tmp_path, *args):
+    return subprocess.run([sys.executable, "-m", "telegraf_tcpdrop", *args], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=30)
+
+
 def test_no_probe_object(tmp_path):
     """The package without its object file, as a broken install would be."""
     require_root()
-    package = tmp_path / "telegraf_tcpdrop"
-    subprocess.run(["cp", "-r", telegraf_tcpdrop.__path__[0], str(package)], check=True)
-    (package / "tcpdrop.bpf.o").unlink()
-    result = subprocess.run([sys.executable, "-m", "telegraf_tcpdrop", "trace"], cwd=tmp_path,
-                            capture_output=True, text=True)
-    assert_one_error_line(result, 1, "tcpdrop.bpf.o is missing", "make probe")
+    (package_copy(tmp_path) / "tcpdrop.bpf.o").unlink()
+    assert_one_error_line(run_copy(tmp_path, "trace"), 1, "tcpdrop.bpf.o is missing", "make probe")
+
+
+def test_probe_object_of_other_sources(tmp_path):
+    """An object whose settings global has another name (as one built from
+    other sources would): one line naming what its BTF lacks, not a traceback."""
+    require_root()
+    obj = package_copy(tmp_path) / "tcpdrop.bpf.o"
+    data = obj.read_bytes()
+    assert b"\0cfg\0" in data
+    obj.write_bytes(data.replace(b"\0cfg\0", b"\0cfx\0"))  # in BTF and the symbol table alike
+    assert_one_error_line(run_copy(tmp_path, "trace"), 1,
+                          "E! the BPF object's BTF has no global cfg in section .rodata: the object "
+                          "was not built from this version's source", "make probe")
 
 
 def without_tracefs(tmp_path):

@@ -5,7 +5,7 @@ import pytest
 
 from conftest import eventually
 from telegraf_tcpdrop import check, libbpf
-from telegraf_tcpdrop.btf import Btf
+from telegraf_tcpdrop.btf import Btf, BtfError
 from telegraf_tcpdrop.cli import mount_tracefs
 from telegraf_tcpdrop.event import COUNTER_LOST, COUNTER_RATELIMITED, COUNTER_STACKS_LOST, ProbeConfig
 from telegraf_tcpdrop.names import DropReasons
@@ -100,6 +100,22 @@ def test_tcp_drop_gets_its_kprobe_where_no_tracepoint_sees_its_drops(tmp_path, r
                         ("ffffffff81000400 t tcp_drop\n" if symbol else "") +
                         "ffffffff81000800 T tcp_rcv_established\n")
     assert tcp_drop_needs_kprobe(release, kallsyms) == expected
+
+
+def test_a_global_the_object_lacks_is_a_one_line_error():
+    """What the loader asks of the object's BTF (its settings global), when it is not there."""
+    with Btf.parse(libbpf.load(), check.probe_object()) as btf:
+        assert btf.datasec_offset(".rodata", "cfg") >= 0
+        with pytest.raises(BtfError) as missing:
+            btf.datasec_offset(".rodata", "no_such_global")
+        with pytest.raises(BtfError) as no_section:
+            btf.datasec_offset(".no_such_section", "cfg")
+    assert str(missing.value) == (
+        "the BPF object's BTF has no global no_such_global in section .rodata: the object was "
+        "not built from this version's source; rebuild it (make probe) or reinstall the package")
+    assert str(no_section.value).startswith(
+        "the BPF object's BTF has no section .no_such_section, where its global cfg should be: ")
+    assert "\n" not in str(missing.value) + str(no_section.value)
 
 
 def test_kprobe_hook_fails_clearly_where_tcp_drop_cannot_be_probed():
