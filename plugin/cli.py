@@ -349,6 +349,12 @@ def run_trace(args):
     return 0
 
 
+def host_name():
+    """This host's name for the host tag: bytes that are not UTF-8 (which
+    gethostname() keeps as surrogates, unencodable) become U+FFFD."""
+    return socket.gethostname().encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def run_metrics(args):
     output = make_output(args)
     reasons = check.drop_reasons(check.libbpf())
@@ -362,7 +368,7 @@ def run_metrics(args):
                               stats_enabled=check.bpf_stats_enabled,
                               output_health=output.health,
                               # Telegraf adds the host tag to what it reads from stdout.
-                              host=None if args.output == "stdout" else socket.gethostname())
+                              host=None if args.output == "stdout" else host_name())
         if args.stacks:
             probe.on_event(collector.on_event)
         Execd(collector.collect, output, args.interval, args.signal,

@@ -147,7 +147,7 @@ def test_installed_package_works(deb, telegraf_root, netns):
     finally:
         vm.stop()
 
-    # metrics reaches a StatsD server with Debian's python3-statsd
+    # metrics reaches a StatsD server
     (root.path.parent / "etsy").mkdir(exist_ok=True)
     etsy = EtsyStatsd(root.path.parent / "etsy").start()
     try:

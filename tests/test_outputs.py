@@ -305,17 +305,20 @@ def test_etsy_statsd_counts_every_tag_style(servers, metrics, netns, style):
         etsy.counters()
 
 
-def test_a_non_ascii_host_name_reaches_etsy_statsd(servers, metrics, netns):
-    """The host tag is the kernel's host name, any bytes: here UTF-8, in a UTS
-    namespace of the monitor's own. (It raised UnicodeEncodeError, ending the monitor.)"""
+@pytest.mark.parametrize("host, seen", [("café-1", "caf-1"),
+                                        ("caf\udce9-2", "caf-2")])  # byte 0xe9 alone: not UTF-8
+def test_a_non_ascii_host_name_reaches_etsy_statsd(servers, metrics, netns, host, seen):
+    """The host tag is the kernel's host name, any bytes: UTF-8, or not (as
+    U+FFFD), in a UTS namespace of the monitor's own. (It raised
+    UnicodeEncodeError, ending the monitor.)"""
     etsy = servers(EtsyStatsd)
     metrics("--output", "statsd", "--statsd-port", str(etsy.port), "--statsd-tags", "dogstatsd",
             "--interval", "300ms", "--port", "7903",
             prefix=("unshare", "--uts", "sh", "-c",
-                    'printf %s "$0" > /proc/sys/kernel/hostname && exec "$@"', "café-1"))
+                    'printf %s "$0" > /proc/sys/kernel/hostname && exec "$@"', host))
     netns.traffic("raw-syns", 7903, 13, 40000)
     # Etsy statsd keeps only [A-Za-z0-9_.;=-] of a name: café-1 is caf-1 there.
-    name = ETSY_NAMES["dogstatsd"].replace("7901", "7903").format(host="caf-1")
+    name = ETSY_NAMES["dogstatsd"].replace("7901", "7903").format(host=seen)
     assert eventually(lambda: etsy.counters().get(name) == 13, timeout=10), etsy.counters()
 
 
