@@ -1,5 +1,9 @@
 # Builds the probe object and runs the project. `make help` lists targets.
-ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
+# The CPU the probe is for, as the kernel names it (x86, arm64): this host's,
+# or another with `make probe ARCH=arm64` (and `make deb ARCH=arm64`).
+HOST_ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
+ARCH := $(HOST_ARCH)
+CROSS := $(filter-out $(HOST_ARCH),$(ARCH))
 CLANG ?= clang
 PYTHON ?= /usr/bin/python3
 VENV := .venv
@@ -11,9 +15,12 @@ BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_$(ARCH) -Wall -Werror \
 	-ffile-prefix-map=$(CURDIR)/=
 
 .PHONY: probe setup run test bench deb clean help
-probe: plugin/tcpdrop.bpf.o
+# This host's probe sits beside the loader; another CPU's in build/$(ARCH)/.
+PROBE := $(if $(CROSS),build/$(ARCH),plugin)/tcpdrop.bpf.o
+probe: $(PROBE)
 
-plugin/tcpdrop.bpf.o: plugin/tcpdrop.c plugin/tcpdrop.h plugin/kernel.h
+$(PROBE): plugin/tcpdrop.c plugin/tcpdrop.h plugin/kernel.h
+	@mkdir -p $(@D)
 	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
 
 clean:
@@ -57,7 +64,7 @@ help:
 	@echo "make run    install what is missing, build the probe, start the tracer"
 	@echo "make test   the same set-up, then the test suite (root: it loads the probe)"
 	@echo "make bench  the benchmark: drop storms, each monitor's cost -> docs/performance.md"
-	@echo "make probe  build plugin/tcpdrop.bpf.o only"
+	@echo "make probe  build plugin/tcpdrop.bpf.o only (ARCH=arm64: build/arm64/tcpdrop.bpf.o)"
 	@echo "make deb    build/deb/telegraf-tcpdrop_<version>_<arch>.deb, then lintian"
 
 # The Debian package, from the files git tracks (a clean clone builds the

@@ -173,12 +173,29 @@ struct trace_event_raw_consume_skb {
 	void *location;
 };
 
-/* x86-64 register names, for the tcp_drop() kprobe. */
+/* The kprobe's registers (tcp_drop()), as bpf_tracing.h names them for the
+ * target CPU (clang -D__TARGET_ARCH_x86 or _arm64; make probe ARCH=...). */
+#if defined(__TARGET_ARCH_arm64)
+/* arm64: bpf_tracing.h reads them through the UAPI struct user_pt_regs,
+ * which the kernel's struct pt_regs begins with: x0-x30 (x30 the link
+ * register), then sp, pc and pstate. */
+struct pt_regs;
+struct user_pt_regs {
+	__u64 regs[31];
+	__u64 sp;
+	__u64 pc;
+	__u64 pstate;
+};
+#elif defined(__TARGET_ARCH_x86)
+/* x86-64: the kernel's own names (see __VMLINUX_H__ above). */
 struct pt_regs {
 	unsigned long di;
 	unsigned long si;
 	unsigned long sp;
 };
+#else
+#error "kernel.h knows the registers of __TARGET_ARCH_x86 and __TARGET_ARCH_arm64 only"
+#endif
 
 /* A BPF array map, seen from the kernel: a per-CPU one's elements are
  * per-CPU pointers. */
