@@ -66,12 +66,15 @@ help:
 	@echo "make bench  the benchmark: drop storms, each monitor's cost -> docs/performance.md"
 	@echo "make probe  build plugin/tcpdrop.bpf.o only (ARCH=arm64: build/arm64/tcpdrop.bpf.o)"
 	@echo "make deb    build/deb/telegraf-tcpdrop_<version>_<arch>.deb, then lintian"
+	@echo "            (ARCH=arm64: cross-built, build/arm64/deb/telegraf-tcpdrop_<version>_arm64.deb)"
 
 # The Debian package, from the files git tracks (a clean clone builds the
 # same): build/deb/telegraf-tcpdrop_<version>_<arch>.deb. Version from
 # pyproject.toml. The pinned wheels of the private InfluxDB client are
 # fetched here (pip, hashes checked), so the package build itself is offline.
-DEB_BUILD := build/deb
+# Another CPU's package (ARCH=arm64) is cross-built: dpkg-buildpackage -a.
+DEB_ARCH := $(subst x86,amd64,$(ARCH))
+DEB_BUILD := $(if $(CROSS),build/$(ARCH)/deb,build/deb)
 DEB_PACKAGES := debhelper dh-python python3-all python3-setuptools python3-pip dpkg-dev \
 	fakeroot lintian clang llvm libbpf-dev
 VERSION = $(shell $(PYTHON) -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
@@ -88,5 +91,8 @@ deb:
 		'$(VERSION)' '$(VERSION)' "$$(date -R -d @$$(git log -1 --format=%ct))" > $(DEB_BUILD)/src/debian/changelog
 	$(PYTHON) -m pip download -q --no-deps --require-hashes -r packaging/deb/vendor.txt \
 		-d $(DEB_BUILD)/src/vendor-wheels
-	cd $(DEB_BUILD)/src && dpkg-buildpackage -b -us -uc
+	# MAKEFLAGS: this make's variables (ARCH) stay out of the package's build.
+	# nocheck: dh warns that a cross build cannot run tests (debian/rules runs none).
+	cd $(DEB_BUILD)/src && MAKEFLAGS= $(if $(CROSS),DEB_BUILD_OPTIONS=nocheck) \
+		dpkg-buildpackage -b -us -uc $(if $(CROSS),-a $(DEB_ARCH))
 	lintian --info --display-info $(DEB_BUILD)/telegraf-tcpdrop_$(VERSION)_*.deb
