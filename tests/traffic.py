@@ -227,11 +227,159 @@ def icmp_bad_checksum():
     time.sleep(0.05)
 
 
+# Crafted frames (tests/test_malformed.py): its veth pair joins the client's
+# namespace (VETH) to the server's; frames go out of VETH as they are built.
+VETH = "veth0"
+CLIENT_MAC, SERVER_MAC = "02:00:00:00:00:01", "02:00:00:00:00:02"
+CLIENT_V4, SERVER_V4 = "10.99.0.1", "10.99.0.2"
+CLIENT_V6, SERVER_V6 = "fd99::1", "fd99::2"
+ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD
+IP_MF = 0x2000  # IPv4: more fragments (the offset is the low 13 bits, in 8 bytes)
+# IPv6 extension headers (next header numbers), as ipv6_chain() builds them.
+IPV6_EXT = {"hop": 0, "routing": 43, "fragment": 44, "ah": 51, "mobility": 135,
+            "dest": 60, "hip": 139, "shim6": 140}
+
+
+def send_frames(packets):
+    """Each IP packet, as it is, in an Ethernet frame out of VETH to the server
+    (AF_PACKET: no byte of it changed). Prints the count and the IP length."""
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    sock.bind((VETH, 0))
+    macs = bytes.fromhex(SERVER_MAC.replace(":", "") + CLIENT_MAC.replace(":", ""))
+    for packet in packets:
+        sock.send(macs + struct.pack("!H", ETH_P_IP if packet[0] >> 4 == 4 else ETH_P_IPV6) + packet)
+    print(f"sent={len(packets)} len={len(packets[0])}")
+
+
+def ipv4(payload, ident, tot_len=None, options=b"", frag=0):
+    """An IPv4 header CLIENT_V4 -> SERVER_V4 (TCP, checksummed) before payload;
+    tot_len: the length it claims, if not the real one; frag: its flags and
+    fragment offset field (IP_MF | offset in 8 bytes)."""
+    ihl = 5 + len(options) // 4
+    header = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, tot_len or ihl * 4 + len(payload), ident,
+                         frag, 64, 6, 0, socket.inet_aton(CLIENT_V4), socket.inet_aton(SERVER_V4))
+    header += options
+    return header[:10] + struct.pack("!H", checksum(header)) + header[12:] + payload
+
+
+def ipv6(nexthdr, payload, payload_len=None):
+    """An IPv6 header CLIENT_V6 -> SERVER_V6 before payload; payload_len: the
+    length it claims, if not the real one."""
+    return struct.pack("!IHBB16s16s", 6 << 28, len(payload) if payload_len is None else payload_len,
+                       nexthdr, 64, socket.inet_pton(socket.AF_INET6, CLIENT_V6),
+                       socket.inet_pton(socket.AF_INET6, SERVER_V6)) + payload
+
+
+def ipv6_chain(kinds, last=6, ident=1, offset=0, more=False):
+    """IPv6 extension headers of these IPV6_EXT kinds, in order, the last one's
+    next header `last`: (the IPv6 header's next header, the headers' bytes).
+    Options headers carry one PadN; routing is type 0 with no segment left
+    (the kernel skips it); fragment: offset (8-byte units) and more; AH has a
+    4-byte ICV; HIP is its 40-byte minimum (sender and receiver HITs)."""
+    chain = b""
+    for kind, nexthdr in reversed(list(zip(kinds, [IPV6_EXT[k] for k in kinds[1:]] + [last]))):
+        if kind in ("hop", "dest", "shim6"):
+            header = bytes([nexthdr, 0, 1, 4, 0, 0, 0, 0])
+        elif kind == "routing":
+            header = bytes([nexthdr, 0, 0, 0, 0, 0, 0, 0])
+        elif kind == "fragment":
+            header = struct.pack("!BxHI", nexthdr, offset << 3 | more, ident)
+        elif kind == "ah":
+            header = struct.pack("!BBxxIII", nexthdr, 2, 0x100, 1, 0)  # length in 4 bytes, minus 2
+        elif kind == "hip":
+            header = bytes([nexthdr, 4, 1, 0x11]) + bytes(36)  # I1, HIP version 1
+        chain = header + chain
+    return IPV6_EXT[kinds[0]] if kinds else last, chain
+
+
+def crafted_syn(family, sport, dport, seq):
+    """A SYN CLIENT -> SERVER (family 4 or 6), TCP-checksummed: 20 bytes."""
+    src, dst = (CLIENT_V4, SERVER_V4) if int(family) == 4 else (CLIENT_V6, SERVER_V6)
+    return tcp_segment(src, dst, int(sport), int(dport), seq, 0x02)
+
+
+def lying_length(family, sport, dport, count):
+    """SYNs to dport whose IP header claims 1500 bytes (IPv6: a 1460-byte
+    payload) where the packet holds 40 (IPv6: 60): ip_rcv_core()/ip6_rcv_core()
+    drop them as PKT_TOO_SMALL (Ip(6)InTruncatedPkts)."""
+    if int(family) == 4:
+        send_frames([ipv4(crafted_syn(4, sport, dport, i), i + 1, tot_len=1500) for i in range(int(count))])
+    else:
+        send_frames([ipv6(6, crafted_syn(6, sport, dport, i), payload_len=1460) for i in range(int(count))])
+
+
+def short_tcp(family, tcp_bytes, sport, dport, count):
+    """Packets holding only the first tcp_bytes bytes of a SYN's TCP header, their
+    IP lengths true: tcp_v4_rcv()/tcp_v6_rcv() cannot pull 20 bytes and drop them
+    (TcpInSegs counts them; no RST). 20 bytes: the whole SYN, to a closed port."""
+    segments = [crafted_syn(family, sport, dport, i)[:int(tcp_bytes)] for i in range(int(count))]
+    if int(family) == 4:
+        send_frames([ipv4(s, i + 1) for i, s in enumerate(segments)])
+    else:
+        send_frames([ipv6(6, s) for s in segments])
+
+
+def syn_behind_ip_options(option_bytes, sport, dport, count):
+    """SYNs to a closed port in IPv4 packets with option_bytes of options (NOPs,
+    then an End of Options list): NO_SOCKET, the TCP header at 20 + option_bytes."""
+    options = b"\x01" * (int(option_bytes) - 1) + b"\x00"
+    send_frames([ipv4(crafted_syn(4, sport, dport, i), i + 1, options=options) for i in range(int(count))])
+
+
+def syn_behind_ipv6_headers(kinds, sport, dport, count):
+    """SYNs behind the IPv6 extension headers kinds (comma-separated IPV6_EXT
+    names, or "none"): to a closed port, NO_SOCKET where the kernel walks them
+    all; it has no handler for AH (this kernel), HIP, Shim6 or Mobility."""
+    kinds = [] if kinds == "none" else kinds.split(",")
+    packets = []
+    for i in range(int(count)):
+        first, chain = ipv6_chain(kinds, ident=i + 1)
+        packets.append(ipv6(first, chain + crafted_syn(6, sport, dport, i)))
+    send_frames(packets)
+
+
+def syn_behind_mobility(payload_proto, sport, dport, count):
+    """A Mobility header (Binding Refresh Request, checksummed) whose payload
+    proto is payload_proto (59, no next header, is the only one RFC 6275
+    allows), then a SYN's bytes: no protocol handler takes Mobility."""
+    packets = []
+    for i in range(int(count)):
+        mobility = bytes([int(payload_proto), 0, 0, 0, 0, 0, 0, 0])
+        pseudo = socket.inet_pton(socket.AF_INET6, CLIENT_V6) + socket.inet_pton(socket.AF_INET6, SERVER_V6) + \
+            struct.pack("!IxxxB", len(mobility), 135)
+        mobility = mobility[:4] + struct.pack("!H", checksum(pseudo + mobility)) + mobility[6:]
+        packets.append(ipv6(135, mobility + crafted_syn(6, sport, dport, i)))
+    send_frames(packets)
+
+
+def fragment(family, which, sport, dport, count):
+    """Fragments of SYNs that never complete, each of its own datagram: which=first
+    carries the TCP header (the SYN, 4 bytes of data, more to come); which=later
+    is at offset 24, the last, holding a SYN's bytes as data. The server frees
+    them at its reassembly timeout (FRAG_REASM_TIMEOUT; Ip(6)ReasmFails)."""
+    packets = []
+    for i in range(int(count)):
+        syn = crafted_syn(family, sport, dport, i)
+        data = syn + b"data" if which == "first" else syn
+        if int(family) == 4:
+            frag = IP_MF if which == "first" else 24 // 8
+            packets.append(ipv4(data, i + 1, frag=frag))
+        else:
+            first, chain = ipv6_chain(["fragment"], ident=i + 1, offset=0 if which == "first" else 24 // 8,
+                                      more=which == "first")
+            packets.append(ipv6(first, chain + data))
+    send_frames(packets)
+
+
 KINDS = {"bad-checksum": bad_checksum, "low-ttl": low_ttl, "md5-not-found": md5_not_found,
          "listen-full": listen_full, "connect-storm": connect_storm, "syn-queue-full": syn_queue_full, "syn": syn, "syns": syns, "raw-syns": raw_syns, "old-segment": old_segment, "listen-overflow": listen_overflow,
          "syn-with-ip-options": syn_with_ip_options,
          "syn-with-ipv6-extensions": syn_with_ipv6_extensions,
-         "udp": udp, "icmp-bad-checksum": icmp_bad_checksum}
+         "udp": udp, "icmp-bad-checksum": icmp_bad_checksum,
+         "lying-length": lying_length, "short-tcp": short_tcp,
+         "syn-behind-ip-options": syn_behind_ip_options,
+         "syn-behind-ipv6-headers": syn_behind_ipv6_headers,
+         "syn-behind-mobility": syn_behind_mobility, "fragment": fragment}
 
 if __name__ == "__main__":
     KINDS[sys.argv[1]](*sys.argv[2:])
