@@ -1,5 +1,11 @@
 """Exact in-kernel counts of real drops, as `metrics` emits them."""
+import os
+import subprocess
+import sys
+
 import pytest
+
+from conftest import TESTS, eventually
 
 
 pytestmark = pytest.mark.kernel
@@ -47,50 +53,69 @@ def test_stacks_give_each_tag_set_an_example(netns, metrics):
     assert stack.endswith(";ip_local_deliver_finish;ip_protocol_deliver_rcu;tcp_v4_rcv")
 
 
-def test_batched_and_one_by_one_map_reads_agree(netns):
-    """bpf_map_lookup_batch (5.6+) and the get_next_key walk older kernels use."""
+def probe_on_port(port, **settings):
     from telegraf_tcpdrop import check
     from telegraf_tcpdrop.event import ProbeConfig
     from telegraf_tcpdrop.probe import CoreLoader, Probe
-    config = ProbeConfig(aggregate=1, other_reasons=1, port=7304, port_tags=1)
+    config = ProbeConfig(aggregate=1, other_reasons=1, port=port, **settings)
     config.reason_mask[:] = [2**64 - 1] * 4
-    with Probe(CoreLoader(check.probe_object()), config, ("tp_btf",)) as probe:
+    return Probe(CoreLoader(check.probe_object()), config, ("tp_btf",))
+
+
+def test_more_tag_sets_than_one_batch_are_taken_whole(netns):
+    with probe_on_port(7304, port_tags=1) as probe:
         netns.traffic("syns", "127.0.0.1", 7304, 41000, 1500)  # > one batch of 1024 keys
-        batched = probe._read_counts_batched()
-        assert len(batched) == 1500
-        assert batched == probe._read_counts_one_by_one()
+        counts = probe.take_counts()
+        assert len(counts) == 1500
+        assert {drops for drops, _ in counts.values()} == {1}
+        assert probe.take_counts() == {}
 
 
-def test_hot_slots_count_exactly_and_leave_with_idle_keys(netns):
-    """A storm's few tag sets are counted in per-CPU hot slots; once idle they
-    leave the kernel, and when they come back they count from zero."""
-    from telegraf_tcpdrop import check
-    from telegraf_tcpdrop.event import ProbeConfig
-    from telegraf_tcpdrop.metrics import Collector, Deltas
-    from telegraf_tcpdrop.probe import CoreLoader, Probe
-    from telegraf_tcpdrop.symbols import KernelSymbols
-    config = ProbeConfig(aggregate=1, other_reasons=1, port=7305, ephemeral_low=32768,
-                         ephemeral_high=60999)
-    config.reason_mask[:] = [2**64 - 1] * 4
+def test_hot_slots_count_exactly_and_are_emptied_when_taken(netns):
+    """A storm's few tag sets are counted in per-CPU hot slots, after their
+    first drop in the map; a take empties both."""
+    import ctypes
+    from telegraf_tcpdrop.event import HOT_SLOTS, HotSlot
 
-    def drops(points):
-        return sorted((p.tags["flags"], p.fields["drops"]) for p in points if p.measurement == "tcpdrop")
+    def claimed(probe, generation):
+        slots, fd = (HotSlot * probe.ncpus)(), probe._fds[f"hot_{generation}"]
+        held = []
+        for index in range(HOT_SLOTS):
+            probe._lib.bpf_map_lookup_elem(fd, ctypes.byref(ctypes.c_uint32(index)), slots)
+            held += [(slot.key.flags, slot.count.drops) for slot in slots if slot.claimed]
+        return sorted(held)
 
-    def agent(points, field):
-        return next(p.fields[field] for p in points if p.measurement == "tcpdrop_agent")
-
-    with Probe(CoreLoader(check.probe_object()), config, ("tp_btf",)) as probe:
-        collector = Collector(probe, check.drop_reasons(check.libbpf()), KernelSymbols(), 0,
-                              (32768, 60999))
-        collector.deltas = Deltas(idle_intervals=2)
+    with probe_on_port(7305, ephemeral_low=32768, ephemeral_high=60999) as probe:
         netns.traffic("raw-syns", 7305, 300, cpu=0)  # one CPU: one slot per key
-        assert sum(len(held) for _, held in probe._hot.values()) == 0
-        assert drops(collector.collect()) == [("RST|ACK", 300), ("SYN", 300)]
-        assert sorted(len(held) for _, held in probe._hot.values()) in ([1, 1], [2])  # SYN's, RST's
-        assert probe._read_map() == {key: (1, 40) for key in probe._read_map()}  # the first drop each
-        assert drops(collector.collect()) == []
-        evicting = collector.collect()
-        assert drops(evicting) == [] and agent(evicting, "keys_evicted") == 2
-        assert probe._read_map() == {} and probe._read_hot_slots() == {}
-        netns.traffic("raw-syns", 7305, 5, cpu=0)
-        assert drops(collector.collect()) == [("RST|ACK", 5), ("SYN", 5)]
+        held = claimed(probe, "a")  # SYN's and RST|ACK's, unless their slots collide
+        assert held in ([(0x02, 299), (0x14, 299)], [(0x02, 299)], [(0x14, 299)])  # but the first
+        assert sorted(probe.take_counts().values()) == [(300, 300 * 40)] * 2
+        assert claimed(probe, "a") == [] and probe.take_counts() == {}
+        netns.traffic("raw-syns", 7305, 5, cpu=0)  # now in generation a again
+        assert sorted(probe.take_counts().values()) == [(5, 5 * 40)] * 2
+
+
+STRESS_SECONDS = float(os.environ.get("TCPDROP_STRESS_SECONDS", "60"))
+
+
+def test_counts_stay_exact_while_tag_sets_churn_on_every_cpu(netns, metrics):
+    """Tag sets come and go on every CPU, more than the map holds in an
+    interval, half of them idle for phases about as long as the 30 intervals
+    after which a tag set's tags are let go, while the maps are swapped every
+    100 ms: every drop is counted once, in a tag set or as overflow, and the
+    kernel's own count of RSTs agrees."""
+    m = metrics("--interval", "100ms", "--port", "7307", "--port-tags", "all", "--max-keys", "300")
+    senders = [subprocess.Popen(["ip", "netns", "exec", netns.name, "taskset", "-c", str(cpu),
+                                 sys.executable, str(TESTS / "traffic.py"), "syn-churn", "7307",
+                                 str(STRESS_SECONDS), "400", "3.05"], stdout=subprocess.PIPE, text=True)
+               for cpu in range(os.cpu_count())]
+    sent = sum(int(s.communicate(timeout=STRESS_SECONDS + 60)[0].split("=")[1]) for s in senders)
+    assert netns.counter("TcpOutRsts") == sent  # each SYN got its RST
+    expected = 2 * sent  # the SYN, and the RST, which no socket takes either
+
+    def counted():
+        return m.total() + m.total("map_overflow_drops", "tcpdrop_agent")
+    eventually(lambda: counted() >= expected, timeout=10)
+    m.stop()
+    overflow = m.total("map_overflow_drops", "tcpdrop_agent")
+    assert counted() == expected and 0 < overflow < expected, (sent, m.total(), overflow)

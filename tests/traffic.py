@@ -99,6 +99,22 @@ def raw_syns(port, count, sport="random"):
         send_ipv4(tcp_segment("127.0.0.1", "127.0.0.1", source, int(port), i, 0x02))
 
 
+def syn_churn(port, seconds, ports, phase_seconds):
+    """SYNs to port for that many seconds, each from a random one of `ports`
+    source ports; every phase_seconds the other half of them (tag sets that
+    go idle, and come back). Prints how many were sent."""
+    import random
+    started = time.monotonic()
+    deadline, sent, half = started + float(seconds), 0, int(ports) // 2
+    while time.monotonic() < deadline:
+        phase = int((time.monotonic() - started) / float(phase_seconds)) % 2
+        for _ in range(100):
+            send_ipv4(tcp_segment("127.0.0.1", "127.0.0.1", 20000 + phase * half + random.randrange(half),
+                                  int(port), sent, 0x02))
+            sent += 1
+    print(f"sent={sent}")
+
+
 def syn_with_ip_options(port, sport):
     """A SYN in an IPv4 packet with 4 bytes of options (NOPs): the TCP header is not at 20."""
     send_ipv4(tcp_segment("127.0.0.1", "127.0.0.1", int(sport), int(port), 1, 0x02), b"\x01" * 4)
@@ -372,7 +388,7 @@ def fragment(family, which, sport, dport, count):
 
 
 KINDS = {"bad-checksum": bad_checksum, "low-ttl": low_ttl, "md5-not-found": md5_not_found,
-         "listen-full": listen_full, "connect-storm": connect_storm, "syn-queue-full": syn_queue_full, "syn": syn, "syns": syns, "raw-syns": raw_syns, "old-segment": old_segment, "listen-overflow": listen_overflow,
+         "listen-full": listen_full, "connect-storm": connect_storm, "syn-queue-full": syn_queue_full, "syn": syn, "syns": syns, "raw-syns": raw_syns, "syn-churn": syn_churn, "old-segment": old_segment, "listen-overflow": listen_overflow,
          "syn-with-ip-options": syn_with_ip_options,
          "syn-with-ipv6-extensions": syn_with_ipv6_extensions,
          "udp": udp, "icmp-bad-checksum": icmp_bad_checksum,
