@@ -626,6 +626,23 @@ static __always_inline __u32 netns_inum(struct net *net, bool btf)
 	return btf ? net->ns.inum : BPF_CORE_READ(net, ns.inum);
 }
 
+/* skb->sk, the socket that sent the packet, if it is of the namespace the
+ * packet is in. A veth keeps the sender's socket on a packet it hands to
+ * another namespace: that socket is not the receiver's, and not this drop's. */
+static __always_inline struct sock *skb_owner_here(struct sk_buff *skb, bool btf)
+{
+	struct sock *sk = btf ? skb->sk : BPF_CORE_READ(skb, sk);
+	struct net_device *dev;
+
+	if (!sk)
+		return NULL;
+	dev = btf ? skb->dev : BPF_CORE_READ(skb, dev);
+	if (dev && (btf ? dev->nd_net.net : BPF_CORE_READ(dev, nd_net.net)) !=
+		   (btf ? sk->__sk_common.skc_net.net : BPF_CORE_READ(sk, __sk_common.skc_net.net)))
+		return NULL;
+	return sk;
+}
+
 /* The handler of every kfree_skb hook: @sk is the socket the kernel charged
  * the drop to, if any. */
 static __always_inline int handle_drop(void *ctx, struct sk_buff *skb,
@@ -1013,7 +1030,7 @@ SEC("tp_btf/kfree_skb")
 int BPF_PROG(kfree_skb_btf, struct sk_buff *skb, void *location)
 {
 	__u32 reason = REASON_UNKNOWN;
-	struct sock *sk = skb->sk;	/* on receive, the sender's socket or none */
+	struct sock *sk = skb_owner_here(skb, true);
 
 	/* ctx[2] exists from 5.17 (reason), ctx[3] from 6.11 (rx_sk): the
 	 * checks fold to constants at load, so older kernels never see the
@@ -1062,7 +1079,7 @@ int kfree_skb_tp(struct trace_event_raw_kfree_skb *args)
 	struct sock *sk = TP_RX_SK(args);
 
 	if (!sk)
-		sk = BPF_CORE_READ(skb, sk);
+		sk = skb_owner_here(skb, false);
 #ifndef TCPDROP_BCC	/* bcc: no listen-queue drops */
 	if (cfg.listen == LISTEN_CHAIN && sk && BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_LISTEN)
 		listen_absorb(rdonly_cast(struct net, BPF_CORE_READ(sk, __sk_common.skc_net.net)));
