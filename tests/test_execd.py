@@ -34,7 +34,7 @@ def test_signal_flushes_the_last_interval_and_exits_0(netns, metrics, sig):
 
 def test_signal_stdin_emits_once_per_line(netns, metrics):
     m = metrics("--signal", "STDIN", "--interval", "100ms", "--port", "7402")
-    time.sleep(0.5)
+    time.sleep(0.5)  # five intervals' time: an absence has no event to wait for
     assert m.points == []  # the interval does not apply
     netns.traffic("raw-syns", 7402, 3, 40000)
     m.proc.stdin.write("\n")

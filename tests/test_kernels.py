@@ -76,6 +76,15 @@ def drop(event):
             event["state"], event["flags"], event["reason"], event["location"].split("+")[0])
 
 
+# What the monitor says it cannot see on each kernel, after it attached.
+UNSEEN = {"6.1": [], "5.10": ["W! drops in tcp_drop() not seen: it frees with __kfree_skb(), and it is inlined\n"]}
+
+
+def attached(run):
+    """The monitor's start-up line."""
+    return next(line for line in run["stderr"] if line.startswith("I! attached to "))
+
+
 def test_each_backend_starts_on_its_hook(guest):
     kernel, result = guest
     assert result["kernel"].startswith(f"{kernel}.0-")
@@ -83,8 +92,8 @@ def test_each_backend_starts_on_its_hook(guest):
         for command in ("trace", "metrics"):
             run = result["runs"][f"{name} {command}"]
             assert run["exit"] == 0, run["stderr"]
-            assert all(line.startswith("I! ") for line in run["stderr"]), run["stderr"]
-            assert f"I! attached to {hook} ({backend}) in " in run["stderr"][-1]
+            assert f"I! attached to {hook} ({backend}) in " in attached(run)
+            assert [line for line in run["stderr"] if not line.startswith("I! ")] == UNSEEN[kernel]
 
 
 def refused_syn(event):
@@ -128,11 +137,11 @@ def test_refused_syns_equal_the_namespaces_listen_drops(guest, scenario, port):
         assert {(e["dport"], e["flags"], e["reason"], e["location"]) for e in refused} == {
             (port, "SYN", reason, "tcp_conn_request+0x0")}
         run = result["runs"][f"{backend} metrics"]
-        assert "listen-queue drops: fentry/fexit on tcp_rcv_state_process" in run["stderr"][-1]
+        assert "listen-queue drops: fentry/fexit on tcp_rcv_state_process" in attached(run)
         assert sum(int(line.split(" drops=")[1].split("i")[0]) for line in run["stdout"]
                    if f"dport={port}," in line and "state=LISTEN" in line) == seen["TcpExtListenDrops"]
     assert not [e for e in events(result, "bcc") if e["netns"] == seen["netns"] and refused_syn(e)]
-    assert "listen-queue drops: not seen by the bcc backend" in result["runs"]["bcc metrics"]["stderr"][-1]
+    assert "listen-queue drops: not seen by the bcc backend" in attached(result["runs"]["bcc metrics"])
 
 
 def scenario_drops(result, backend, scenario):
