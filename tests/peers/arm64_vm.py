@@ -48,7 +48,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from kernel_vm import host_mirrors
+from kernel_vm import host_mirrors, install_host_packages, sh
 from servers import CACHE
 
 HOME = CACHE / "arm64"
@@ -144,7 +144,7 @@ class Machine:
 
 def prepare(packages):
     """The machine, its root holding Debian 12's minbase and `packages` (names)."""
-    _host_packages()
+    install_host_packages(HOST_PACKAGES, "the arm64 machine's host packages", Arm64VmError)
     kernel = _cached_kernel() or _download_kernel()
     key = hashlib.sha256(" ".join(sorted(set(packages))).encode()).hexdigest()[:12]
     root = HOME / f"root-{key}.img"
@@ -160,22 +160,7 @@ def _ninep(tag, path, readonly):
 
 
 def _sh(cmd, what, **kwargs):
-    result = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
-    if result.returncode != 0:
-        raise Arm64VmError(f"{what} failed ({result.returncode}): {' '.join(map(str, cmd))}\n"
-                           f"{result.stdout[-2000:]}{result.stderr[-2000:]}")
-    return result.stdout
-
-
-def _host_packages():
-    status = subprocess.run(["dpkg-query", "-W", "-f=${Status}\n", *HOST_PACKAGES],
-                            capture_output=True, text=True)
-    if status.returncode == 0 and status.stdout.count("install ok installed") == len(HOST_PACKAGES):
-        return
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    _sh(["apt-get", "update", "-q"], "apt-get update", env=env)
-    _sh(["apt-get", "install", "-y", "-q", "--no-install-recommends", *HOST_PACKAGES],
-        "installing the arm64 machine's host packages", env=env)
+    return sh(cmd, what, Arm64VmError, **kwargs)
 
 
 def _apt():

@@ -56,10 +56,10 @@ class KernelVmError(Exception):
 def prepare(kernel):
     """The directory of the newest Debian kernel of this series, made ready."""
     release = _release(kernel)
-    _host_packages()
+    install_host_packages(HOST_PACKAGES, "the VM's host packages")
     _virtme_ng()
     apt = _apt_options(release)
-    _sh(["apt-get", "-q", *apt, "update"], "apt-get update")
+    sh(["apt-get", "-q", *apt, "update"], "apt-get update")
     version = _newest(kernel, apt)
     root = KERNELS / version
     if not (root / "lib" / "modules" / version / "build").exists():
@@ -110,25 +110,27 @@ def _abi(version):
     return int(version.split("-")[1])
 
 
-def _sh(cmd, what, **kwargs):
+def sh(cmd, what, error=KernelVmError, **kwargs):
+    """cmd's stdout; error(what failed, and the tail of its output) if it fails."""
     result = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
     if result.returncode != 0:
-        raise KernelVmError(f"{what} failed ({result.returncode}): {' '.join(map(str, cmd))}\n"
-                            f"{result.stdout[-2000:]}{result.stderr[-2000:]}")
+        raise error(f"{what} failed ({result.returncode}): {' '.join(map(str, cmd))}\n"
+                    f"{result.stdout[-2000:]}{result.stderr[-2000:]}")
     return result.stdout
 
 
-def _host_packages():
+
+def install_host_packages(packages, what, error=KernelVmError):
     """apt-get install what is missing; /dev/kvm's owner and mode as they were."""
-    status = subprocess.run(["dpkg-query", "-W", "-f=${Status}\n", *HOST_PACKAGES],
+    status = subprocess.run(["dpkg-query", "-W", "-f=${Status}\n", *packages],
                             capture_output=True, text=True)
-    if status.returncode == 0 and status.stdout.count("install ok installed") == len(HOST_PACKAGES):
+    if status.returncode == 0 and status.stdout.count("install ok installed") == len(packages):
         return
     kvm = os.stat("/dev/kvm") if os.path.exists("/dev/kvm") else None
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    _sh(["apt-get", "update", "-q"], "apt-get update", env=env)
-    _sh(["apt-get", "install", "-y", "-q", "--no-install-recommends", *HOST_PACKAGES],
-        "installing the VM's host packages", env=env)
+    sh(["apt-get", "update", "-q"], "apt-get update", error, env=env)
+    sh(["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages],
+       f"installing {what}", error, env=env)
     if kvm:  # udev's postinst re-owns and re-chmods /dev/kvm
         os.chown("/dev/kvm", kvm.st_uid, kvm.st_gid)
         os.chmod("/dev/kvm", kvm.st_mode & 0o7777)
@@ -138,8 +140,8 @@ def _virtme_ng():
     if (VENV / "bin" / "vng").exists():
         return
     shutil.rmtree(VENV, ignore_errors=True)
-    _sh(["python3", "-m", "venv", str(VENV)], "making the virtme-ng venv")
-    _sh([str(VENV / "bin" / "pip"), "install", "-q", VIRTME_NG], f"pip install {VIRTME_NG}")
+    sh(["python3", "-m", "venv", str(VENV)], "making the virtme-ng venv")
+    sh([str(VENV / "bin" / "pip"), "install", "-q", VIRTME_NG], f"pip install {VIRTME_NG}")
 
 
 def _apt_options(release):
@@ -185,7 +187,7 @@ def host_mirrors():
 def _newest(kernel, apt):
     """The newest generic linux-image-<kernel>.0-N-amd64 apt knows, as a version."""
     pattern = rf"^linux-image-{re.escape(kernel)}\.0-[0-9]+-amd64$"
-    names = _sh(["apt-cache", *apt, "search", "--names-only", pattern], "apt-cache search")
+    names = sh(["apt-cache", *apt, "search", "--names-only", pattern], "apt-cache search")
     versions = [line.split()[0].removeprefix("linux-image-") for line in names.splitlines()]
     if not versions:
         raise KernelVmError(f"no package matches {pattern} in "
@@ -200,11 +202,11 @@ def _download(version, apt, root):
     common = version.removesuffix("-amd64") + "-common"
     packages = [f"linux-image-{version}", f"linux-headers-{version}", f"linux-headers-{common}"]
     with tempfile.TemporaryDirectory(dir=KERNELS, prefix=".download-") as tmp:
-        _sh(["apt-get", "-q", *apt, "download", *packages], f"downloading {' '.join(packages)}",
+        sh(["apt-get", "-q", *apt, "download", *packages], f"downloading {' '.join(packages)}",
             cwd=tmp)
         tree = Path(tmp) / "tree"
         for deb in Path(tmp).glob("*.deb"):
-            _sh(["dpkg-deb", "-x", str(deb), str(tree)], f"unpacking {deb.name}")
+            sh(["dpkg-deb", "-x", str(deb), str(tree)], f"unpacking {deb.name}")
         modules = next((m for m in (tree / "lib" / "modules" / version,
                                     tree / "usr" / "lib" / "modules" / version) if m.is_dir()), None)
         if modules is None:
@@ -214,7 +216,7 @@ def _download(version, apt, root):
         (tree / "boot").rename(staged / "boot")
         (tree / "usr" / "src").rename(staged / "src")
         modules.rename(staged / "lib" / "modules" / version)
-        _sh(["depmod", "-b", str(staged), version], "depmod")
+        sh(["depmod", "-b", str(staged), version], "depmod")
         # Where bcc finds the headers: absolute links, valid in the guest,
         # which sees the host's files at the same paths.
         for link, headers in (("build", version), ("source", common)):
