@@ -17,7 +17,7 @@ from .duration import parse_duration
 from .emit import STATSD_TAG_STYLES, InfluxOutput, StatsdOutput, StdoutOutput
 from .event import REASON_OURS_FIRST, REASON_UNKNOWN, ProbeConfig
 from .execd import SIGNALS, Execd
-from .metrics import PORT_TAGS, Collector, ephemeral_range
+from .metrics import NETNS_TAGS, PORT_TAGS, Collector, ephemeral_range
 from .names import OWN_REASONS
 from .bcc_loader import BccLoader
 from .btf import BtfError
@@ -112,6 +112,9 @@ def build_parsers():
     metrics.add_argument("--port-tags", choices=tuple(PORT_TAGS), default="bucketed",
                          help="bucketed: ports in the ephemeral range become 'ephemeral' (default); "
                               "all: every port; none: no port tags")
+    metrics.add_argument("--netns-tags", choices=NETNS_TAGS, default="name",
+                         help="name: tag `netns` with the namespace's name (host, ip netns name, "
+                              "container, systemd unit; default); inode: its inode; none: no tag")
     metrics.add_argument("--stacks", action="store_true",
                          help="add a field `stack`: the folded kernel stack of one drop of each "
                               f"tag set (sampled, at most {STACK_SAMPLES}/s per CPU)")
@@ -361,11 +364,12 @@ def run_metrics(args):
     low, high = ephemeral_range()
     probe_settings = probe_config(args, reasons, aggregate=1, port_tags=PORT_TAGS[args.port_tags],
                                   ephemeral_low=low, ephemeral_high=high,
+                                  key_netns=int(args.netns_tags != "none"),
                                   events=int(args.stacks), stacks=int(args.stacks),
                                   events_per_sec=STACK_SAMPLES)
     with open_probe(args, probe_settings, max_keys=args.max_keys) as probe:
         collector = Collector(probe, reasons, loaded_symbols(), probe_settings.port_tags,
-                              stats_enabled=check.bpf_stats_enabled,
+                              netns_tags=args.netns_tags, stats_enabled=check.bpf_stats_enabled,
                               output_health=output.health,
                               # Telegraf adds the host tag to what it reads from stdout.
                               host=None if args.output == "stdout" else host_name())

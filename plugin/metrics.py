@@ -5,6 +5,7 @@ take_counts() once per interval: the interval's counts -> a Point
 `tcpdrop,<tags> drops=,bytes=` -> an output (plugin/emit.py). Nothing in user
 space runs per drop.
 """
+import sys
 import time
 
 from . import log
@@ -13,9 +14,12 @@ from .event import (COUNTER_LISTEN_UNTRACKED, COUNTER_LOST, COUNTER_OVERFLOW_BYT
                     COUNTER_RATELIMITED, COUNTER_STACKS_LOST, EPHEMERAL_DPORT, EPHEMERAL_SPORT,
                     MARK_NO_PORTS, PORT_TAGS_ALL, PORT_TAGS_BUCKETED, PORT_TAGS_NONE, DropKey)
 from .names import flags_tag, state_name
+from .netns import UNKNOWN, NetnsNames
 from .trace import drop_site_stack
 
 PORT_TAGS = {"bucketed": PORT_TAGS_BUCKETED, "all": PORT_TAGS_ALL, "none": PORT_TAGS_NONE}
+NETNS_TAGS = ("name", "inode", "none")
+NETNS_AT = DropKey.netns.offset  # of the inode in a key's bytes
 # Intervals without a drop after which a tag set's tags are let go.
 IDLE_INTERVALS = 30
 
@@ -29,10 +33,12 @@ def ephemeral_range(path="/proc/sys/net/ipv4/ip_local_port_range"):
 class Collector:
     """Reads the probe each interval and makes that interval's points."""
 
-    def __init__(self, probe, reasons, symbols, port_tags, clock=time.time_ns,
-                 stats_enabled=lambda: False, output_health=dict, host=None,
+    def __init__(self, probe, reasons, symbols, port_tags, netns_tags="none", netns_names=None,
+                 clock=time.time_ns, stats_enabled=lambda: False, output_health=dict, host=None,
                  idle_intervals=IDLE_INTERVALS):
         self.probe, self.reasons, self.symbols, self.port_tags = probe, reasons, symbols, port_tags
+        self.netns_tags = netns_tags
+        self.netns_names = netns_names or NetnsNames()
         self.clock, self.stats_enabled, self.output_health = clock, stats_enabled, output_health
         self.idle_intervals = idle_intervals
         self._tags = {}  # key -> its tags, made once: buffered points share them
@@ -61,10 +67,17 @@ class Collector:
             "reason": self.reasons.name(key.reason),
             "state": state_name(key.state),
         }
+        if self.netns_tags != "none":
+            tags["netns"] = self.netns_tag(key.netns)
         if self.port_tags != PORT_TAGS_NONE and not key.marks & MARK_NO_PORTS:
             tags["sport"] = "ephemeral" if key.marks & EPHEMERAL_SPORT else str(key.sport)
             tags["dport"] = "ephemeral" if key.marks & EPHEMERAL_DPORT else str(key.dport)
         return tags
+
+    def netns_tag(self, inode):
+        if self.netns_tags == "name":
+            return self.netns_names.name(inode)
+        return str(inode) if inode else UNKNOWN
 
     def collect(self):
         """The points of the interval that ends now."""
@@ -76,7 +89,7 @@ class Collector:
             fields = {"drops": drops, "bytes": nbytes}
             if raw in self.examples:
                 fields["stack"] = self.examples[raw]
-            if raw not in self._tags:
+            if raw not in self._tags or self._renamed(raw):
                 self._tags[raw] = self.tags(DropKey.from_buffer_copy(raw))
             points.append(Point("tcpdrop", self._tags[raw], fields, now))
         self.examples.clear()
@@ -84,6 +97,14 @@ class Collector:
         points.append(Point("tcpdrop_agent", self._host, health, now))
         self._last_time = now
         return points
+
+    def _renamed(self, raw):
+        """Whether the key's namespace goes by another name now (a container
+        renamed, or its inode reused by another namespace)."""
+        if self.netns_tags != "name":
+            return False
+        inode = int.from_bytes(raw[NETNS_AT:NETNS_AT + 4], sys.byteorder)
+        return self._tags[raw]["netns"] != self.netns_names.name(inode)
 
     def _forget_idle(self, counts):
         """Tags of a tag set without drops for idle_intervals are let go: a

@@ -96,7 +96,7 @@ def test_runs_as_an_unprivileged_user_with_the_three_capabilities(netns):
     netns.traffic("raw-syns", 7403, 2, 40000)
     out, err = proc.communicate("\n", timeout=5)
     assert proc.returncode == 0, err
-    assert "frame=tcp_v4_rcv,reason=NO_SOCKET" in out and "drops=2i" in out
+    assert f"frame=tcp_v4_rcv,netns={netns.name},reason=NO_SOCKET" in out and "drops=2i" in out
 
 
 def test_without_cap_syslog_the_error_names_it():

@@ -144,7 +144,7 @@ def test_crafted_frame(tracer, metrics, pair, name):
     if name == "ipv6-ah" and has_ah6():
         pytest.skip("this kernel handles AH (ah6): the SYN meets IPsec, not 'no protocol'")
     server, client = pair
-    m = metrics("--interval", "200ms", "--port-tags", "all")
+    m = metrics("--interval", "200ms", "--port-tags", "all", "--netns-tags", "none")  # (test_netns.py)
     sent = client.traffic(*case.kind, sport, DPORT, COUNT)
     assert (int(sent["sent"]), int(sent["len"])) == (COUNT, case.length)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import eventually, require_root
+from conftest import Netns, eventually, require_root
 from telegraf_tcpdrop.emit import InfluxOutput, Point
 from test_telegraf import Telegraf, shipped_drop_in
 
@@ -101,6 +101,32 @@ def test_influxdb_1_8_with_user_password_token_and_db_rp_bucket(servers, metrics
         series = influxdb.query(query, "tcp")["results"][0].get("series", [])
         return series[0]["values"][0][1] if series else 0
     assert eventually(lambda: drops() == 120, timeout=15), influxdb.query(query, "tcp")
+
+
+def test_readme_drops_per_container_query_on_influxdb_1_8(servers, metrics, influxd18_bin, monkeypatch):
+    """SYNs to a closed port in two namespaces: the README's query splits them
+    by namespace name (each SYN and its RST, both NO_SOCKET)."""
+    influxdb = servers(InfluxDB1, influxd18_bin)
+    influxdb.query("CREATE DATABASE telegraf", "telegraf")
+    monkeypatch.setenv("INFLUX_TOKEN", "-:-")
+    spaces = [Netns(), Netns()]
+    try:
+        metrics("--output", "influxdb", "--influx-url", influxdb.url, "--influx-bucket",
+                "telegraf/autogen", "--interval", "300ms", "--port", "7704")
+        spaces[0].traffic("raw-syns", 7704, 7, 40000)
+        spaces[1].traffic("raw-syns", 7704, 11, 40000)
+        expected = {(spaces[0].name, "NO_SOCKET"): 14, (spaces[1].name, "NO_SOCKET"): 22}
+
+        def per_namespace():
+            series = influxdb.query(readme_query("Drops per container"), "telegraf")["results"][0]
+            return {(s["tags"]["netns"], s["tags"]["reason"]): s["values"][0][1]
+                    for s in series.get("series", [])}
+        assert eventually(lambda: per_namespace() == expected, timeout=15), per_namespace()
+        assert {s["tags"]["host"] for s in influxdb.query(readme_query("Drops per container"), "telegraf")
+                ["results"][0]["series"]} == {os.uname().nodename}
+    finally:
+        for ns in spaces:
+            ns.delete()
 
 
 def test_a_tag_value_ending_in_a_backslash_leaves_the_next_tag_intact(servers, influxd18_bin):
@@ -278,7 +304,7 @@ def test_telegraf_statsd_input_parses_our_tags(telegraf_bin, tmp_path, metrics, 
                   if x["name"] == "tcpdrop_drops" and x["tags"].get("flags") == "SYN"}
         assert dict(tags) == {"dport": "7900", "family": "4", "flags": "SYN",
                               "frame": "tcp_v4_rcv", "host": os.uname().nodename,
-                              "metric_type": "counter",
+                              "metric_type": "counter", "netns": netns.name,
                               "reason": "NO_SOCKET", "sport": "ephemeral", "state": "NONE"}
         assert m.proc.poll() is None
     finally:
@@ -287,10 +313,10 @@ def test_telegraf_statsd_input_parses_our_tags(telegraf_bin, tmp_path, metrics, 
 
 ETSY_NAMES = {
     "influx": "tcpdrop.dropsdport=7901family=4flags=SYNframe=tcp_v4_rcvhost={host}"
-              "reason=NO_SOCKETsport=ephemeralstate=NONE",
+              "netns={netns}reason=NO_SOCKETsport=ephemeralstate=NONE",
     "dogstatsd": "tcpdrop.drops;dport=7901;family=4;flags=SYN;frame=tcp_v4_rcv;host={host};"
-                 "reason=NO_SOCKET;sport=ephemeral;state=NONE",
-    "none": "tcpdrop.7901.4.SYN.tcp_v4_rcv.{host}.NO_SOCKET.ephemeral.NONE.drops",
+                 "netns={netns};reason=NO_SOCKET;sport=ephemeral;state=NONE",
+    "none": "tcpdrop.7901.4.SYN.tcp_v4_rcv.{host}.{netns}.NO_SOCKET.ephemeral.NONE.drops",
 }
 
 
@@ -300,7 +326,7 @@ def test_etsy_statsd_counts_every_tag_style(servers, metrics, netns, style):
     metrics("--output", "statsd", "--statsd-port", str(etsy.port), "--statsd-tags", style,
             "--interval", "300ms", "--port", "7901")
     netns.traffic("raw-syns", 7901, 17, 40000)
-    name = ETSY_NAMES[style].format(host=os.uname().nodename)
+    name = ETSY_NAMES[style].format(host=os.uname().nodename, netns=netns.name)
     assert eventually(lambda: etsy.counters().get(name) == 17, timeout=10), \
         etsy.counters()
 
@@ -318,7 +344,7 @@ def test_a_non_ascii_host_name_reaches_etsy_statsd(servers, metrics, netns, host
                     'printf %s "$0" > /proc/sys/kernel/hostname && exec "$@"', host))
     netns.traffic("raw-syns", 7903, 13, 40000)
     # Etsy statsd keeps only [A-Za-z0-9_.;=-] of a name: café-1 is caf-1 there.
-    name = ETSY_NAMES["dogstatsd"].replace("7901", "7903").format(host=seen)
+    name = ETSY_NAMES["dogstatsd"].replace("7901", "7903").format(host=seen, netns=netns.name)
     assert eventually(lambda: etsy.counters().get(name) == 13, timeout=10), etsy.counters()
 
 
@@ -335,7 +361,7 @@ def test_statsd_down_then_up_over_tcp(servers, metrics, netns, tmp_path):
     etsy.start()
     try:
         netns.traffic("raw-syns", 7902, 9, 40000)
-        name = f"tcpdrop.7902.4.SYN.tcp_v4_rcv.{os.uname().nodename}.NO_SOCKET.ephemeral.NONE.drops"
+        name = f"tcpdrop.7902.4.SYN.tcp_v4_rcv.{os.uname().nodename}.{netns.name}.NO_SOCKET.ephemeral.NONE.drops"
         assert eventually(lambda: etsy.counters().get(name) == 9, timeout=10), etsy.counters()
         assert eventually(lambda: any(l.startswith("I! StatsD at tcp://localhost:") for l in m.stderr),
                           timeout=5), m.stderr  # its line can come after the counts

@@ -21,16 +21,35 @@ VOLATILE = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var/cache", "/var/lib/apt
             "/var/log", "/root", "/var/lib/systemd", "/etc/ld.so.cache")
 
 
+def root_tarball(workdir):
+    """The clean root as a tarball: debootstrapped once (in workdir), then cached."""
+    if ROOT_TARBALL.exists():
+        return ROOT_TARBALL
+    mirror = host_mirrors()[""][0]
+    workdir = Path(workdir)
+    if not TARBALL.exists():
+        work = workdir / "debootstrap-download"
+        subprocess.run(["debootstrap", "--variant=minbase", f"--make-tarball={TARBALL}",
+                        SUITE, str(work), mirror], check=True, capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+    made = workdir / "debootstrap-root"
+    subprocess.run(["debootstrap", "--variant=minbase", f"--unpack-tarball={TARBALL}",
+                    SUITE, str(made), mirror], check=True, capture_output=True)
+    subprocess.run(["tar", "-cpf", f"{ROOT_TARBALL}.part", "-C", str(made), "."], check=True)
+    os.replace(f"{ROOT_TARBALL}.part", ROOT_TARBALL)
+    subprocess.run(["rm", "-rf", "--one-file-system", str(made)], check=True)
+    return ROOT_TARBALL
+
+
 class DebianRoot:
     def __init__(self, path):
         self.path = Path(path)
         self.mounts = []
 
     def create(self):
-        if not ROOT_TARBALL.exists():
-            self._bootstrap()
         self.path.mkdir(parents=True)
-        subprocess.run(["tar", "-xpf", str(ROOT_TARBALL), "-C", str(self.path)], check=True)
+        subprocess.run(["tar", "-xpf", str(root_tarball(self.path.parent)), "-C", str(self.path)],
+                       check=True)
         apt = self.path / "etc" / "apt"
         for sources in Path("/etc/apt").glob("sources.list.d/*.sources"):
             shutil.copy(sources, apt / "sources.list.d")
@@ -47,21 +66,6 @@ class DebianRoot:
         self.mount(["--rbind", "/sys"], "sys")
         self.mount(["--rbind", "/dev"], "dev")
         return self
-
-    def _bootstrap(self):
-        """debootstrap once; its download and its result are cached."""
-        mirror = host_mirrors()[""][0]
-        if not TARBALL.exists():
-            work = self.path.parent / "debootstrap-download"
-            subprocess.run(["debootstrap", "--variant=minbase", f"--make-tarball={TARBALL}",
-                            SUITE, str(work), mirror], check=True, capture_output=True)
-            shutil.rmtree(work, ignore_errors=True)
-        made = self.path.parent / "debootstrap-root"
-        subprocess.run(["debootstrap", "--variant=minbase", f"--unpack-tarball={TARBALL}",
-                        SUITE, str(made), mirror], check=True, capture_output=True)
-        subprocess.run(["tar", "-cpf", f"{ROOT_TARBALL}.part", "-C", str(made), "."], check=True)
-        os.replace(f"{ROOT_TARBALL}.part", ROOT_TARBALL)
-        subprocess.run(["rm", "-rf", "--one-file-system", str(made)], check=True)
 
     def mount(self, how, where):
         target = self.path / where

@@ -1,0 +1,162 @@
+"""Network namespaces by the names a person knows them by.
+
+A drop's namespace comes from the kernel as an inode number; the `netns` tag
+is, in this order of preference:
+
+    host              the initial namespace
+    NAME              given by `ip netns add NAME` (/run/netns/NAME)
+    CONTAINER         a Docker or Podman container's name, or POD_NAMESPACE/POD_NAME
+                      under Kubernetes: from the cgroup of a process in the
+                      namespace and the runtime's own state on disk
+    UNIT.service      a systemd unit (PrivateNetwork=), from that cgroup
+    netns:INODE       none of these
+
+Names that runtimes make up for their own bind mounts (Podman's
+/run/netns/netns-<uuid>, CNI's cni-<uuid>) rank below the container's name.
+Everything is read from /proc and the runtimes' files, never per drop: the
+names are kept, and looked for again when an inode no name is known for
+turns up (at most once a second) or every RESCAN_SECONDS (namespaces go, and
+their inodes are reused).
+"""
+import json
+import os
+import re
+import time
+
+INIT_NET_INODE = 0xEFFFFFF9  # PROC_NET_INIT_INO, include/linux/proc_ns.h
+UNKNOWN = "unknown"  # the probe could not tell (no device, no socket): inode 0
+RESCAN_SECONDS = 10.0
+UNKNOWN_RESCAN_SECONDS = 1.0
+
+RUNTIME_MADE = re.compile(r"(netns|cni)-[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}")
+# A container's id in its cgroup path: docker-<id>.scope, /docker/<id>,
+# libpod-<id>.scope, cri-containerd-<id>.scope, crio-<id>.scope, ...
+CONTAINER = re.compile(r"(docker|libpod|cri-containerd|crio)[-/]([0-9a-f]{64})(\.scope)?(/|$)")
+# A Kubernetes pod's uid: kubepods-besteffort-pod<uid with _>.slice, /kubepods/burstable/pod<uid>/
+POD = re.compile(r"kubepods.*?pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})")
+UNIT = re.compile(r"/([^/]+\.service)(/|$)")
+
+# Where each runtime keeps its containers' names (rootful, default roots).
+DOCKER_CONTAINERS = "/var/lib/docker/containers"
+PODMAN_CONTAINERS = "/var/lib/containers/storage/overlay-containers/containers.json"
+KUBELET_PODS = "/var/log/pods"  # <namespace>_<name>_<uid>/
+
+
+class NetnsNames:
+    """inode -> name, kept; see the module's docstring for the order."""
+
+    def __init__(self, proc="/proc", run_netns="/run/netns", docker=DOCKER_CONTAINERS,
+                 podman=PODMAN_CONTAINERS, pods=KUBELET_PODS, clock=time.monotonic):
+        self.proc, self.run_netns = proc, run_netns
+        self.docker, self.podman, self.pods = docker, podman, pods
+        self.clock = clock
+        self._names = {}
+        self._scanned = None  # clock() of the last scan
+
+    def name(self, inode):
+        if inode == INIT_NET_INODE:
+            return "host"
+        if inode == 0:
+            return UNKNOWN
+        now = self.clock()
+        since = None if self._scanned is None else now - self._scanned
+        if since is None or since >= RESCAN_SECONDS or \
+                (inode not in self._names and since >= UNKNOWN_RESCAN_SECONDS):
+            self._names = self.scan()
+            self._scanned = now
+        return self._names.get(inode, f"netns:{inode}")
+
+    def scan(self):
+        """{inode: name} of every namespace found now, each by its best name."""
+        ranked = {}  # inode -> (rank, name); lower ranks win
+
+        def offer(inode, rank, name):
+            if inode not in ranked or rank < ranked[inode][0]:
+                ranked[inode] = (rank, name)
+
+        for name in _listdir(self.run_netns):
+            inode = _inode(os.path.join(self.run_netns, name))
+            if inode:
+                offer(inode, 3 if RUNTIME_MADE.fullmatch(name) else 0, name)
+        containers = {}  # runtime state, read once a scan
+        for pid in filter(str.isdigit, _listdir(self.proc)):
+            inode = _inode(f"{self.proc}/{pid}/ns/net")
+            if not inode or inode == INIT_NET_INODE or ranked.get(inode, (9,))[0] <= 1:
+                continue
+            found = self._from_cgroup(_read_text(f"{self.proc}/{pid}/cgroup"), containers)
+            if found:
+                offer(inode, *found)
+        return {inode: name for inode, (_, name) in ranked.items()}
+
+    def _from_cgroup(self, cgroup, containers):
+        """(rank, name) of the container or unit a process's cgroup file names, or None."""
+        pod = POD.search(cgroup)
+        if pod:
+            name = self._pod_name(pod.group(1).replace("_", "-"))
+            if name:
+                return 1, name
+        container = CONTAINER.search(cgroup)
+        if container:
+            runtime, container_id = container.group(1), container.group(2)
+            if runtime not in containers:
+                containers[runtime] = self._container_names(runtime)
+            name = containers[runtime].get(container_id)
+            if name:
+                return 1, name
+        unit = UNIT.search(cgroup)
+        if unit:
+            return 2, unit.group(1)
+        return None
+
+    def _container_names(self, runtime):
+        """{container id: name} from the runtime's own files."""
+        names = {}
+        if runtime == "docker":
+            for container_id in _listdir(self.docker):
+                config = _read_json(os.path.join(self.docker, container_id, "config.v2.json"))
+                if isinstance(config, dict) and config.get("Name"):
+                    names[container_id] = config["Name"].lstrip("/")
+        elif runtime == "libpod":
+            for container in _read_json(self.podman) or []:
+                if container.get("names"):
+                    names[container["id"]] = container["names"][0]
+        return names
+
+    def _pod_name(self, uid):
+        """POD_NAMESPACE/POD_NAME of the pod with this uid, from the kubelet's log directories."""
+        for entry in _listdir(self.pods):
+            namespace, _, rest = entry.partition("_")
+            name, _, pod_uid = rest.rpartition("_")
+            if pod_uid == uid and namespace and name:
+                return f"{namespace}/{name}"
+        return None
+
+
+def _listdir(path):
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
+def _inode(path):
+    try:
+        return os.stat(path).st_ino
+    except OSError:  # gone, or not ours to see
+        return None
+
+
+def _read_text(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,135 @@
+"""Network namespaces by name: real namespaces, a real cgroup, a real Podman container."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import TESTS, Netns, eventually, require_root
+from telegraf_tcpdrop.netns import INIT_NET_INODE, RESCAN_SECONDS, NetnsNames
+
+pytestmark = pytest.mark.kernel
+sys.path.insert(0, str(TESTS / "peers"))
+from debian_root import root_tarball  # noqa: E402
+from servers import CACHE  # noqa: E402
+
+PODMAN = ["podman", "--runtime", "runc"]
+LIMITS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1000:1000"]  # under this host's hard ones
+IMAGE = "localhost/telegraf-tcpdrop-test-root"
+
+
+def inode_of(pid):
+    return os.stat(f"/proc/{pid}/ns/net").st_ino
+
+
+def test_host_and_ip_netns_names(netns):
+    names = NetnsNames()
+    assert os.stat("/proc/self/ns/net").st_ino == INIT_NET_INODE
+    assert names.name(INIT_NET_INODE) == "host"
+    assert names.name(netns.inode) == netns.name
+    assert names.name(0) == "unknown"
+
+
+@pytest.fixture
+def unnamed():
+    """A process in a network namespace of its own that no one named (unshare -n)."""
+    require_root()
+    proc = subprocess.Popen(["unshare", "-n", "sleep", "300"])
+    assert eventually(lambda: inode_of(proc.pid) != INIT_NET_INODE)
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_an_unnamed_namespace_is_its_inode_and_forgotten_when_gone(unnamed):
+    clock = [0.0]
+    names = NetnsNames(clock=lambda: clock[0])
+    inode = inode_of(unnamed.pid)
+    assert names.name(inode) == f"netns:{inode}"
+    unnamed.kill()
+    unnamed.wait()
+    ns = Netns()  # the kernel reuses freed inodes: often this one gets it
+    try:
+        clock[0] += RESCAN_SECONDS
+        assert names.name(ns.inode) == ns.name
+        assert names.name(inode) == (ns.name if ns.inode == inode else f"netns:{inode}")
+    finally:
+        ns.delete()
+
+
+def test_a_systemd_unit_from_its_cgroup(unnamed):
+    """systemd is not PID 1 here: a real cgroup, made with its layout, stands in."""
+    unit = Path("/sys/fs/cgroup/unified/system.slice/tcpdrop-test.service")
+    if not unit.parent.parent.is_dir():
+        unit = Path("/sys/fs/cgroup/system.slice/tcpdrop-test.service")
+    unit.mkdir(parents=True, exist_ok=True)
+    try:
+        (unit / "cgroup.procs").write_text(str(unnamed.pid))
+        assert "/system.slice/tcpdrop-test.service" in Path(f"/proc/{unnamed.pid}/cgroup").read_text()
+        assert NetnsNames().name(inode_of(unnamed.pid)) == "tcpdrop-test.service"
+    finally:
+        unnamed.kill()
+        unnamed.wait()
+        eventually(lambda: not (unit / "cgroup.procs").read_text().strip())
+        unit.rmdir()
+
+
+@pytest.fixture(scope="module")
+def podman():
+    """Podman from Debian, and an image made from the Debian root the package tests use."""
+    require_root()
+    if subprocess.run(["which", "podman"], capture_output=True).returncode:
+        subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "podman", "runc"],
+                       check=True, capture_output=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    if subprocess.run(["podman", "image", "exists", IMAGE]).returncode:
+        subprocess.run(["podman", "import", "-q", str(root_tarball(CACHE)), IMAGE], check=True,
+                       capture_output=True)
+    return PODMAN
+
+
+@pytest.fixture
+def container(podman):
+    """start(name, *options): a container running sleep, removed after the test; its PID."""
+    started = []
+
+    def start(name, *options):
+        subprocess.run([*podman, "rm", "-f", name], capture_output=True)
+        subprocess.run([*podman, "run", "-d", "--name", name, *LIMITS, *options, IMAGE, "sleep", "300"],
+                       check=True, capture_output=True)
+        started.append(name)
+        return int(subprocess.run([*podman, "inspect", "-f", "{{.State.Pid}}", name], check=True,
+                                  capture_output=True, text=True).stdout)
+    yield start
+    for name in started:
+        subprocess.run([*podman, "rm", "-f", "-t", "0", name], capture_output=True)
+
+
+@pytest.mark.parametrize("network", ["none", "bridge"])
+def test_a_podman_containers_name(container, network):
+    """By its name, not by the /run/netns/netns-<uuid> Podman made for its bridge."""
+    pid = container(f"tcpdrop-web-{network}", "--network", network)
+    assert NetnsNames().name(inode_of(pid)) == f"tcpdrop-web-{network}"
+
+
+def test_metrics_split_drops_by_namespace(metrics, container):
+    """The issue's example: SYNs to a closed port in two `ip netns` namespaces,
+    a container and the host come out as one series each, by name."""
+    spaces = [Netns(), Netns()]
+    pid = container("tcpdrop-web")
+    try:
+        m = metrics("--interval", "200ms", "--port", "7601")
+        spaces[0].traffic("raw-syns", 7601, 7, 40000)
+        spaces[1].traffic("raw-syns", 7601, 11, 40000)
+        subprocess.run(["nsenter", "-t", str(pid), "-n", sys.executable, str(TESTS / "traffic.py"),
+                        "raw-syns", "7601", "3", "40000"], check=True)
+        subprocess.run([sys.executable, str(TESTS / "traffic.py"), "raw-syns", "7601", "5", "40000"],
+                       check=True)
+        expected = {spaces[0].name: 7, spaces[1].name: 11, "tcpdrop-web": 3, "host": 5}
+        for name, count in expected.items():
+            assert m.wait_total(count, netns=name, flags="SYN") == count, name
+        assert m.stop() == 0
+        assert {t["netns"] for meas, t, f, _ in m.points if meas == "tcpdrop"} == set(expected)
+    finally:
+        for ns in spaces:
+            ns.delete()
