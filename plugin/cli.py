@@ -38,6 +38,7 @@ examples:
   telegraf-tcpdrop trace --port 443         # drops to or from port 443
   telegraf-tcpdrop trace --reason NO_SOCKET --reason NETFILTER_DROP
   telegraf-tcpdrop trace --json             # one JSON object per drop
+  telegraf-tcpdrop trace --netns web1       # drops in the container web1's namespace
   telegraf-tcpdrop metrics --interval 10s   # counts per tag set, line protocol on stdout
   telegraf-tcpdrop audit --for 30s          # the counts beside the kernel's own counters
   telegraf-tcpdrop reasons                  # the drop reasons this kernel knows
@@ -88,10 +89,13 @@ def build_parsers():
     trace = commands.add_parser(
         "trace", parents=[probe], help="print each TCP drop as it happens", epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Print each TCP drop: TIME PID IP SADDR:SPORT > DADDR:DPORT STATE (FLAGS) REASON,\n"
-                    "then the kernel stack from the drop site. PID and COMM are the task on CPU\n"
-                    "when the packet was dropped, often unrelated to it (softirq).")
+        description="Print each TCP drop: TIME PID NETNS IP SADDR:SPORT > DADDR:DPORT STATE (FLAGS)\n"
+                    "REASON, then the kernel stack from the drop site. PID and COMM are the task on\n"
+                    "CPU when the packet was dropped, often unrelated to it (softirq).")
     trace.add_argument("--json", action="store_true", help="one JSON object per line")
+    trace.add_argument("--netns", metavar="NAME",
+                       help="only the drops in this network namespace: host, an ip netns name, a "
+                            "container's, a systemd unit's, or netns:INODE (as the NETNS column)")
     trace.add_argument("--stack", action=argparse.BooleanOptionalAction, default=True,
                        help="print the kernel stack of each drop (default: on)")
     trace.add_argument("--rate-limit", type=non_negative, default=TRACE_RATE_LIMIT, metavar="N",
@@ -347,7 +351,8 @@ def run_trace(args):
     config = probe_config(args, reasons, events=1, stacks=int(args.stack),
                           events_per_sec=args.rate_limit)
     with open_probe(args, config) as probe:
-        tracer = Tracer(probe, reasons, loaded_symbols(), as_json=args.json, with_stack=args.stack)
+        tracer = Tracer(probe, reasons, loaded_symbols(), as_json=args.json, with_stack=args.stack,
+                        netns=args.netns)
         tracer.run()
     return 0
 

@@ -14,8 +14,10 @@ from datetime import datetime, timezone
 from . import log, stop
 from .event import COUNTER_LOST, COUNTER_RATELIMITED, COUNTER_STACKS_LOST
 from .names import flags_tag, state_name
+from .netns import NetnsNames
 
-HEADER = f"{'TIME':<8} {'PID':<7} {'IP':<2} {'SADDR:SPORT':<21} > {'DADDR:DPORT':<21} STATE (FLAGS) REASON"
+HEADER = (f"{'TIME':<8} {'PID':<7} {'NETNS':<12} {'IP':<2} {'SADDR:SPORT':<21} > {'DADDR:DPORT':<21} "
+          "STATE (FLAGS) REASON")
 COUNTER_CHECK_SECONDS = 1.0
 
 
@@ -35,6 +37,7 @@ class Drop:
     reason: str
     location: str
     netns: int
+    netns_name: str
     len: int
     stack: list
 
@@ -52,7 +55,7 @@ def drop_site_stack(ips, location, function):
     return ips
 
 
-def decode(event, reasons, symbols, stack_ips, now):
+def decode(event, reasons, symbols, stack_ips, now, netns_name):
     key = event.key
 
     def addr(raw):
@@ -75,6 +78,7 @@ def decode(event, reasons, symbols, stack_ips, now):
         reason=reasons.name(key.reason),
         location=symbols.format(key.location),
         netns=event.netns,
+        netns_name=netns_name,
         len=event.len,
         stack=[symbols.format(ip) for ip in drop_site_stack(stack_ips, key.location, symbols.function)],
     )
@@ -87,7 +91,7 @@ def endpoint(family, addr, port):
 
 def format_line(drop):
     local = datetime.fromisoformat(drop.time.replace("Z", "+00:00")).astimezone()
-    return (f"{local:%H:%M:%S} {drop.pid:<7} {drop.family:<2} "
+    return (f"{local:%H:%M:%S} {drop.pid:<7} {drop.netns_name:<12} {drop.family:<2} "
             f"{endpoint(drop.family, drop.saddr, drop.sport):<21} > "
             f"{endpoint(drop.family, drop.daddr, drop.dport):<21} "
             f"{drop.state} ({drop.flags}) {drop.reason}")
@@ -96,16 +100,23 @@ def format_line(drop):
 class Tracer:
     """Prints each event the probe delivers; reports what it could not print."""
 
-    def __init__(self, probe, reasons, symbols, as_json=False, with_stack=True, out=sys.stdout):
+    def __init__(self, probe, reasons, symbols, as_json=False, with_stack=True, netns=None,
+                 netns_names=None, out=sys.stdout):
+        """netns: print only the drops of the namespace of that name (netns.py)."""
         self.probe, self.reasons, self.symbols = probe, reasons, symbols
         self.as_json, self.with_stack, self.out = as_json, with_stack, out
+        self.netns, self.netns_names = netns, netns_names or NetnsNames()
         self.printed = 0
         self._not_shown = [0, 0, 0]  # lost, over the rate limit, stacks lost, as last reported
         self._stop = False
 
     def on_event(self, event):
+        netns_name = self.netns_names.name(event.netns)
+        if self.netns and netns_name != self.netns:
+            return
         stack_ips = event.stack_ips() if self.with_stack else []
-        drop = decode(event, self.reasons, self.symbols, stack_ips, datetime.now(timezone.utc))
+        drop = decode(event, self.reasons, self.symbols, stack_ips, datetime.now(timezone.utc),
+                      netns_name)
         if self.as_json:
             self.out.write(json.dumps(asdict(drop)) + "\n")
         else:

@@ -203,7 +203,7 @@ def test_trace_human_output_and_clean_exit(netns):
                             stderr=subprocess.PIPE, text=True)
     lines = []
     try:
-        assert proc.stdout.readline().startswith("TIME     PID     IP SADDR:SPORT")
+        assert proc.stdout.readline().startswith("TIME     PID     NETNS        IP SADDR:SPORT")
         netns.traffic("syn", "127.0.0.1", 7200, 40100)
         while not lines or lines[-1] != "\n":
             lines.append(proc.stdout.readline())
@@ -211,7 +211,7 @@ def test_trace_human_output_and_clean_exit(netns):
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=5)
     assert proc.returncode == 0 and "Traceback" not in err, err
-    assert re.fullmatch(r"\d\d:\d\d:\d\d \d+ +4  127\.0\.0\.1:40100 +> 127\.0\.0\.1:7200 +"
+    assert re.fullmatch(rf"\d\d:\d\d:\d\d \d+ +{netns.name} 4  127\.0\.0\.1:40100 +> 127\.0\.0\.1:7200 +"
                         r"NONE \(SYN\) NO_SOCKET\n", lines[0]), lines[0]
     assert lines[1].startswith("tcp_v4_rcv+0x") and len(lines) > 4
     assert re.search(r"I! attached to tp_btf/kfree_skb \(core\) in \d+ ms", err)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TESTS, Netns, eventually, require_root
+from conftest import TESTS, Netns, Tracer, eventually, require_root
 from telegraf_tcpdrop.netns import INIT_NET_INODE, RESCAN_SECONDS, NetnsNames
 
 pytestmark = pytest.mark.kernel
@@ -77,11 +77,9 @@ def test_a_systemd_unit_from_its_cgroup(unnamed):
 
 @pytest.fixture(scope="module")
 def podman():
-    """Podman from Debian, and an image made from the Debian root the package tests use."""
+    """Podman from Debian (make test installs it), and an image made from the
+    Debian root the package tests use."""
     require_root()
-    if subprocess.run(["which", "podman"], capture_output=True).returncode:
-        subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "podman", "runc"],
-                       check=True, capture_output=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
     if subprocess.run(["podman", "image", "exists", IMAGE]).returncode:
         subprocess.run(["podman", "import", "-q", str(root_tarball(CACHE)), IMAGE], check=True,
                        capture_output=True)
@@ -133,3 +131,19 @@ def test_metrics_split_drops_by_namespace(metrics, container):
     finally:
         for ns in spaces:
             ns.delete()
+
+
+def test_trace_names_the_namespace_and_shows_only_the_one_asked_for():
+    require_root()
+    shown, hidden = Netns(), Netns()
+    t = Tracer("--rate-limit", "0", "--netns", shown.name)
+    try:
+        hidden.traffic("syn", "127.0.0.1", 7602, 40001)
+        shown.traffic("syn", "127.0.0.1", 7602, 40002)
+        [drop] = t.wait_for(shown, dport=7602)
+        assert (drop["netns"], drop["netns_name"], drop["sport"]) == (shown.inode, shown.name, 40002)
+        assert t.stop() == 0
+        assert t.events_in(hidden) == [] and {e["netns_name"] for e in t.events} == {shown.name}
+    finally:
+        shown.delete()
+        hidden.delete()

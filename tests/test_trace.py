@@ -50,19 +50,19 @@ def test_a_refused_syn_stack_starts_below_consume_skb():
 
 
 def test_decode_ipv4():
-    drop = decode(event(), REASONS, FakeSymbols(), [BPF, TRACE_RUN, RCV, DELIVER], NOW)
+    drop = decode(event(), REASONS, FakeSymbols(), [BPF, TRACE_RUN, RCV, DELIVER], NOW, "web1")
     assert json.loads(json.dumps(drop.__dict__)) == {
         "time": "2026-11-23T19:45:39.734507Z", "pid": 3061, "comm": "curl", "family": 4,
         "saddr": "10.0.0.1", "sport": 40001, "daddr": "10.0.0.2", "dport": 443,
         "state": "NONE", "flags": "SYN", "reason": "NO_SOCKET", "location": "tcp_v4_rcv+0x99",
-        "netns": 4026531833, "len": 32,
+        "netns": 4026531833, "netns_name": "web1", "len": 32,
         "stack": ["tcp_v4_rcv+0x99", "ip_protocol_deliver_rcu+0x28"]}
 
 
 def test_what_the_packet_did_not_hold_is_not_shown():
-    truncated = decode(event(flags=0, marks=MARK_TRUNCATED), REASONS, FakeSymbols(), [], NOW)
+    truncated = decode(event(flags=0, marks=MARK_TRUNCATED), REASONS, FakeSymbols(), [], NOW, "web1")
     assert (truncated.sport, truncated.dport, truncated.flags) == (40001, 443, "TRUNCATED")
-    portless = decode(event(flags=0, marks=MARK_TRUNCATED | MARK_NO_PORTS), REASONS, FakeSymbols(), [], NOW)
+    portless = decode(event(flags=0, marks=MARK_TRUNCATED | MARK_NO_PORTS), REASONS, FakeSymbols(), [], NOW, "web1")
     assert (portless.sport, portless.dport, portless.flags) == (None, None, "TRUNCATED")
     assert format_line(portless).endswith("10.0.0.1:-            > 10.0.0.2:-            "
                                           "NONE (TRUNCATED) NO_SOCKET")
@@ -73,15 +73,31 @@ def test_a_stack_the_kernel_could_not_take_is_empty():
 
 
 def test_line_ipv4_and_ipv6():
-    v4 = decode(event(), REASONS, FakeSymbols(), [], NOW)
-    v6 = decode(event(6, "2001:db8::1", "fe80::2"), REASONS, FakeSymbols(), [], NOW)
+    v4 = decode(event(), REASONS, FakeSymbols(), [], NOW, "web1")
+    v6 = decode(event(6, "2001:db8::1", "fe80::2"), REASONS, FakeSymbols(), [], NOW, "web1")
     local = NOW.astimezone().strftime("%H:%M:%S")
     assert format_line(v4) == \
-        f"{local} 3061    4  10.0.0.1:40001        > 10.0.0.2:443          NONE (SYN) NO_SOCKET"
+        f"{local} 3061    web1         4  10.0.0.1:40001        > 10.0.0.2:443          NONE (SYN) NO_SOCKET"
     assert format_line(v6) == \
-        f"{local} 3061    6  [2001:db8::1]:40001   > [fe80::2]:443         NONE (SYN) NO_SOCKET"
+        f"{local} 3061    web1         6  [2001:db8::1]:40001   > [fe80::2]:443         NONE (SYN) NO_SOCKET"
     assert HEADER.index("SADDR") == format_line(v4).index("10.0.0.1")
     assert HEADER.index(">") == format_line(v4).index(">")
+
+
+class FakeNames:
+    def name(self, inode):
+        return {4026531833: "web1"}.get(inode, f"netns:{inode}")
+
+
+def test_tracer_prints_only_the_namespace_asked_for():
+    out = io.StringIO()
+    tracer = Tracer(StubProbe(), REASONS, FakeSymbols(), as_json=True, netns="web1",
+                    netns_names=FakeNames(), out=out)
+    tracer.on_event(event())
+    other = event()
+    other.netns = 4026532000
+    tracer.on_event(other)
+    assert [json.loads(line)["netns_name"] for line in out.getvalue().splitlines()] == ["web1"]
 
 
 class StubProbe:
@@ -96,7 +112,7 @@ class StubProbe:
 
 def test_tracer_prints_line_then_stack_then_blank():
     out = io.StringIO()
-    Tracer(StubProbe(), REASONS, FakeSymbols(), out=out).on_event(event())
+    Tracer(StubProbe(), REASONS, FakeSymbols(), netns_names=FakeNames(), out=out).on_event(event())
     lines = out.getvalue().split("\n")
     assert lines[0].endswith("NONE (SYN) NO_SOCKET")
     assert lines[1:] == ["tcp_v4_rcv+0x99", "ip_protocol_deliver_rcu+0x28", "", ""]
@@ -104,10 +120,11 @@ def test_tracer_prints_line_then_stack_then_blank():
 
 def test_tracer_json_has_the_documented_keys():
     out = io.StringIO()
-    Tracer(StubProbe(), REASONS, FakeSymbols(), as_json=True, with_stack=False, out=out).on_event(event())
+    Tracer(StubProbe(), REASONS, FakeSymbols(), as_json=True, with_stack=False,
+           netns_names=FakeNames(), out=out).on_event(event())
     drop = json.loads(out.getvalue())
     assert list(drop) == ["time", "pid", "comm", "family", "saddr", "sport", "daddr", "dport",
-                          "state", "flags", "reason", "location", "netns", "len", "stack"]
+                          "state", "flags", "reason", "location", "netns", "netns_name", "len", "stack"]
     assert drop["stack"] == []
 
 
