@@ -18,6 +18,8 @@ from .emit import STATSD_TAG_STYLES, InfluxOutput, StatsdOutput, StdoutOutput
 from .event import REASON_OURS_FIRST, REASON_UNKNOWN, ProbeConfig
 from .execd import SIGNALS, Execd
 from .metrics import NETNS_TAGS, PORT_TAGS, Collector, ephemeral_range
+from .netns import NetnsNames
+from .netstat import NetstatPoints
 from .names import OWN_REASONS
 from .bcc_loader import BccLoader
 from .btf import BtfError
@@ -119,6 +121,9 @@ def build_parsers():
     metrics.add_argument("--netns-tags", choices=NETNS_TAGS, default="name",
                          help="name: tag `netns` with the namespace's name (host, ip netns name, "
                               "container, systemd unit; default); inode: its inode; none: no tag")
+    metrics.add_argument("--netns-counters", action="store_true",
+                         help="add a point tcpdrop_netstat per network namespace each interval: "
+                              "the rise of the kernel's own TCP drop counters there")
     metrics.add_argument("--stacks", action="store_true",
                          help="add a field `stack`: the folded kernel stack of one drop of each "
                               f"tag set (sampled, at most {STACK_SAMPLES}/s per CPU)")
@@ -372,12 +377,15 @@ def run_metrics(args):
                                   key_netns=int(args.netns_tags != "none"),
                                   events=int(args.stacks), stacks=int(args.stacks),
                                   events_per_sec=STACK_SAMPLES)
+    # Telegraf adds the host tag to what it reads from stdout.
+    host = None if args.output == "stdout" else host_name()
+    names = NetnsNames()
+    netstat = NetstatPoints(names, host) if args.netns_counters else None
     with open_probe(args, probe_settings, max_keys=args.max_keys) as probe:
         collector = Collector(probe, reasons, loaded_symbols(), probe_settings.port_tags,
-                              netns_tags=args.netns_tags, stats_enabled=check.bpf_stats_enabled,
-                              output_health=output.health,
-                              # Telegraf adds the host tag to what it reads from stdout.
-                              host=None if args.output == "stdout" else host_name())
+                              netns_tags=args.netns_tags, netns_names=names, netstat=netstat,
+                              stats_enabled=check.bpf_stats_enabled, output_health=output.health,
+                              host=host)
         if args.stacks:
             probe.on_event(collector.on_event)
         Execd(collector.collect, output, args.interval, args.signal,

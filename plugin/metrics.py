@@ -34,8 +34,9 @@ class Collector:
     """Reads the probe each interval and makes that interval's points."""
 
     def __init__(self, probe, reasons, symbols, port_tags, netns_tags="none", netns_names=None,
-                 clock=time.time_ns, stats_enabled=lambda: False, output_health=dict, host=None,
-                 idle_intervals=IDLE_INTERVALS):
+                 netstat=None, clock=time.time_ns, stats_enabled=lambda: False,
+                 output_health=dict, host=None, idle_intervals=IDLE_INTERVALS):
+        """netstat: a netstat.NetstatPoints, for each namespace's own TCP drop counters too."""
         self.probe, self.reasons, self.symbols, self.port_tags = probe, reasons, symbols, port_tags
         self.netns_tags = netns_tags
         self.netns_names = netns_names or NetnsNames()
@@ -44,6 +45,7 @@ class Collector:
         self._tags = {}  # key -> its tags, made once: buffered points share them
         self._idle = {}  # key -> intervals since its last drop
         self._host = {"host": host} if host else {}
+        self.netstat = netstat
         self.examples = {}  # key -> folded stack of one drop this interval (--stacks)
         self._counters = [0] * len(probe.counters())
         self._runs = probe.run_stats()
@@ -93,6 +95,8 @@ class Collector:
                 self._tags[raw] = self.tags(DropKey.from_buffer_copy(raw))
             points.append(Point("tcpdrop", self._tags[raw], fields, now))
         self.examples.clear()
+        if self.netstat:
+            points += self.netstat.points(now)
         health = self.agent_fields(now, len(counts))
         points.append(Point("tcpdrop_agent", self._host, health, now))
         self._last_time = now

@@ -74,13 +74,13 @@ class NetnsNames:
             if inode not in ranked or rank < ranked[inode][0]:
                 ranked[inode] = (rank, name)
 
-        for name in _listdir(self.run_netns):
-            inode = _inode(os.path.join(self.run_netns, name))
+        for name in listdir(self.run_netns):
+            inode = inode_of(os.path.join(self.run_netns, name))
             if inode:
                 offer(inode, 3 if RUNTIME_MADE.fullmatch(name) else 0, name)
         containers = {}  # runtime state, read once a scan
-        for pid in filter(str.isdigit, _listdir(self.proc)):
-            inode = _inode(f"{self.proc}/{pid}/ns/net")
+        for pid in filter(str.isdigit, listdir(self.proc)):
+            inode = inode_of(f"{self.proc}/{pid}/ns/net")
             if not inode or inode == INIT_NET_INODE or ranked.get(inode, (9,))[0] <= 1:
                 continue
             found = self._from_cgroup(_read_text(f"{self.proc}/{pid}/cgroup"), containers)
@@ -112,7 +112,7 @@ class NetnsNames:
         """{container id: name} from the runtime's own files."""
         names = {}
         if runtime == "docker":
-            for container_id in _listdir(self.docker):
+            for container_id in listdir(self.docker):
                 config = _read_json(os.path.join(self.docker, container_id, "config.v2.json"))
                 if isinstance(config, dict) and config.get("Name"):
                     names[container_id] = config["Name"].lstrip("/")
@@ -124,7 +124,7 @@ class NetnsNames:
 
     def _pod_name(self, uid):
         """POD_NAMESPACE/POD_NAME of the pod with this uid, from the kubelet's log directories."""
-        for entry in _listdir(self.pods):
+        for entry in listdir(self.pods):
             namespace, _, rest = entry.partition("_")
             name, _, pod_uid = rest.rpartition("_")
             if pod_uid == uid and namespace and name:
@@ -132,17 +132,19 @@ class NetnsNames:
         return None
 
 
-def _listdir(path):
+def listdir(path):
+    """The names in a directory; none if it cannot be read."""
     try:
         return os.listdir(path)
     except OSError:
         return []
 
 
-def _inode(path):
+def inode_of(path):
+    """A namespace file's inode; None if it is gone, or not ours to see."""
     try:
         return os.stat(path).st_ino
-    except OSError:  # gone, or not ours to see
+    except OSError:
         return None
 
 

@@ -64,12 +64,12 @@ class Probe:
 
 
 def test_a_pair_that_disagrees_is_marked_with_the_difference():
-    class Namespaces:
+    class Names:
         def name(self, inode):
             return "web"
 
     probe = Probe({7: 2})
-    audit = Audit(probe, None, Namespaces())
+    audit = Audit(probe, None, namespaces=None, names=Names())
     start = ({}, {7: {"TcpExtListenDrops": 10}})
     rows = audit.rows(start, (audit.monitor(), {7: {"TcpExtListenDrops": 13}}))
     assert [(r.counter, r.kernel, r.monitor, r.difference, r.reasons) for r in rows] == [

@@ -147,3 +147,26 @@ def test_trace_names_the_namespace_and_shows_only_the_one_asked_for():
     finally:
         shown.delete()
         hidden.delete()
+
+
+def test_each_namespaces_own_drop_counters_every_interval(metrics, netns):
+    """--netns-counters: the kernel's count of refused SYNs in a namespace, as
+    tcpdrop_netstat deltas beside the monitor's own count of them."""
+    m = metrics("--interval", "200ms", "--port", "7603", "--netns-counters")
+    netns.traffic("listen-full", "127.0.0.1", 7603, 20)
+    kernel = netns.counter("TcpExtListenDrops")
+    assert kernel >= 18
+    assert m.wait_total(kernel, field="TcpExtListenDrops", measurement="tcpdrop_netstat",
+                        netns=netns.name) == kernel
+    assert m.wait_total(kernel, state="LISTEN", dport="7603", netns=netns.name) == kernel
+    assert m.stop() == 0
+    assert m.total("TcpExtListenDrops", "tcpdrop_netstat", netns=netns.name) == kernel
+    netstat = [t["netns"] for meas, t, f, _ in m.points if meas == "tcpdrop_netstat"]
+    assert "host" in netstat and netns.name in netstat
+
+
+def test_readme_lists_every_counter_of_tcpdrop_netstat():
+    from telegraf_tcpdrop.netstat import DROP_COUNTERS
+    readme = (TESTS.parent / "README.md").read_text()
+    section = readme[readme.index("- `tcpdrop_netstat`"):readme.index("### Exact")]
+    assert [name for name in DROP_COUNTERS if f"`{name}`" not in section] == []
