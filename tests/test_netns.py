@@ -75,6 +75,30 @@ def test_a_systemd_unit_from_its_cgroup(unnamed):
         unit.rmdir()
 
 
+def test_a_kubernetes_pod_from_its_cgroup_and_the_kubelets_pod_directory(unnamed, tmp_path):
+    """No kubelet runs here: a real cgroup in the kubelet's systemd layout, and
+    its pod log directory (<namespace>_<name>_<uid>), stand in."""
+    uid, container_id = "0f9d1c2e-3b4a-4c5d-8e6f-7a8b9c0d1e2f", "ab" * 32
+    slice_ = Path("/sys/fs/cgroup/unified/kubepods.slice")
+    if not slice_.parent.is_dir():
+        slice_ = Path("/sys/fs/cgroup/kubepods.slice")
+    scope = (slice_ / "kubepods-burstable.slice" / f"kubepods-burstable-pod{uid.replace('-', '_')}.slice"
+             / f"cri-containerd-{container_id}.scope")
+    scope.mkdir(parents=True)
+    (tmp_path / f"shop_checkout-7d9f_{uid}").mkdir()
+    try:
+        (scope / "cgroup.procs").write_text(str(unnamed.pid))
+        assert NetnsNames(pods=tmp_path).name(inode_of(unnamed.pid)) == "shop/checkout-7d9f"
+    finally:
+        unnamed.kill()
+        unnamed.wait()
+        eventually(lambda: not (scope / "cgroup.procs").read_text().strip())
+        for cgroup in (scope, *scope.parents):
+            if cgroup == slice_.parent:
+                break
+            cgroup.rmdir()
+
+
 @pytest.fixture(scope="module")
 def podman():
     """Podman from Debian (make test installs it), and an image made from the
