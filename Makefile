@@ -27,7 +27,7 @@ clean:
 	rm -rf plugin/tcpdrop.bpf.o $(VENV) build *.egg-info
 
 # What a fresh Debian 12 host needs to build the probe and run the tests.
-APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool make nftables iproute2 util-linux procps podman runc \
+APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool make nftables iproute2 util-linux procps podman runc docker.io \
 	victoria-metrics influxdb systemd debootstrap pkg-config python3-bpfcc libc6-dev \
 	python3 python3-venv python3-setuptools python3-wheel python3-pytest python3-pytest-random-order
 INSTALLED := $(VENV)/.installed

@@ -100,6 +100,40 @@ def test_a_kubernetes_pod_from_its_cgroup_and_the_kubelets_pod_directory(unnamed
 
 
 @pytest.fixture(scope="module")
+def docker():
+    """Docker from Debian (make test installs it): its daemon, started here
+    without touching the host's firewall or bridges if none runs, and an
+    image made from the Debian root the package tests use."""
+    require_root()
+    daemon = None
+    if subprocess.run(["docker", "info"], capture_output=True).returncode:
+        daemon = subprocess.Popen(["dockerd", "--iptables=false", "--ip6tables=false", "--bridge=none"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert eventually(lambda: subprocess.run(["docker", "info"], capture_output=True).returncode == 0,
+                          timeout=60), "dockerd did not start"
+    if subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True).returncode:
+        subprocess.run(["docker", "import", str(root_tarball(CACHE)), IMAGE], check=True,
+                       capture_output=True)
+    yield
+    if daemon:
+        daemon.terminate()
+        daemon.wait(timeout=60)
+
+
+def test_a_docker_containers_name(docker):
+    name = "tcpdrop-docker-web"
+    subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+    subprocess.run(["docker", "run", "-d", "--name", name, "--network", "none", IMAGE, "sleep", "300"],
+                   check=True, capture_output=True)
+    try:
+        pid = int(subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", name], check=True,
+                                 capture_output=True, text=True).stdout)
+        assert NetnsNames().name(inode_of(pid)) == name
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+
+
+@pytest.fixture(scope="module")
 def podman():
     """Podman from Debian (make test installs it), and an image made from the
     Debian root the package tests use."""
