@@ -14,9 +14,9 @@ is, in this order of preference:
 Names that runtimes make up for their own bind mounts (Podman's
 /run/netns/netns-<uuid>, CNI's cni-<uuid>) rank below the container's name.
 Everything is read from /proc and the runtimes' files, never per drop: the
-names are kept, and looked for again when an inode no name is known for
-turns up (at most once a second) or every RESCAN_SECONDS (namespaces go, and
-their inodes are reused).
+names are kept, and looked for again when an inode not seen before turns up
+(at most once a second) or every RESCAN_SECONDS (namespaces go, their inodes
+are reused, and one not found is looked for again then).
 """
 import json
 import os
@@ -64,6 +64,9 @@ class NetnsNames:
                 (inode not in self._names and since >= UNKNOWN_RESCAN_SECONDS):
             self._names = self.scan()
             self._scanned = now
+            # Not found even now: so named until the next full scan, not
+            # looked for at every call.
+            return self._names.setdefault(inode, f"netns:{inode}")
         return self._names.get(inode, f"netns:{inode}")
 
     def scan(self):

@@ -228,3 +228,19 @@ def test_readme_lists_every_counter_of_tcpdrop_netstat():
     readme = (TESTS.parent / "README.md").read_text()
     section = readme[readme.index("- `tcpdrop_netstat`"):readme.index("### Exact")]
     assert [name for name in DROP_COUNTERS if f"`{name}`" not in section] == []
+
+
+def test_a_namespace_not_found_is_looked_for_again_only_at_the_next_full_scan(unnamed):
+    clock, scans = [0.0], []
+    names = NetnsNames(clock=lambda: clock[0])
+    names.scan = lambda real=names.scan: scans.append(clock[0]) or real()
+    inode = inode_of(unnamed.pid)
+    names.name(INIT_NET_INODE + 1)  # some other namespace first: a scan at 0.0
+    clock[0] = 0.5
+    assert names.name(inode) == f"netns:{inode}"  # new, but the last scan was 0.5 s ago
+    for clock[0] in (1.5, 4.0, 6.0):
+        assert names.name(inode) == f"netns:{inode}"  # scanned at 1.5, not found: not again
+    assert scans == [0.0, 1.5]
+    clock[0] = 1.5 + RESCAN_SECONDS
+    names.name(inode)
+    assert scans == [0.0, 1.5, 1.5 + RESCAN_SECONDS]
