@@ -31,10 +31,10 @@ UNKNOWN_RESCAN_SECONDS = 1.0
 RUNTIME_MADE = re.compile(r"(netns|cni)-[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}")
 # A container's id in its cgroup path: docker-<id>.scope, /docker/<id>,
 # libpod-<id>.scope, cri-containerd-<id>.scope, crio-<id>.scope, ...
-CONTAINER = re.compile(r"(docker|libpod|cri-containerd|crio)[-/]([0-9a-f]{64})(\.scope)?(/|$)")
+CONTAINER = re.compile(r"(docker|libpod|cri-containerd|crio)[-/]([0-9a-f]{64})(\.scope)?(/|$)", re.M)
 # A Kubernetes pod's uid: kubepods-besteffort-pod<uid with _>.slice, /kubepods/burstable/pod<uid>/
 POD = re.compile(r"kubepods.*?pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})")
-UNIT = re.compile(r"/([^/]+\.service)(/|$)")
+UNIT = re.compile(r"/([^/\n]+\.service)(?=/|$)", re.M)  # the innermost: not user@1000.service
 
 # Where each runtime keeps its containers' names (rootful, default roots).
 DOCKER_CONTAINERS = "/var/lib/docker/containers"
@@ -106,9 +106,9 @@ class NetnsNames:
             name = containers[runtime].get(container_id)
             if name:
                 return 1, name
-        unit = UNIT.search(cgroup)
-        if unit:
-            return 2, unit.group(1)
+        units = UNIT.findall(cgroup)
+        if units:
+            return 2, units[-1]
         return None
 
     def _container_names(self, runtime):
