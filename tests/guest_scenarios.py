@@ -25,7 +25,7 @@ from conftest import CLI, LISTEN_COUNTERS, Netns, Tracer, eventually
 HIDE_BTF = ["unshare", "-m", "sh", "-c", 'mount -t tmpfs none /sys/kernel/btf && exec "$@"', "sh"]
 # trace: every event; metrics: every port as a tag, so lines name their scenario.
 COMMANDS = {"trace": ["trace", "--json", "--no-stack", "--rate-limit", "0"],
-            "metrics": ["metrics", "--signal", "STDIN", "--port-tags", "all"]}
+            "metrics": ["metrics", "--signal", "STDIN", "--port-tags", "all", "--netns-tags", "inode"]}
 
 
 class Run:

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from conftest import require_root
-from test_kernels import EXPECTED, events, refused_syn, scenario_drops
+from test_kernels import EXPECTED, USER_SPACE, events, refused_syn, scenario_drops
 
 sys.path.insert(0, str(Path(__file__).parent / "peers"))
 import arm64_vm  # noqa: E402
@@ -146,7 +146,7 @@ def test_each_hook_attaches(guest):
 
 def test_both_hooks_report_the_same_drops_and_count_each_event(guest):
     res = result(guest)
-    traced = [sorted(json.dumps({k: v for k, v in e.items() if k != "time"}, sort_keys=True)
+    traced = [sorted(json.dumps({k: v for k, v in e.items() if k not in USER_SPACE}, sort_keys=True)
                      for e in events(res, name)) for name in HOOKS]
     assert traced[0] == traced[1] and len(traced[0]) >= 12
     counted = [sorted(line.rsplit(" ", 1)[0] for line in res["runs"][f"{name} metrics"]["stdout"]
