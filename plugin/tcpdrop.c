@@ -626,30 +626,15 @@ static __always_inline __u32 netns_inum(struct net *net, bool btf)
 	return btf ? net->ns.inum : BPF_CORE_READ(net, ns.inum);
 }
 
-/* skb->sk, the socket that sent the packet, if it is of the namespace the
- * packet is in. A veth keeps the sender's socket on a packet it hands to
- * another namespace: that socket is not the receiver's, and not this drop's. */
-static __always_inline struct sock *skb_owner_here(struct sk_buff *skb, bool btf)
-{
-	struct sock *sk = btf ? skb->sk : BPF_CORE_READ(skb, sk);
-	struct net_device *dev;
-
-	if (!sk)
-		return NULL;
-	dev = btf ? skb->dev : BPF_CORE_READ(skb, dev);
-	if (dev && (btf ? dev->nd_net.net : BPF_CORE_READ(dev, nd_net.net)) !=
-		   (btf ? sk->__sk_common.skc_net.net : BPF_CORE_READ(sk, __sk_common.skc_net.net)))
-		return NULL;
-	return sk;
-}
-
-/* The handler of every kfree_skb hook: @sk is the socket the kernel charged
- * the drop to, if any. */
+/* The handler of every kfree_skb hook: @charged is the socket the kernel
+ * charged the drop to, where it says (rx_sk, 6.11+; tcp_drop()'s argument). */
 static __always_inline int handle_drop(void *ctx, struct sk_buff *skb,
-				       struct sock *sk, __u64 location,
+				       struct sock *charged, __u64 location,
 				       __u32 reason, bool btf)
 {
 	struct drop d;	/* read_packet() fills the rest: zeroing it all would cost every drop */
+	struct sock *sk = charged;
+	struct net *dev_net = NULL, *sk_net = NULL;
 
 	if (!reason_wanted(reason))
 		return 0;
@@ -658,22 +643,28 @@ static __always_inline int handle_drop(void *ctx, struct sk_buff *skb,
 	d.netns = 0;
 	if (!read_packet(skb, &d, btf, btf && cfg.direct_loads))
 		return 0;
-	if (sk)
-		d.key.state = btf ? sk->__sk_common.skc_state
-				  : BPF_CORE_READ(sk, __sk_common.skc_state);
-	if (cfg.events || cfg.key_netns) {
-		/* The netns of the device the packet came in on (or goes out
-		 * of); the socket's where there is no device yet. */
+	if (!sk)	/* the packet's own socket: on receive, the sender's or none */
+		sk = btf ? skb->sk : BPF_CORE_READ(skb, sk);
+	if (sk || cfg.events || cfg.key_netns) {
+		/* The namespace of the device the packet came in on (or goes
+		 * out of); the socket's where there is no device yet. */
 		struct net_device *dev = btf ? skb->dev : BPF_CORE_READ(skb, dev);
-		struct net *net = NULL;
 
 		if (dev)
-			net = btf ? dev->nd_net.net : BPF_CORE_READ(dev, nd_net.net);
-		else if (sk)
-			net = btf ? sk->__sk_common.skc_net.net
-				  : BPF_CORE_READ(sk, __sk_common.skc_net.net);
-		d.netns = netns_inum(net, btf);
+			dev_net = btf ? dev->nd_net.net : BPF_CORE_READ(dev, nd_net.net);
 	}
+	if (sk) {
+		sk_net = btf ? sk->__sk_common.skc_net.net : BPF_CORE_READ(sk, __sk_common.skc_net.net);
+		/* A veth keeps the sender's socket on a packet it hands to
+		 * another namespace: that socket is not this drop's. */
+		if (sk != charged && dev_net && sk_net != dev_net)
+			sk = NULL;
+		else
+			d.key.state = btf ? sk->__sk_common.skc_state
+					  : BPF_CORE_READ(sk, __sk_common.skc_state);
+	}
+	if (cfg.events || cfg.key_netns)
+		d.netns = netns_inum(dev_net ? dev_net : (sk ? sk_net : NULL), btf);
 	account(ctx, &d, true);
 	return 0;
 }
@@ -1030,22 +1021,19 @@ SEC("tp_btf/kfree_skb")
 int BPF_PROG(kfree_skb_btf, struct sk_buff *skb, void *location)
 {
 	__u32 reason = REASON_UNKNOWN;
-	struct sock *sk = skb_owner_here(skb, true);
+	struct sock *rx_sk = NULL;
 
 	/* ctx[2] exists from 5.17 (reason), ctx[3] from 6.11 (rx_sk): the
 	 * checks fold to constants at load, so older kernels never see the
 	 * out-of-range reads. */
 	if (bpf_core_field_exists(struct trace_event_raw_kfree_skb, reason))
 		reason = (__u32)ctx[2];
-	if (bpf_core_field_exists(struct trace_event_raw_kfree_skb, rx_sk)) {
-		struct sock *rx_sk = (struct sock *)ctx[3];
-
-		if (rx_sk)
-			sk = rx_sk;
-	}
-	if (cfg.listen == LISTEN_CHAIN && sk && sk->__sk_common.skc_state == TCP_LISTEN)
-		listen_absorb(sk->__sk_common.skc_net.net);
-	return handle_drop(ctx, skb, sk, (__u64)location, reason, true);
+	if (bpf_core_field_exists(struct trace_event_raw_kfree_skb, rx_sk))
+		rx_sk = (struct sock *)ctx[3];
+	/* LISTEN_CHAIN runs only where rx_sk is (6.11+): a listener is charged there. */
+	if (cfg.listen == LISTEN_CHAIN && rx_sk && rx_sk->__sk_common.skc_state == TCP_LISTEN)
+		listen_absorb(rx_sk->__sk_common.skc_net.net);
+	return handle_drop(ctx, skb, rx_sk, (__u64)location, reason, true);
 }
 #endif
 
@@ -1076,15 +1064,13 @@ SEC("tracepoint/skb/kfree_skb")
 int kfree_skb_tp(struct trace_event_raw_kfree_skb *args)
 {
 	struct sk_buff *skb = (struct sk_buff *)args->skbaddr;
-	struct sock *sk = TP_RX_SK(args);
+	struct sock *rx_sk = TP_RX_SK(args);
 
-	if (!sk)
-		sk = skb_owner_here(skb, false);
 #ifndef TCPDROP_BCC	/* bcc: no listen-queue drops */
-	if (cfg.listen == LISTEN_CHAIN && sk && BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_LISTEN)
-		listen_absorb(rdonly_cast(struct net, BPF_CORE_READ(sk, __sk_common.skc_net.net)));
+	if (cfg.listen == LISTEN_CHAIN && rx_sk && BPF_CORE_READ(rx_sk, __sk_common.skc_state) == TCP_LISTEN)
+		listen_absorb(rdonly_cast(struct net, BPF_CORE_READ(rx_sk, __sk_common.skc_net.net)));
 #endif
-	return handle_drop(args, skb, sk, (__u64)args->location, TP_REASON(args), false);
+	return handle_drop(args, skb, rx_sk, (__u64)args->location, TP_REASON(args), false);
 }
 #endif
 
