@@ -14,7 +14,8 @@ import urllib.parse
 
 from . import check, config, log, stop
 from .duration import parse_duration
-from .emit import STATSD_TAG_STYLES, InfluxOutput, StatsdOutput, StdoutOutput
+from .emit import InfluxOutput, StdoutOutput
+from .statsd_output import STATSD_TAG_STYLES, StatsdOutput
 from .event import REASON_OURS_FIRST, REASON_UNKNOWN, ProbeConfig
 from .execd import SIGNALS, Execd
 from .metrics import NETNS_TAGS, PORT_TAGS, Collector, ephemeral_range

@@ -1,5 +1,6 @@
 """From the kernel's totals per tag set to each interval's points, without a kernel."""
-from telegraf_tcpdrop.emit import encode, statsd_lines
+from telegraf_tcpdrop.emit import encode
+from telegraf_tcpdrop.statsd_output import statsd_lines
 from telegraf_tcpdrop.event import (COUNTER_MAX, EPHEMERAL_SPORT, MARK_FRAGMENT, MARK_NO_PORTS,
                                     MARK_TRUNCATED, PORT_TAGS_ALL, PORT_TAGS_BUCKETED, PORT_TAGS_NONE,
                                     DropEvent, DropKey)

@@ -7,8 +7,9 @@ import pytest
 import urllib3
 from influxdb_client.rest import ApiException
 
-from telegraf_tcpdrop.emit import (Backoff, Gauge, InfluxOutput, Point, PointBuffer, StatsdOutput,
-                                   merge, retry_after_seconds, statsd_lines)
+from telegraf_tcpdrop.emit import (Backoff, Gauge, InfluxOutput, Point, PointBuffer, merge,
+                                   retry_after_seconds)
+from telegraf_tcpdrop.statsd_output import StatsdOutput, statsd_lines
 
 
 def point(t, reason="NO_SOCKET", drops=1, nbytes=60):
