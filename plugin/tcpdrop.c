@@ -634,7 +634,7 @@ static __always_inline int handle_drop(void *ctx, struct sk_buff *skb,
 {
 	struct drop d;	/* read_packet() fills the rest: zeroing it all would cost every drop */
 	struct sock *sk = charged;
-	struct net *dev_net = NULL, *sk_net = NULL;
+	struct net *packet_net = NULL, *socket_net = NULL;
 
 	if (!reason_wanted(reason))
 		return 0;
@@ -651,20 +651,20 @@ static __always_inline int handle_drop(void *ctx, struct sk_buff *skb,
 		struct net_device *dev = btf ? skb->dev : BPF_CORE_READ(skb, dev);
 
 		if (dev)
-			dev_net = btf ? dev->nd_net.net : BPF_CORE_READ(dev, nd_net.net);
+			packet_net = btf ? dev->nd_net.net : BPF_CORE_READ(dev, nd_net.net);
 	}
 	if (sk) {
-		sk_net = btf ? sk->__sk_common.skc_net.net : BPF_CORE_READ(sk, __sk_common.skc_net.net);
+		socket_net = btf ? sk->__sk_common.skc_net.net : BPF_CORE_READ(sk, __sk_common.skc_net.net);
 		/* A veth keeps the sender's socket on a packet it hands to
 		 * another namespace: that socket is not this drop's. */
-		if (sk != charged && dev_net && sk_net != dev_net)
+		if (sk != charged && packet_net && socket_net != packet_net)
 			sk = NULL;
 		else
 			d.key.state = btf ? sk->__sk_common.skc_state
 					  : BPF_CORE_READ(sk, __sk_common.skc_state);
 	}
 	if (cfg.events || cfg.key_netns)
-		d.netns = netns_inum(dev_net ? dev_net : (sk ? sk_net : NULL), btf);
+		d.netns = netns_inum(packet_net ? packet_net : (sk ? socket_net : NULL), btf);
 	account(ctx, &d, true);
 	return 0;
 }
