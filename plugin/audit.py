@@ -38,7 +38,7 @@ class Audit:
 
     def __init__(self, probe, reasons, namespaces, names=None):
         self.probe, self.reasons, self.namespaces = probe, reasons, namespaces
-        self.names = names or NetnsNames()
+        self.names = names or NetnsNames(probe.netns_tasks)
         self._seen = {}  # inode -> {reason name: drops}, since the start
 
     def monitor(self):
@@ -100,7 +100,7 @@ def format_rows(rows, out):
 def run(probe, reasons, seconds, as_json=False, out=sys.stdout):
     """Counts for `seconds` (or until SIGINT/SIGTERM), then prints the pairs;
     exit code 0 if every pair agrees, 3 if one does not."""
-    audit = Audit(probe, reasons, Namespaces())
+    audit = Audit(probe, reasons, Namespaces(probe.netns_tasks))
     start = audit.snapshot()
     log.info(f"auditing for {seconds:g} s (Ctrl-C ends it sooner)")
     done = threading.Event()
@@ -108,7 +108,7 @@ def run(probe, reasons, seconds, as_json=False, out=sys.stdout):
         signal.signal(sig, lambda *_: done.set())
     if not stop.requested():
         done.wait(seconds)
-    audit.namespaces = Namespaces()  # namespaces made meanwhile too
+    audit.namespaces = Namespaces(probe.netns_tasks)  # namespaces made meanwhile too
     rows = audit.rows(start, audit.snapshot())
     if as_json:
         for row in rows:

@@ -12,6 +12,7 @@ import time
 
 from . import log
 from .event import ProbeConfig
+from .netns import proc_tasks
 from .check import PACKAGE_DIR
 from .probe import HOOKS, MAPS, HookError
 
@@ -90,6 +91,11 @@ class BccLoader:
             raise HookError(str(e)) from None
         log.info(f"bcc compiled and loaded the probe in {time.monotonic() - started:.1f} s")
         return prog_fds, fds
+
+    @staticmethod
+    def netns_tasks():
+        """No task iterator without BTF: /proc, as far as this user may see."""
+        return proc_tasks()
 
     def close(self):
         if self._bpf:

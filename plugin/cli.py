@@ -380,9 +380,9 @@ def run_metrics(args):
                                   events_per_sec=STACK_SAMPLES)
     # Telegraf adds the host tag to what it reads from stdout.
     host = None if args.output == "stdout" else host_name()
-    names = NetnsNames()
-    netstat = NetstatPoints(names, host) if args.netns_counters else None
     with open_probe(args, probe_settings, max_keys=args.max_keys) as probe:
+        names = NetnsNames(probe.netns_tasks)
+        netstat = NetstatPoints(names, host) if args.netns_counters else None
         collector = Collector(probe, reasons, loaded_symbols(), probe_settings.port_tags,
                               netns_tags=args.netns_tags, netns_names=names, netstat=netstat,
                               stats_enabled=check.bpf_stats_enabled, output_health=output.health,

@@ -69,6 +69,10 @@ class DropCount(ctypes.Structure):
     _fields_ = [("drops", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
 
 
+class NetnsTask(ctypes.Structure):
+    _fields_ = [("pid", ctypes.c_uint32), ("netns", ctypes.c_uint32)]
+
+
 HOT_SLOTS = 64
 
 

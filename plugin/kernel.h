@@ -156,11 +156,17 @@ struct nsproxy {
 };
 
 struct task_struct {
+	int pid;
+	int tgid;
+	struct task_struct *group_leader;
 	struct nsproxy *nsproxy;
 };
 
 /* The task iterator's context (iter/task). */
-struct bpf_iter_meta;
+struct seq_file;
+struct bpf_iter_meta {
+	struct seq_file *seq;
+};
 struct bpf_iter__task {
 	struct bpf_iter_meta *meta;
 	struct task_struct *task;

@@ -39,7 +39,7 @@ class Collector:
         """netstat: a netstat.NetstatPoints, for each namespace's own TCP drop counters too."""
         self.probe, self.reasons, self.symbols, self.port_tags = probe, reasons, symbols, port_tags
         self.netns_tags = netns_tags
-        self.netns_names = netns_names or NetnsNames()
+        self.netns_names = netns_names or NetnsNames(probe.netns_tasks)
         self.clock, self.stats_enabled, self.output_health = clock, stats_enabled, output_health
         self.idle_intervals = idle_intervals
         self._tags = {}  # key -> its tags, made once: buffered points share them

@@ -7,20 +7,29 @@ is, in this order of preference:
     NAME              given by `ip netns add NAME` (/run/netns/NAME)
     CONTAINER         a Docker or Podman container's name, or POD_NAMESPACE/POD_NAME
                       under Kubernetes: from the cgroup of a process in the
-                      namespace and the runtime's own state on disk
+                      namespace and the runtime's own state (its files,
+                      Docker's API, Podman's conmon's command line)
+    RUNTIME:ID        a container whose name the runtime keeps from this user
+                      (docker:3f2a9c1b7d4e): the 12 hex digits `docker ps` shows
     UNIT.service      a systemd unit (PrivateNetwork=), from that cgroup
     netns:INODE       none of these
 
 Names that runtimes make up for their own bind mounts (Podman's
-/run/netns/netns-<uuid>, CNI's cni-<uuid>) rank below the container's name.
-Everything is read from /proc and the runtimes' files, never per drop: the
-names are kept, and looked for again when an inode not seen before turns up
-(at most once a second) or every RESCAN_SECONDS (namespaces go, their inodes
-are reused, and one not found is looked for again then).
+/run/netns/netns-<uuid>, CNI's cni-<uuid>) rank below all these.
+
+Which process is in which namespace comes from `tasks`: the probe's task
+iterator, which sees every process, or else /proc/PID/ns/net, which only
+the process's own user (or CAP_SYS_PTRACE) may read. A process's cgroup and
+command line are open to all. Nothing is read per drop: the names are kept,
+and looked for again when an inode not seen before turns up (at most once a
+second) or every RESCAN_SECONDS (namespaces go, their inodes are reused, and
+one not found is looked for again then).
 """
+import http.client
 import json
 import os
 import re
+import socket
 import time
 
 INIT_NET_INODE = 0xEFFFFFF9  # PROC_NET_INIT_INO, include/linux/proc_ns.h
@@ -38,17 +47,34 @@ UNIT = re.compile(r"/([^/\n]+\.service)(?=/|$)", re.M)  # the innermost: not use
 
 # Where each runtime keeps its containers' names (rootful, default roots).
 DOCKER_CONTAINERS = "/var/lib/docker/containers"
+DOCKER_API = "/var/run/docker.sock"  # root's and the docker group's
+DOCKER_API_SECONDS = 1.0  # at most this long to wait for its answer
 PODMAN_CONTAINERS = "/var/lib/containers/storage/overlay-containers/containers.json"
 KUBELET_PODS = "/var/log/pods"  # <namespace>_<name>_<uid>/
+# The runtimes as their cgroup paths name them -> as a person does.
+RUNTIMES = {"docker": "docker", "libpod": "podman", "cri-containerd": "containerd", "crio": "crio"}
+# The ranks of names (lower wins) when two fit one namespace.
+IP_NETNS, CONTAINER_NAME, CONTAINER_ID, UNIT_NAME, RUNTIME_MADE_NAME = range(5)
+
+
+def proc_tasks(proc="/proc"):
+    """[(pid, network namespace inode)] of the processes this user may see into."""
+    tasks = []
+    for pid in filter(str.isdigit, listdir(proc)):
+        inode = inode_of(f"{proc}/{pid}/ns/net")
+        if inode:
+            tasks.append((int(pid), inode))
+    return tasks
 
 
 class NetnsNames:
     """inode -> name, kept; see the module's docstring for the order."""
 
-    def __init__(self, proc="/proc", run_netns="/run/netns", docker=DOCKER_CONTAINERS,
-                 podman=PODMAN_CONTAINERS, pods=KUBELET_PODS, clock=time.monotonic):
-        self.proc, self.run_netns = proc, run_netns
-        self.docker, self.podman, self.pods = docker, podman, pods
+    def __init__(self, tasks=proc_tasks, proc="/proc", run_netns="/run/netns", docker=DOCKER_CONTAINERS,
+                 docker_api=DOCKER_API, podman=PODMAN_CONTAINERS, pods=KUBELET_PODS, clock=time.monotonic):
+        """tasks(): [(pid, network namespace inode)], as proc_tasks."""
+        self.tasks, self.proc, self.run_netns = tasks, proc, run_netns
+        self.docker, self.docker_api, self.podman, self.pods = docker, docker_api, podman, pods
         self.clock = clock
         self._names = {}
         self._scanned = None  # clock() of the last scan
@@ -80,11 +106,10 @@ class NetnsNames:
         for name in listdir(self.run_netns):
             inode = inode_of(os.path.join(self.run_netns, name))
             if inode:
-                offer(inode, 3 if RUNTIME_MADE.fullmatch(name) else 0, name)
+                offer(inode, RUNTIME_MADE_NAME if RUNTIME_MADE.fullmatch(name) else IP_NETNS, name)
         containers = {}  # runtime state, read once a scan
-        for pid in filter(str.isdigit, listdir(self.proc)):
-            inode = inode_of(f"{self.proc}/{pid}/ns/net")
-            if not inode or inode == INIT_NET_INODE or ranked.get(inode, (9,))[0] <= 1:
+        for pid, inode in self.tasks():
+            if inode == INIT_NET_INODE or (inode in ranked and ranked[inode][0] <= CONTAINER_NAME):
                 continue
             found = self._from_cgroup(_read_text(f"{self.proc}/{pid}/cgroup"), containers)
             if found:
@@ -97,7 +122,7 @@ class NetnsNames:
         if pod:
             name = self._pod_name(pod.group(1).replace("_", "-"))
             if name:
-                return 1, name
+                return CONTAINER_NAME, name
         container = CONTAINER.search(cgroup)
         if container:
             runtime, container_id = container.group(1), container.group(2)
@@ -105,24 +130,58 @@ class NetnsNames:
                 containers[runtime] = self._container_names(runtime)
             name = containers[runtime].get(container_id)
             if name:
-                return 1, name
+                return CONTAINER_NAME, name
+            return CONTAINER_ID, f"{RUNTIMES[runtime]}:{container_id[:12]}"
         units = UNIT.findall(cgroup)
         if units:
-            return 2, units[-1]
+            return UNIT_NAME, units[-1]
         return None
 
     def _container_names(self, runtime):
         """{container id: name} from the runtime's own files."""
         names = {}
         if runtime == "docker":
+            names = self._docker_api_names()  # the docker group's; the files are root's
             for container_id in listdir(self.docker):
                 config = _read_json(os.path.join(self.docker, container_id, "config.v2.json"))
                 if isinstance(config, dict) and config.get("Name"):
                     names[container_id] = config["Name"].lstrip("/")
         elif runtime == "libpod":
+            names = self._conmon_names()  # rootless too; the state file is root's
             for container in _read_json(self.podman) or []:
                 if container.get("names"):
                     names[container["id"]] = container["names"][0]
+        return names
+
+    def _docker_api_names(self):
+        """{container id: name} of the running containers, from Docker's API."""
+        api = UnixHTTPConnection(self.docker_api, DOCKER_API_SECONDS)
+        try:
+            api.request("GET", "/containers/json")
+            answer = api.getresponse()
+            containers = json.loads(answer.read()) if answer.status == 200 else []
+        except (OSError, http.client.HTTPException, ValueError):
+            return {}
+        finally:
+            api.close()
+        return {c["Id"]: c["Names"][0].lstrip("/") for c in containers
+                if isinstance(c, dict) and c.get("Id") and c.get("Names")}
+
+    def _conmon_names(self):
+        """{container id: name} from the command lines of Podman's conmon
+        processes (conmon -c ID ... -n NAME), which any user may read."""
+        names = {}
+        for pid in filter(str.isdigit, listdir(self.proc)):
+            argv = _read_text(f"{self.proc}/{pid}/cmdline").split("\0")
+            if not argv[0].endswith("conmon"):
+                continue
+            options = {}
+            for option, value in zip(argv[1:], argv[2:]):
+                options.setdefault(option, value)  # the first: --exit-command-arg values follow
+            container_id = options.get("-c") or options.get("--cid")
+            name = options.get("-n") or options.get("--name")
+            if container_id and name:
+                names[container_id] = name
         return names
 
     def _pod_name(self, uid):
@@ -133,6 +192,19 @@ class NetnsNames:
             if pod_uid == uid and namespace and name:
                 return f"{namespace}/{name}"
         return None
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a Unix socket, as Docker's API is served."""
+
+    def __init__(self, path, timeout):
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.socket_path)
 
 
 def listdir(path):
@@ -153,7 +225,7 @@ def inode_of(path):
 
 def _read_text(path):
     try:
-        with open(path) as f:
+        with open(path, errors="replace") as f:  # a command line is any bytes
             return f.read()
     except OSError:
         return ""

@@ -44,7 +44,8 @@ LIBC = ctypes.CDLL(None, use_errno=True)
 class Namespaces:
     """The network namespaces of this host, each with a way to read its counters."""
 
-    def __init__(self):
+    def __init__(self, tasks):
+        """tasks(): [(pid, network namespace inode)], as netns.proc_tasks."""
         self.readers = {}
         for name in listdir("/run/netns"):
             try:
@@ -52,11 +53,7 @@ class Namespaces:
             except OSError:
                 continue
             self.readers.setdefault(inode, lambda path=f"/run/netns/{name}": _read_in(path))
-        for pid in filter(str.isdigit, listdir("/proc")):
-            try:
-                inode = os.stat(f"/proc/{pid}/ns/net").st_ino
-            except OSError:  # gone, or not ours to see
-                continue
+        for pid, inode in tasks():
             self.readers[inode] = lambda pid=pid: _read(f"/proc/{pid}/net")
 
     def counters(self):
@@ -113,15 +110,16 @@ class NetstatPoints:
     then; one that appears later, from zero (it is new)."""
 
     def __init__(self, names, host=None, namespaces=Namespaces):
-        """names: a netns.NetnsNames; host: the host tag, if any. Made before
-        the probe attaches, so that both count from the same moment."""
+        """names: a netns.NetnsNames, whose tasks find the namespaces; host:
+        the host tag, if any. Made as soon as the probe attaches, so that
+        both count from (nearly) the same moment."""
         self.names, self.namespaces = names, namespaces
         self.tags = {"host": host} if host else {}
         self._last = self._read()
 
     def _read(self):
         return {inode: {name: values.get(name, 0) for name in DROP_COUNTERS}
-                for inode, values in self.namespaces().counters().items()}
+                for inode, values in self.namespaces(self.names.tasks).counters().items()}
 
     def points(self, now):
         previous, self._last = self._last, self._read()

@@ -15,7 +15,8 @@ import re
 from . import libbpf as lb
 from . import listen, log
 from .btf import Btf
-from .event import COUNTER_MAX, HOT_SLOTS, LISTEN_CHAIN, LISTEN_OFF, DropEvent, DropKey, HotSlot, ProbeConfig
+from .event import (COUNTER_MAX, HOT_SLOTS, LISTEN_CHAIN, LISTEN_OFF, DropEvent, DropKey, HotSlot, NetnsTask,
+                    ProbeConfig)
 from .names import DropReasons
 from .symbols import function_spans
 
@@ -35,6 +36,7 @@ HOOKS = {
     "kprobe": ("tcp_drop", "kprobe/tcp_drop"),
 }
 LISTEN_WALK = "listen_baselines_walk"  # LISTEN_CHAIN's, run once at start-up
+NETNS_TASKS = "netns_tasks"  # always loaded; run whenever netns.py looks for names
 KPROBE = HOOKS["kprobe"][0]
 
 
@@ -234,6 +236,10 @@ class Probe:
                 counts[key.value] = sum(values)
         return counts
 
+    def netns_tasks(self):
+        """[(pid, network namespace inode)] of every process on the host now."""
+        return self._loader.netns_tasks()
+
     def close(self):
         if self._ringbuf:
             self._lib.ring_buffer__free(self._ringbuf)
@@ -327,17 +333,23 @@ class CoreLoader:
             self._links.append(lb.check_ptr(lib.bpf_program__attach(self._program(name)),
                                             f"attach {name}"))
         if walk:  # the hooks run: now the first "before" of every task's namespace
-            self._run_iterator(LISTEN_WALK)
+            self._read_iterator(LISTEN_WALK)
         return ([lib.bpf_program__fd(self._program(name)) for name in programs],
                 {name: lib.bpf_map__fd(self._map(name)) for name in CORE_MAPS})
 
-    def _run_iterator(self, name):
+    def netns_tasks(self):
+        records = self._read_iterator(NETNS_TASKS)
+        tasks = (NetnsTask * (len(records) // ctypes.sizeof(NetnsTask))).from_buffer_copy(records)
+        return [(task.pid, task.netns) for task in tasks]
+
+    def _read_iterator(self, name):
+        """What the iterator program writes in one run over every task."""
         lib = self._lib
         link = lb.check_ptr(lib.bpf_program__attach_iter(self._program(name), None), f"attach {name}")
         try:
             fd = lb.check_int(lib.bpf_iter_create(lib.bpf_link__fd(link)), f"run {name}")
             with os.fdopen(fd, "rb") as iterator:
-                iterator.read()
+                return iterator.read()
         finally:
             lib.bpf_link__destroy(link)
 

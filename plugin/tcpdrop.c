@@ -1016,6 +1016,33 @@ int BPF_PROG(consume_skb_btf, struct sk_buff *skb)
 }
 #endif /* !TCPDROP_BCC */
 
+#ifndef TCPDROP_BCC	/* bcc: netns.py reads /proc instead */
+/* Read by user space to name namespaces (netns.py): which process is in
+ * which namespace. /proc/PID/ns/net tells only the process's own user (or
+ * CAP_SYS_PTRACE), and the monitor runs as Telegraf's. A record per process,
+ * and per thread whose namespace is not its process's (setns moves one
+ * thread). */
+SEC("iter/task")
+int netns_tasks(struct bpf_iter__task *ctx)
+{
+	struct task_struct *task = ctx->task;
+	struct netns_task record;
+	struct net *net;
+
+	if (!task)
+		return 0;
+	net = BPF_CORE_READ(task, nsproxy, net_ns);
+	if (!net)	/* exiting */
+		return 0;
+	if (task->pid != task->tgid && net == BPF_CORE_READ(task, group_leader, nsproxy, net_ns))
+		return 0;
+	record.pid = task->pid;
+	record.netns = BPF_CORE_READ(net, ns.inum);
+	bpf_seq_write(ctx->meta->seq, &record, sizeof(record));
+	return 0;
+}
+#endif
+
 #ifndef TCPDROP_BCC	/* tp_btf needs BTF, which is why bcc is here */
 SEC("tp_btf/kfree_skb")
 int BPF_PROG(kfree_skb_btf, struct sk_buff *skb, void *location)

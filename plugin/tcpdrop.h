@@ -44,6 +44,12 @@ struct drop_count {
 				 * header to the end of the data, never the header's word */
 };
 
+/* Which process is in which network namespace: netns_tasks's records. */
+struct netns_task {
+	__u32 pid;
+	__u32 netns;		/* network namespace inode */
+};
+
 /* The per-CPU cache of hot tag sets in front of the drops map (tcpdrop.c,
  * count_drop): a slot per CPU and index, claimed by a key already in the map. */
 #define HOT_SLOT_BITS 6

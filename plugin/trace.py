@@ -105,7 +105,7 @@ class Tracer:
         """netns: print only the drops of the namespace of that name (netns.py)."""
         self.probe, self.reasons, self.symbols = probe, reasons, symbols
         self.as_json, self.with_stack, self.out = as_json, with_stack, out
-        self.netns, self.netns_names = netns, netns_names or NetnsNames()
+        self.netns, self.netns_names = netns, netns_names or NetnsNames(probe.netns_tasks)
         self.printed = 0
         self._not_shown = [0, 0, 0]  # lost, over the rate limit, stacks lost, as last reported
         self._stop = False

@@ -31,6 +31,7 @@ def static_asserts(c_name, mirror):
                                             ("drop_key", event.DropKey),
                                             ("drop_count", event.DropCount),
                                             ("hot_slot", event.HotSlot),
+                                            ("netns_task", event.NetnsTask),
                                             ("probe_config", event.ProbeConfig)])
 def test_ctypes_layout_matches_the_header(c_name, mirror):
     assert compile_for_bpf(f'{TYPES}#include "tcpdrop.h"\n{static_asserts(c_name, mirror)}\n') == ""

@@ -34,6 +34,9 @@ class StubProbe:
     def run_stats(self):
         return (100, 5000, 0)
 
+    def netns_tasks(self):
+        return []
+
 
 def key(dport=443, sport=0, marks=EPHEMERAL_SPORT, reason=2, flags=0x02):
     return bytes(DropKey(location=RCV, reason=reason, sport=sport, dport=dport, family=4,

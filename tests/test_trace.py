@@ -109,6 +109,9 @@ class StubProbe:
     def counters(self):
         return list(self.lost_and_limited)
 
+    def netns_tasks(self):
+        return []
+
 
 def test_tracer_prints_line_then_stack_then_blank():
     out = io.StringIO()
