@@ -1,4 +1,5 @@
 """Network namespaces by name: real namespaces, a real cgroup, a real Podman container."""
+import grp
 import os
 import subprocess
 import sys
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TESTS, Netns, Tracer, eventually, require_root
+from conftest import TESTS, Netns, Tracer, as_nobody_with, eventually, require_root
 from telegraf_tcpdrop.netns import INIT_NET_INODE, RESCAN_SECONDS, NetnsNames
 
 pytestmark = pytest.mark.kernel
@@ -177,8 +178,7 @@ def test_metrics_split_drops_by_namespace(metrics, container):
         m = metrics("--interval", "200ms", "--port", "7601")
         spaces[0].traffic("raw-syns", 7601, 7, 40000)
         spaces[1].traffic("raw-syns", 7601, 11, 40000)
-        subprocess.run(["nsenter", "-t", str(pid), "-n", sys.executable, str(TESTS / "traffic.py"),
-                        "raw-syns", "7601", "3", "40000"], check=True)
+        inside(pid, "raw-syns", 7601, 3, 40000)
         subprocess.run([sys.executable, str(TESTS / "traffic.py"), "raw-syns", "7601", "5", "40000"],
                        check=True)
         expected = {spaces[0].name: 7, spaces[1].name: 11, "tcpdrop-web": 3, "host": 5}
@@ -189,6 +189,63 @@ def test_metrics_split_drops_by_namespace(metrics, container):
     finally:
         for ns in spaces:
             ns.delete()
+
+
+def docker_container(name):
+    """A Docker container running sleep (removed by the caller): (pid, id)."""
+    subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+    subprocess.run(["docker", "run", "-d", "--name", name, "--network", "none", IMAGE, "sleep", "300"],
+                   check=True, capture_output=True)
+    pid, container_id = subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}} {{.Id}}", name], check=True,
+                                       capture_output=True, text=True).stdout.split()
+    return int(pid), container_id
+
+
+def inside(pid, kind, *args):
+    """tests/traffic.py KIND ARGS in the network namespace of pid."""
+    subprocess.run(["nsenter", "-t", str(pid), "-n", sys.executable, str(TESTS / "traffic.py"), kind,
+                    *map(str, args)], check=True, capture_output=True)
+
+
+def listen_drops_of(pid):
+    """TcpExtListenDrops of pid's network namespace, as the kernel counts it."""
+    out = subprocess.run(["nsenter", "-t", str(pid), "-n", "nstat", "-asz", "TcpExtListenDrops"],
+                         check=True, capture_output=True, text=True).stdout
+    return int(out.split()[-2])
+
+
+@pytest.mark.parametrize("in_docker_group", [False, True])
+def test_as_telegrafs_user_containers_are_named_and_counted(metrics, container, docker, in_docker_group):
+    """User nobody with Telegraf's three capabilities may not read
+    /proc/PID/ns/net of root's processes, nor the runtimes' files: the
+    probe's task iterator finds the processes, their cgroups and Podman's
+    conmon the names. Docker's names are the docker group's (its API), as
+    Telegraf's inputs.docker asks for; without it a container is its id."""
+    podman_pid = container("tcpdrop-web-user", "--network", "none")
+    docker_pid, docker_id = docker_container("tcpdrop-docker-user")
+    try:
+        nobody = as_nobody_with("bpf", "perfmon", "syslog")
+        if in_docker_group:
+            nobody[nobody.index("--clear-groups")] = f"--groups={grp.getgrnam('docker').gr_gid}"
+        assert subprocess.run([*nobody, "readlink", f"/proc/{podman_pid}/ns/net"],
+                              capture_output=True).returncode != 0
+        m = metrics("--interval", "200ms", "--netns-counters", prefix=nobody)
+        inside(podman_pid, "raw-syns", 7604, 4, 40000)
+        inside(docker_pid, "raw-syns", 7604, 6, 40000)
+        inside(docker_pid, "listen-full", "127.0.0.1", 7605, 20)
+        kernel = listen_drops_of(docker_pid)
+        assert kernel >= 18
+        docker_tag = "tcpdrop-docker-user" if in_docker_group else f"docker:{docker_id[:12]}"
+        assert m.wait_total(4, netns="tcpdrop-web-user", dport="7604") == 4
+        assert m.wait_total(6, netns=docker_tag, dport="7604") == 6
+        assert m.wait_total(kernel, netns=docker_tag, dport="7605", state="LISTEN") == kernel
+        assert m.wait_total(kernel, field="TcpExtListenDrops", measurement="tcpdrop_netstat",
+                            netns=docker_tag) == kernel
+        assert m.stop() == 0
+        netstat = {t["netns"] for meas, t, f, _ in m.points if meas == "tcpdrop_netstat"}
+        assert {"host", "tcpdrop-web-user", docker_tag} <= netstat
+    finally:
+        subprocess.run(["docker", "rm", "-f", "tcpdrop-docker-user"], capture_output=True)
 
 
 def test_trace_names_the_namespace_and_shows_only_the_one_asked_for():
