@@ -75,12 +75,16 @@ help:
 # Another CPU's package (ARCH=arm64) is cross-built: dpkg-buildpackage -a.
 DEB_ARCH := $(subst x86,amd64,$(ARCH))
 DEB_BUILD := $(if $(CROSS),build/$(ARCH)/deb,build/deb)
+# A cross build links the launcher against the other CPU's libc, which
+# dpkg-shlibdeps then finds (Debian's multiarch: dpkg --add-architecture).
 DEB_PACKAGES := debhelper dh-python python3-all python3-setuptools python3-pip dpkg-dev \
-	fakeroot lintian clang llvm libbpf-dev
+	fakeroot lintian clang llvm libbpf-dev build-essential \
+	$(if $(CROSS),crossbuild-essential-$(DEB_ARCH) libc6-dev:$(DEB_ARCH))
 VERSION = $(shell $(PYTHON) -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
 
 deb:
 	@if dpkg-query -W -f='$${Status}\n' $(DEB_PACKAGES) 2>&1 | grep -qv 'install ok installed'; then \
+		$(if $(CROSS),dpkg --add-architecture $(DEB_ARCH) &&) \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -qq --no-install-recommends $(DEB_PACKAGES); fi
 	rm -rf $(DEB_BUILD) && mkdir -p $(DEB_BUILD)/src

@@ -90,11 +90,25 @@ def netns():
 
 
 def as_nobody_with(*caps):
-    """setpriv: user nobody with exactly these capabilities (ambient, as systemd's
-    AmbientCapabilities= gives them to Telegraf and so to the processes it starts)."""
+    """setpriv: user nobody with exactly these capabilities (ambient, as the
+    package's launcher raises them for the monitor alone)."""
     listed = ",".join(f"+{cap}" for cap in caps) or "-all"
     return ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
             f"--inh-caps={listed}", f"--ambient-caps={listed}"]
+
+
+# CAP_SYSLOG, CAP_PERFMON, CAP_BPF, as /proc/PID/status shows capability sets:
+# what the package's launcher gives the monitor.
+MONITOR_CAPS = (1 << 34) | (1 << 38) | (1 << 39)
+
+
+def build_deb(tree):
+    """`make deb` in a tree: (the package, make's output)."""
+    result = subprocess.run(["make", "-C", str(tree), "deb"], capture_output=True, text=True,
+                            timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    [deb] = (Path(tree) / "build" / "deb").glob("telegraf-tcpdrop_*.deb")
+    return deb, result.stdout
 
 
 def require_root():

@@ -1,5 +1,6 @@
 """The .deb as a user meets it: built from the tree, lintian-clean, installed
-with apt into a clean Debian 12 root, used, removed, purged, upgraded."""
+with apt into a clean Debian 13 root and a clean Debian 12 one, used (Telegraf
+as its own user, with no capability), removed, purged, upgraded."""
 import json
 import re
 import shutil
@@ -10,24 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Tracer, eventually, require_root
+from conftest import MONITOR_CAPS, Tracer, build_deb, eventually, require_root
 
 sys.path.insert(0, str(Path(__file__).parent / "peers"))
-from debian_root import DebianRoot  # noqa: E402
+from debian_root import SUITES, DebianRoot  # noqa: E402
 from servers import EtsyStatsd, VictoriaMetrics, free_port  # noqa: E402
 
 # In the order written: removing and purging follow the install test (the root it leaves).
 pytestmark = [pytest.mark.kernel, pytest.mark.random_order(disabled=True)]
 ROOT = Path(__file__).parents[1]
 DROP_IN = "/etc/telegraf/telegraf.d/tcpdrop.conf"
-
-
-def build_deb(tree):
-    result = subprocess.run(["make", "-C", str(tree), "deb"], capture_output=True, text=True,
-                            timeout=1200)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    [deb] = (Path(tree) / "build" / "deb").glob("telegraf-tcpdrop_*.deb")
-    return deb, result.stdout
+LAUNCHER = "/usr/libexec/telegraf-tcpdrop/metrics"
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +43,20 @@ def newer_deb(tmp_path_factory):
     return build_deb(tree)[0]
 
 
+@pytest.fixture(scope="module", params=SUITES)
+def suite(request):
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def telegraf_root(tmp_path_factory, telegraf_bin):
-    """A clean root with Telegraf's binary and a main config (not the package)."""
-    root = DebianRoot(tmp_path_factory.mktemp("root") / "debian").create()
+def telegraf_root(tmp_path_factory, telegraf_bin, suite):
+    """A clean root with Telegraf's binary, its user as its package makes it,
+    and a main config (not the package) whose other input tries to load BPF."""
+    root = DebianRoot(tmp_path_factory.mktemp(suite) / "debian", suite).create()
     shutil.copy(telegraf_bin, root.path / "usr" / "local" / "bin" / "telegraf")
+    shutil.copy(Path(__file__).parent / "peers" / "bpf_attempt.py", root.path / "usr" / "local" / "bin")
+    root.run("useradd", "--system", "--user-group", "--no-create-home", "--shell", "/bin/false",
+             "--home-dir", "/etc/telegraf", "telegraf")
     (root.path / "etc" / "telegraf").mkdir()
     (root.path / "etc" / "telegraf" / "telegraf.conf").write_text(f"""
 [agent]
@@ -62,6 +65,9 @@ def telegraf_root(tmp_path_factory, telegraf_bin):
   omit_hostname = true
 [[inputs.statsd]]
   service_address = "127.0.0.1:{free_port()}"
+[[inputs.exec]]
+  commands = ["/usr/bin/python3 /usr/local/bin/bpf_attempt.py"]
+  data_format = "influx"
 [[outputs.file]]
   files = ["/tmp/metrics.json"]
   data_format = "json"
@@ -69,6 +75,22 @@ def telegraf_root(tmp_path_factory, telegraf_bin):
     root.apt("update")
     yield root
     root.destroy()
+
+
+def as_telegraf(root, *groups):
+    """Telegraf's user, as its service runs it (no capability), with these
+    supplementary groups (telegraf.service.d/tcpdrop.conf adds ours). The
+    command is started by a shell: setpriv keeps root's capabilities until
+    it has started it, and so could run what this user may not."""
+    gids = [root.run("getent", "group", group).stdout.split(":")[2] for group in groups]
+    return ["setpriv", "--reuid=telegraf", "--regid=telegraf",
+            f"--groups={','.join(gids)}" if gids else "--clear-groups", "sh", "-c", 'exec "$@"', "sh"]
+
+
+def capabilities(pid):
+    """{CapEff: int, CapPrm: ..., CapAmb: ...} of a process."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return {k: int(v, 16) for k, v in re.findall(r"^(Cap(?:Eff|Prm|Amb)):\s*(\w+)$", status, re.M)}
 
 
 def install_dependencies(root, deb):
@@ -165,24 +187,106 @@ def test_installed_package_works(deb, telegraf_root, netns):
     finally:
         etsy.stop()
 
-    # Telegraf starts with the installed drop-in and reports drops
+    # Telegraf, as its own user with no capability, starts the monitor with
+    # the installed drop-in through the launcher, and reports exact drops;
+    # its other input cannot load BPF.
     log = open(root.path / "tmp" / "telegraf.log", "w+")
-    telegraf = root.popen("telegraf", "--config", "/etc/telegraf/telegraf.conf",
-                          "--config-directory", "/etc/telegraf/telegraf.d",
+    telegraf = root.popen(*as_telegraf(root, "telegraf-tcpdrop"), "telegraf", "--config",
+                          "/etc/telegraf/telegraf.conf", "--config-directory", "/etc/telegraf/telegraf.d",
                           stdout=log, stderr=subprocess.STDOUT)
     try:
         out = root.path / "tmp" / "metrics.json"
-        assert eventually(lambda: out.exists() and "tcpdrop_agent" in out.read_text(), 20), \
+
+        def points(name):
+            return [m for m in map(json.loads, out.read_text().splitlines()) if m["name"] == name] \
+                if out.exists() else []
+        assert eventually(lambda: points("tcpdrop_agent") and points("bpf_attempt"), 20), \
             (root.path / "tmp" / "telegraf.log").read_text()
         netns.traffic("raw-syns", 7952, 20, 40000)
-
-        def counted():
-            return sum(m["fields"]["drops"] for m in map(json.loads, out.read_text().splitlines())
-                       if m["name"] == "tcpdrop" and m["tags"].get("dport") == "7952")
-        assert eventually(lambda: counted() == 20, 15)
+        assert eventually(lambda: sum(m["fields"]["drops"] for m in points("tcpdrop")
+                                      if m["tags"].get("dport") == "7952") == 20, 15)
+        assert capabilities(telegraf.pid) == {"CapEff": 0, "CapPrm": 0, "CapAmb": 0}
+        monitor = int(subprocess.run(["pgrep", "-P", str(telegraf.pid), "-f", "telegraf-tcpdrop"],
+                                     capture_output=True, text=True).stdout.split()[0])
+        assert capabilities(monitor) == {"CapEff": MONITOR_CAPS, "CapPrm": MONITOR_CAPS,
+                                         "CapAmb": MONITOR_CAPS}
+        assert {m["fields"]["errno"] for m in points("bpf_attempt")} == {1}  # EPERM
     finally:
         telegraf.terminate()
         telegraf.wait(timeout=20)
+    # The control: the same attempt with the monitor's capabilities loads.
+    assert root.run("setpriv", "--reuid=telegraf", "--regid=telegraf", "--clear-groups",
+                    "--inh-caps=+bpf,+perfmon", "--ambient-caps=+bpf,+perfmon",
+                    "python3", "/usr/local/bin/bpf_attempt.py").stdout == "bpf_attempt errno=0i\n"
+
+
+PLANTED = """import os
+open(os.path.join("/tmp/planted", "ran-" + {how!r}), "w").close()
+"""
+
+
+def plant(root):
+    """Code where Python would run it, if it looked there: PYTHONPATH's
+    sitecustomize, HOME's user site, the package in the working directory;
+    and a library for LD_PRELOAD. Each leaves a file if it runs."""
+    planted = root.path / "tmp" / "planted"
+    shutil.rmtree(planted, ignore_errors=True)
+    version = root.run("python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])").stdout.strip()
+    user_site = planted / "home" / ".local" / "lib" / f"python{version}" / "site-packages"
+    for path, how in ((planted / "path" / "sitecustomize.py", "pythonpath"),
+                      (planted / "cwd" / "telegraf_tcpdrop" / "__init__.py", "cwd"),
+                      (user_site / "usercustomize.py", "usersite")):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(PLANTED.format(how=how))
+    library = planted / "preload.c"
+    library.write_text('#include <stdio.h>\n__attribute__((constructor)) static void ran(void)'
+                       '{ FILE *f = fopen("/tmp/planted/ran-ld_preload", "w"); if (f) fclose(f); }\n')
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(planted / "preload.so"), str(library)], check=True)
+    subprocess.run(["chmod", "-R", "a+rwX", str(planted)], check=True)
+    env = {"PYTHONPATH": "/tmp/planted/path", "HOME": "/tmp/planted/home",
+           "LD_PRELOAD": "/tmp/planted/preload.so"}
+    return planted, env
+
+
+def run_planted(root, env, *cmd):
+    """cmd as Telegraf's user, from the planted working directory, with the
+    planted environment given to cmd alone (env execs it: no other process
+    loads the planted library)."""
+    return root.run(*as_telegraf(root, "telegraf-tcpdrop"), "sh", "-c", 'cd /tmp/planted/cwd && exec env "$@"',
+                    "sh", *(f"{k}={v}" for k, v in env.items()), *cmd, check=False, timeout=60)
+
+
+def test_the_launcher_runs_only_the_monitor_only_for_its_group(deb, telegraf_root):
+    root = telegraf_root
+    assert hasattr(root, "before"), "runs after test_installed_package_works"
+    planted, env = plant(root)
+    # The control: Python itself, so started, runs what was planted.
+    control = run_planted(root, env, "python3", "-c", "import telegraf_tcpdrop")
+    assert {p.name for p in planted.glob("ran-*")} >= {"ran-pythonpath", "ran-cwd", "ran-usersite",
+                                                      "ran-ld_preload"}, control.stderr
+    for ran in planted.glob("ran-*"):
+        ran.unlink()
+    launched = run_planted(root, env, LAUNCHER, "--help")
+    assert launched.returncode == 0 and launched.stdout.startswith("usage: telegraf-tcpdrop metrics"), \
+        launched.stdout + launched.stderr
+    assert sorted(p.name for p in planted.glob("ran-*")) == []
+
+    # Outside the group: refused, in one line.
+    outside = root.run(*as_telegraf(root), LAUNCHER, "--help", check=False)
+    assert outside.returncode == 126 and outside.stderr.count("\n") == 1, outside.stderr
+    assert "Permission denied" in outside.stderr
+
+    # Without its file capabilities (a file system without extended
+    # attributes, NoNewPrivileges=): one line that says what to do, which works.
+    root.run("setcap", "-r", LAUNCHER)
+    bare = root.run(*as_telegraf(root, "telegraf-tcpdrop"), LAUNCHER, check=False)
+    assert bare.returncode == 1 and bare.stderr.count("\n") == 1, bare.stderr
+    assert bare.stderr.startswith("E! [telegraf-tcpdrop] ") and "reinstall the package" in bare.stderr
+    root.run("dpkg-reconfigure", "telegraf-tcpdrop")
+    again = root.run(*as_telegraf(root, "telegraf-tcpdrop"), LAUNCHER, "--help")
+    assert again.stdout.startswith("usage: telegraf-tcpdrop metrics")
+    caps = root.run("getcap", LAUNCHER).stdout.split()[1]  # getcap orders them its way
+    assert set(caps.removesuffix("=p").split(",")) == {"cap_bpf", "cap_perfmon", "cap_syslog"}
 
 
 def test_remove_leaves_telegraf_startable_and_purge_leaves_nothing(deb, telegraf_root):
@@ -204,8 +308,8 @@ def test_remove_leaves_telegraf_startable_and_purge_leaves_nothing(deb, telegraf
     assert root.files() == root.before  # nothing of the dependencies went either
 
 
-def test_reinstall_and_upgrade_keep_an_edited_conffile(deb, newer_deb, tmp_path):
-    root = DebianRoot(tmp_path / "debian").create()
+def test_reinstall_and_upgrade_keep_an_edited_conffile(deb, newer_deb, suite, tmp_path):
+    root = DebianRoot(tmp_path / "debian", suite).create()
     try:
         root.apt("update")
         install(root, deb[0])

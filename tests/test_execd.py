@@ -87,7 +87,7 @@ def test_startup_failure_is_one_error_line():
 
 
 def test_runs_as_an_unprivileged_user_with_the_three_capabilities(netns):
-    """What conf/systemd/telegraf.service.d/tcpdrop.conf grants is enough."""
+    """What the launcher (packaging/metrics-launcher.c) raises is enough."""
     require_root()
     proc = subprocess.Popen([*as_nobody_with("bpf", "perfmon", "syslog"), CLI, "metrics",
                              "--signal", "STDIN", "--port", "7403"], stdin=subprocess.PIPE,

@@ -70,10 +70,11 @@ class Telegraf:
 
 
 def shipped_drop_in():
-    """The drop-in as shipped, pointing at this checkout's command."""
+    """The drop-in as shipped, pointing at this checkout's command (the
+    package's launcher runs `telegraf-tcpdrop metrics`)."""
     text = DROP_IN.read_text()
-    assert '"/usr/bin/telegraf-tcpdrop"' in text
-    return text.replace('"/usr/bin/telegraf-tcpdrop"', json.dumps(CLI))
+    assert '"/usr/libexec/telegraf-tcpdrop/metrics"' in text
+    return text.replace('"/usr/libexec/telegraf-tcpdrop/metrics"', f'{json.dumps(CLI)}, "metrics"')
 
 
 @pytest.fixture

@@ -20,9 +20,12 @@ SECTIONS = {
 Linux 5.8+ with BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF=y) and libbpf (libbpf1);
 or, without BTF, python3-bpfcc and the kernel's headers (linux-headers-*): the bcc backend.
 Root, or the capabilities CAP_BPF and CAP_PERFMON (CAP_SYS_ADMIN before Linux 5.8), and
-CAP_SYSLOG to read kernel addresses from /proc/kallsyms. The package grants these three
-to telegraf.service (/lib/systemd/system/telegraf.service.d/tcpdrop.conf) and to
-telegraf-tcpdrop.service.""",
+CAP_SYSLOG to read kernel addresses from /proc/kallsyms. The package gives these three to
+its launcher, /usr/libexec/telegraf-tcpdrop/metrics (file capabilities; group
+telegraf-tcpdrop, which telegraf.service gets from
+/lib/systemd/system/telegraf.service.d/tcpdrop.conf), which runs
+.B telegraf-tcpdrop metrics
+with them and Telegraf without them; and to telegraf-tcpdrop.service.""",
     "FIELDS": """
 .TP
 .B reason

@@ -2,6 +2,7 @@
 # Build a small custom Telegraf for the tcpdrop tests and print its path
 # (last line of stdout). Only the plugins we need are compiled in:
 #   inputs.execd        runs the tcpdrop plugin itself
+#   inputs.exec         another input beside it (what it may do: test_deb.py)
 #   inputs.statsd       + outputs.influxdb: the peers used by the peer tests
 #   outputs.file        writes metrics to a file/stdout for assertions
 #   outputs.discard     sink for runs where output does not matter
@@ -16,7 +17,7 @@ set -euo pipefail
 # Newest release the proxy serves whose go.mod accepts Go 1.26
 # (v1.40.x needs go >= 1.27).
 TELEGRAF_VERSION=v1.39.3
-PLUGINS=(inputs.execd inputs.statsd outputs.file outputs.influxdb
+PLUGINS=(inputs.execd inputs.exec inputs.statsd outputs.file outputs.influxdb
          outputs.discard parsers.influx serializers.influx serializers.json)
 
 tags="custom,$(IFS=,; echo "${PLUGINS[*]}")"

@@ -1,4 +1,4 @@
-"""A clean Debian 12 root (debootstrap minbase) to install the .deb into, as
+"""A clean Debian root (debootstrap minbase: 13 or 12) to install the .deb into, as
 a user's host would: dependencies from Debian's archive, the host's kernel
 (/proc, /sys and /dev are bound in), and the host's loopback network.
 
@@ -13,48 +13,54 @@ from pathlib import Path
 from kernel_vm import host_mirrors
 from servers import CACHE
 
-SUITE = "bookworm"
-TARBALL = CACHE / f"{SUITE}-minbase.tgz"       # debootstrap's download
-ROOT_TARBALL = CACHE / f"{SUITE}-minbase-root.tar"  # the root it made from it
+SUITES = ("trixie", "bookworm")  # Debian 13 and 12, the releases the package supports
 # Written to by apt, dpkg and the kernel, not by a package's files.
 VOLATILE = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var/cache", "/var/lib/apt", "/var/lib/dpkg",
             "/var/log", "/root", "/var/lib/systemd", "/etc/ld.so.cache")
 
 
-def root_tarball(workdir):
+def root_tarball(workdir, suite="bookworm"):
     """The clean root as a tarball: debootstrapped once (in workdir), then cached."""
-    if ROOT_TARBALL.exists():
-        return ROOT_TARBALL
+    tarball = CACHE / f"{suite}-minbase.tgz"  # debootstrap's download
+    root = CACHE / f"{suite}-minbase-root.tar"  # the root it made from it
+    if root.exists():
+        return root
     mirror = host_mirrors()[""][0]
     workdir = Path(workdir)
-    if not TARBALL.exists():
-        work = workdir / "debootstrap-download"
-        subprocess.run(["debootstrap", "--variant=minbase", f"--make-tarball={TARBALL}",
-                        SUITE, str(work), mirror], check=True, capture_output=True)
+    if not tarball.exists():
+        work = workdir / f"debootstrap-download-{suite}"
+        subprocess.run(["debootstrap", "--variant=minbase", f"--make-tarball={tarball}",
+                        suite, str(work), mirror], check=True, capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
-    made = workdir / "debootstrap-root"
-    subprocess.run(["debootstrap", "--variant=minbase", f"--unpack-tarball={TARBALL}",
-                    SUITE, str(made), mirror], check=True, capture_output=True)
-    subprocess.run(["tar", "-cpf", f"{ROOT_TARBALL}.part", "-C", str(made), "."], check=True)
-    os.replace(f"{ROOT_TARBALL}.part", ROOT_TARBALL)
+    made = workdir / f"debootstrap-root-{suite}"
+    subprocess.run(["debootstrap", "--variant=minbase", f"--unpack-tarball={tarball}",
+                    suite, str(made), mirror], check=True, capture_output=True)
+    subprocess.run(["tar", "-cpf", f"{root}.part", "-C", str(made), "."], check=True)
+    os.replace(f"{root}.part", root)
     subprocess.run(["rm", "-rf", "--one-file-system", str(made)], check=True)
-    return ROOT_TARBALL
+    return root
+
+
+def apt_sources(suite):
+    """deb822 sources of the suite, from this machine's mirrors."""
+    mirrors = host_mirrors()
+    return "\n".join(f"Types: deb\nURIs: {uri}\nSuites: {suites}\nComponents: main\nSigned-By: {keyring}\n"
+                     for (uri, keyring), suites in ((mirrors[""], f"{suite} {suite}-updates"),
+                                                    (mirrors["-security"], f"{suite}-security")))
 
 
 class DebianRoot:
-    def __init__(self, path):
-        self.path = Path(path)
+    def __init__(self, path, suite="bookworm"):
+        self.path, self.suite = Path(path), suite
         self.mounts = []
 
     def create(self):
         self.path.mkdir(parents=True)
-        subprocess.run(["tar", "-xpf", str(root_tarball(self.path.parent)), "-C", str(self.path)],
-                       check=True)
+        subprocess.run(["tar", "-xpf", str(root_tarball(self.path.parent, self.suite)), "-C",
+                        str(self.path)], check=True)
         apt = self.path / "etc" / "apt"
-        for sources in Path("/etc/apt").glob("sources.list.d/*.sources"):
-            shutil.copy(sources, apt / "sources.list.d")
-        (apt / "sources.list").write_text("" if list(apt.glob("sources.list.d/*.sources"))
-                                          else Path("/etc/apt/sources.list").read_text())
+        (apt / "sources.list.d" / "debian.sources").write_text(apt_sources(self.suite))
+        (apt / "sources.list").write_text("")
         # A host's own name files (minbase has no /etc/hosts: no "localhost").
         for name in ("resolv.conf", "hosts"):
             shutil.copy(f"/etc/{name}", self.path / "etc" / name)
