@@ -2,14 +2,15 @@
 on this kernel, started once each, then the drop scenarios of test_drops.py,
 each in its own network namespace, seen by all of them at once.
 
-    python guest_scenarios.py OUTFILE
+    python guest_scenarios.py OUTFILE [--no-bcc]
 
 Writes OUTFILE (JSON): per run (core on tp_btf, core on the classic
 tracepoint, bcc), the command's `I!` lines, its
 start-up time and RSS, the trace events and the metrics lines; per scenario,
 its netns inode and ports; and whether tcp_drop is a kernel symbol. The bcc
 runs see no kernel BTF (a tmpfs over /sys/kernel/btf, in a mount namespace
-of their own), so `--backend auto` has to choose bcc by itself.
+of their own), so `--backend auto` has to choose bcc by itself; --no-bcc
+leaves them out (a kernel newer than this machine's bcc can compile for).
 """
 import json
 import os
@@ -109,13 +110,13 @@ def scenarios(traces):
     return done
 
 
-def main(outfile):
+def main(outfile, bcc=True):
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     with open("/proc/kallsyms") as f:
         tcp_drop = any(line.split()[2] == "tcp_drop" for line in f)
     # name: (command prefix, options)
     backends = {"core": ([], []), "core-tracepoint": ([], ["--hook", "tracepoint"])}
-    if os.path.isdir(f"/lib/modules/{os.uname().release}/build"):
+    if bcc and os.path.isdir(f"/lib/modules/{os.uname().release}/build"):
         backends["bcc"] = (HIDE_BTF, [])
     runs = {(backend, command): Run(prefix, options, command)
             for backend, (prefix, options) in backends.items() for command in COMMANDS}
@@ -132,4 +133,4 @@ def main(outfile):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], bcc="--no-bcc" not in sys.argv[2:])

@@ -41,7 +41,11 @@ VENV = CACHE / "virtme-ng-venv"
 VIRTME_NG = "virtme-ng==1.42"
 HOST_PACKAGES = ("qemu-system-x86", "busybox-static", "kmod", "udev")
 # Debian release per kernel series; None: this machine's own apt sources.
-RELEASES = {"6.1": None, "5.10": "bullseye"}
+RELEASES = {"6.12": "trixie", "6.1": None, "5.10": "bullseye"}
+# Debian 13's kernel writes the MSI-X table of a virtio device in a way
+# Debian 12's QEMU (7.2) aborts on (msix_table_mmio_write: Assertion `addr +
+# size <= ...'): legacy interrupts there.
+APPEND = {"6.12": ["pci=nomsi"]}
 # Modules udev's coldplug would load in the guest for nothing (~6 s under TCG).
 BLACKLIST = ("kvm_amd kvm_intel kvm ccp crct10dif_pclmul crc32_pclmul crc32c_intel "
              "ghash_clmulni_intel sha512_ssse3 sha256_ssse3 sha1_ssse3 sr_mod ahci iTCO_wdt "
@@ -75,7 +79,7 @@ def run(kernel, command, timeout=600, outdir=None):
     outdir.mkdir(parents=True, exist_ok=True)
     args = [str(VENV / "bin" / "vng"), "--run", str(root / "boot" / f"vmlinuz-{version}"),
             "--disable-kvm", "--force-9p", "--memory", "2G", "--cpus", "2",
-            "--append", "modprobe.blacklist=" + ",".join(BLACKLIST),
+            "--append", " ".join(["modprobe.blacklist=" + ",".join(BLACKLIST), *APPEND.get(kernel, [])]),
             f"--rwdir={outdir}", "--exec", command]
     env = {**os.environ, "PATH": f"{VENV / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
     # The output goes to a pipe: qemu reopens its stdout, which clobbers a plain file.
@@ -100,14 +104,20 @@ def _release(kernel):
 def _cached(kernel):
     """The newest prepared kernel of this series, or None."""
     _release(kernel)
-    found = [p for p in KERNELS.glob(f"{kernel}.0-*-amd64")
-             if (p / "lib" / "modules" / p.name / "build").exists()]
+    found = [p for p in KERNELS.glob(f"{kernel}.*-amd64") if re.fullmatch(_versions(kernel), p.name)
+             and (p / "lib" / "modules" / p.name / "build").exists()]
     return max(found, key=lambda p: _abi(p.name), default=None) if VENV.exists() else None
 
 
+def _versions(kernel):
+    """The kernel versions of a series, as Debian names them: 6.1.0-56-amd64
+    (Debian 12, 11), 6.12.48+deb13-amd64 (Debian 13)."""
+    return rf"{re.escape(kernel)}(\.0-[0-9]+|\.[0-9]+\+deb[0-9]+)-amd64"
+
+
 def _abi(version):
-    """6.1.0-56-amd64 -> 56"""
-    return int(version.split("-")[1])
+    """6.1.0-56-amd64 -> (6, 1, 0, 56), 6.12.48+deb13-amd64 -> (6, 12, 48, 13): newer is greater."""
+    return tuple(int(n) for n in re.findall(r"[0-9]+", version))
 
 
 def sh(cmd, what, error=KernelVmError, **kwargs):
@@ -185,13 +195,13 @@ def host_mirrors():
 
 
 def _newest(kernel, apt):
-    """The newest generic linux-image-<kernel>.0-N-amd64 apt knows, as a version."""
-    pattern = rf"^linux-image-{re.escape(kernel)}\.0-[0-9]+-amd64$"
+    """The newest generic linux-image-<version>-amd64 of the series apt knows, as a version."""
+    pattern = rf"^linux-image-{_versions(kernel)}$"
     names = sh(["apt-cache", *apt, "search", "--names-only", pattern], "apt-cache search")
     versions = [line.split()[0].removeprefix("linux-image-") for line in names.splitlines()]
     if not versions:
         raise KernelVmError(f"no package matches {pattern} in "
-                            f"{'bullseye' if apt else 'this machine'}'s apt sources")
+                            f"{_release(kernel) or 'this machine'}'s apt sources")
     return max(versions, key=_abi)
 
 
