@@ -6,7 +6,7 @@
  *
  * The package's postinst gives this file the three capabilities as
  * *permitted* file capabilities (setcap ...=p), owner root, group
- * telegraf-tcpdrop, mode 0750: only that group may run it, and Telegraf's
+ * tcpdrop-metrics, mode 0750: only that group may run it, and Telegraf's
  * service gets the group (telegraf.service.d/tcpdrop.conf). It raises the
  * three as ambient capabilities, which pass through execve to the one
  * program it runs: Debian's python3 in isolated mode on the package's

@@ -6,6 +6,7 @@ its drops are told apart from the host's by the namespace inode.
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -109,6 +110,13 @@ def build_deb(tree):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     [deb] = (Path(tree) / "build" / "deb").glob("telegraf-tcpdrop_*.deb")
     return deb, result.stdout
+
+
+def deb_depends(deb):
+    """The package names a .deb depends on (versions and alternatives left out)."""
+    field = subprocess.run(["dpkg-deb", "-f", str(deb), "Depends"], capture_output=True,
+                           text=True, check=True).stdout
+    return [re.split(r"[ :(|]", d.strip())[0] for d in field.split(",")]
 
 
 def require_root():

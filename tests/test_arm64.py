@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_root
+from conftest import deb_depends, require_root
 from test_kernels import EXPECTED, USER_SPACE, events, refused_syn, scenario_drops
 
 sys.path.insert(0, str(Path(__file__).parent / "peers"))
@@ -49,18 +49,12 @@ def arm64_deb():
     return deb, result.stdout
 
 
-def depends(deb):
-    field = subprocess.run(["dpkg-deb", "-f", str(deb), "Depends"], capture_output=True,
-                           text=True, check=True).stdout
-    return [re.split(r"[ :(|]", d.strip())[0] for d in field.split(",")]
-
-
 @pytest.fixture(scope="module")
 def guest(arm64_deb, tmp_path_factory):
     """What the arm64 machine saw: {file name: contents} of its job directory,
     and the console's output."""
     deb = arm64_deb[0]
-    machine = arm64_vm.prepare(depends(deb) + list(GUEST_TOOLS))
+    machine = arm64_vm.prepare(deb_depends(deb) + list(GUEST_TOOLS))
     job = tmp_path_factory.mktemp("arm64-job")
     (job / deb.name).write_bytes(deb.read_bytes())
     mark = "echo \"$1 $(cut -d' ' -f1 /proc/uptime)\" >> /run/job/uptime"

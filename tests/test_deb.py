@@ -191,7 +191,7 @@ def test_installed_package_works(deb, telegraf_root, netns):
     # the installed drop-in through the launcher, and reports exact drops;
     # its other input cannot load BPF.
     log = open(root.path / "tmp" / "telegraf.log", "w+")
-    telegraf = root.popen(*as_telegraf(root, "telegraf-tcpdrop"), "telegraf", "--config",
+    telegraf = root.popen(*as_telegraf(root, "tcpdrop-metrics"), "telegraf", "--config",
                           "/etc/telegraf/telegraf.conf", "--config-directory", "/etc/telegraf/telegraf.d",
                           stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -252,7 +252,7 @@ def run_planted(root, env, *cmd):
     """cmd as Telegraf's user, from the planted working directory, with the
     planted environment given to cmd alone (env execs it: no other process
     loads the planted library)."""
-    return root.run(*as_telegraf(root, "telegraf-tcpdrop"), "sh", "-c", 'cd /tmp/planted/cwd && exec env "$@"',
+    return root.run(*as_telegraf(root, "tcpdrop-metrics"), "sh", "-c", 'cd /tmp/planted/cwd && exec env "$@"',
                     "sh", *(f"{k}={v}" for k, v in env.items()), *cmd, check=False, timeout=60)
 
 
@@ -279,11 +279,11 @@ def test_the_launcher_runs_only_the_monitor_only_for_its_group(deb, telegraf_roo
     # Without its file capabilities (a file system without extended
     # attributes, NoNewPrivileges=): one line that says what to do, which works.
     root.run("setcap", "-r", LAUNCHER)
-    bare = root.run(*as_telegraf(root, "telegraf-tcpdrop"), LAUNCHER, check=False)
+    bare = root.run(*as_telegraf(root, "tcpdrop-metrics"), LAUNCHER, check=False)
     assert bare.returncode == 1 and bare.stderr.count("\n") == 1, bare.stderr
     assert bare.stderr.startswith("E! [telegraf-tcpdrop] ") and "reinstall the package" in bare.stderr
     root.run("dpkg-reconfigure", "telegraf-tcpdrop")
-    again = root.run(*as_telegraf(root, "telegraf-tcpdrop"), LAUNCHER, "--help")
+    again = root.run(*as_telegraf(root, "tcpdrop-metrics"), LAUNCHER, "--help")
     assert again.stdout.startswith("usage: telegraf-tcpdrop metrics")
     caps = root.run("getcap", LAUNCHER).stdout.split()[1]  # getcap orders them its way
     assert set(caps.removesuffix("=p").split(",")) == {"cap_bpf", "cap_perfmon", "cap_syslog"}

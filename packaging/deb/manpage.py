@@ -22,7 +22,7 @@ or, without BTF, python3-bpfcc and the kernel's headers (linux-headers-*): the b
 Root, or the capabilities CAP_BPF and CAP_PERFMON (CAP_SYS_ADMIN before Linux 5.8), and
 CAP_SYSLOG to read kernel addresses from /proc/kallsyms. The package gives these three to
 its launcher, /usr/libexec/telegraf-tcpdrop/metrics (file capabilities; group
-telegraf-tcpdrop, which telegraf.service gets from
+tcpdrop-metrics, which telegraf.service gets from
 /lib/systemd/system/telegraf.service.d/tcpdrop.conf), which runs
 .B telegraf-tcpdrop metrics
 with them and Telegraf without them; and to telegraf-tcpdrop.service.""",

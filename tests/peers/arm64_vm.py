@@ -40,15 +40,12 @@ per package list).
 """
 import gzip
 import hashlib
-import os
 import re
 import shutil
-import signal
-import subprocess
 import tempfile
 from pathlib import Path
 
-from kernel_vm import host_mirrors, install_host_packages, sh
+from kernel_vm import host_mirrors, install_host_packages, ninep, run_machine, sh
 from servers import CACHE
 
 HOME = CACHE / "arm64"
@@ -126,20 +123,13 @@ class Machine:
                 ",".join(f"{tag}={guest}" for tag, (_, guest) in mounts.items()),
                 "-drive", f"file={self.root},if=virtio,format=raw,cache=unsafe"
                           f"{',snapshot=on' if snapshot else ''}",
-                *_ninep("job", job, readonly=False)]
+                *ninep("job", job, readonly=False)]
         for tag, (host, _) in mounts.items():
-            args += _ninep(tag, host, readonly=True)
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            output, _ = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            raise TimeoutError(f"arm64 machine still running after {timeout} s: {command!r}") from None
+            args += ninep(tag, host, readonly=True)
+        _, output = run_machine(args, timeout, "the arm64 machine")
         exit_file = job / "exit"
         code = int(exit_file.read_text()) if exit_file.exists() else None
-        return code, output.decode(errors="replace")
+        return code, output
 
 
 def prepare(packages):
@@ -151,12 +141,6 @@ def prepare(packages):
     if not root.exists():
         _make_root(sorted(set(packages)), kernel, root)
     return Machine(kernel, root)
-
-
-def _ninep(tag, path, readonly):
-    return ["-fsdev", f"local,id={tag},path={path},security_model=passthrough"
-                      f"{',readonly=on' if readonly else ''}",
-            "-device", f"virtio-9p-pci,fsdev={tag},mount_tag={tag}"]
 
 
 def _sh(cmd, what, **kwargs):

@@ -82,17 +82,29 @@ def run(kernel, command, timeout=600, outdir=None):
             "--append", " ".join(["modprobe.blacklist=" + ",".join(BLACKLIST), *APPEND.get(kernel, [])]),
             f"--rwdir={outdir}", "--exec", command]
     env = {**os.environ, "PATH": f"{VENV / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+    return run_machine(args, timeout, f"VM with kernel {version}", env=env)
+
+
+def run_machine(args, timeout, what, env=None):
+    """(exit code, console) of a machine's qemu (or vng) command, killed with
+    all it started if still running after timeout seconds (TimeoutError)."""
     # The output goes to a pipe: qemu reopens its stdout, which clobbers a plain file.
     proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         output, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # vng and its qemu
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
-        raise TimeoutError(f"VM with kernel {version} still running after {timeout} s: "
-                           f"{command!r}") from None
+        raise TimeoutError(f"{what} still running after {timeout} s") from None
     return proc.returncode, output.decode(errors="replace")
+
+
+def ninep(tag, path, readonly):
+    """qemu's arguments sharing a host directory with the guest over 9p."""
+    return ["-fsdev", f"local,id={tag},path={path},security_model=passthrough"
+                      f"{',readonly=on' if readonly else ''}",
+            "-device", f"virtio-9p-pci,fsdev={tag},mount_tag={tag}"]
 
 
 def _release(kernel):
