@@ -16,12 +16,22 @@ class SymbolsUnavailable(Exception):
     pass
 
 
+def open_kallsyms(path="/proc/kallsyms"):
+    """kallsyms, opened (binary); SymbolsUnavailable, saying why, if it cannot be."""
+    try:
+        return open(path, "rb")
+    except OSError as e:
+        raise SymbolsUnavailable(
+            f"cannot read {path} ({e.strerror}), which names the drop sites: if a systemd unit "
+            "runs the monitor, do not set ProtectKernelTunables= there (it hides this file)") from None
+
+
 def function_spans(names, path="/proc/kallsyms"):
     """{name: (address, length)} of these kernel functions, where kallsyms
     has them; the length runs to the next symbol above. kallsyms lists the
     kernel's own symbols in address order (modules come after, each in its
     own), so that is on one of the lines that follow."""
-    with open(path, "rb") as f:
+    with open_kallsyms(path) as f:
         text = f.read()
     spans = {}
     for name in names:
@@ -60,7 +70,7 @@ class KernelSymbols:
         self._modules = self._loaded_modules()
         self._cache.clear()
         addrs, offsets, names = array.array("Q"), array.array("I"), bytearray()
-        with open(self._path, "rb") as f:
+        with open_kallsyms(self._path) as f:
             for line in f:
                 parts = line.split(None, 3)
                 if len(parts) >= 3 and parts[1] in (b"t", b"T"):

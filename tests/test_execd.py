@@ -99,6 +99,25 @@ def test_runs_as_an_unprivileged_user_with_the_three_capabilities(netns):
     assert f"frame=tcp_v4_rcv,netns={netns.name},reason=NO_SOCKET" in out and "drops=2i" in out
 
 
+def test_an_unreadable_kallsyms_is_one_line_that_names_the_fix(tmp_path):
+    """What systemd's ProtectKernelTunables= does to /proc/kallsyms (found
+    when telegraf-tcpdrop.service first ran under systemd): a file no one may
+    read, mounted over it."""
+    require_root()
+    closed = tmp_path / "closed"
+    closed.write_text("")
+    closed.chmod(0)
+    tmp_path.chmod(0o755)
+    over = f'mount --bind {closed} /proc/kallsyms && exec "$@"'
+    result = subprocess.run(["unshare", "-m", "sh", "-c", over, "sh",
+                             *as_nobody_with("bpf", "perfmon", "syslog"), CLI, "metrics"],
+                            capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("E! cannot read /proc/kallsyms (Permission denied)") and \
+        result.stderr.count("\n") == 1, result.stderr
+    assert "ProtectKernelTunables=" in result.stderr
+
+
 def test_without_cap_syslog_the_error_names_it():
     require_root()
     result = subprocess.run([*as_nobody_with("bpf", "perfmon"), CLI, "metrics"], capture_output=True,
