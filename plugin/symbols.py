@@ -16,6 +16,11 @@ class SymbolsUnavailable(Exception):
     pass
 
 
+def hidden(path):
+    return SymbolsUnavailable(f"{path} hides kernel addresses from this process: grant it CAP_SYSLOG "
+                              "(with sysctl kernel.kptr_restrict at 0 or 1), or run it as root")
+
+
 def open_kallsyms(path="/proc/kallsyms"):
     """kallsyms, opened (binary); SymbolsUnavailable, saying why, if it cannot be."""
     try:
@@ -44,6 +49,8 @@ def function_spans(names, path="/proc/kallsyms"):
         else:
             continue
         start = int(text[text.rfind(b"\n", 0, at) + 1:at], 16)
+        if not start:
+            raise hidden(path)
         for line in text[at:at + 4096].split(b"\n")[1:]:
             if line and int(line.split(None, 1)[0], 16) > start:
                 spans[name] = (start, int(line.split(None, 1)[0], 16) - start)
@@ -79,9 +86,7 @@ class KernelSymbols:
                     names += parts[2]
         offsets.append(len(names))
         if addrs and not any(addrs[:100]):
-            raise SymbolsUnavailable(
-                f"{self._path} hides kernel addresses from this process: grant it CAP_SYSLOG "
-                "(with sysctl kernel.kptr_restrict at 0 or 1), or run it as root")
+            raise hidden(self._path)
         order = range(len(addrs))
         if any(addrs[i] > addrs[i + 1] for i in range(len(addrs) - 1)):  # modules come last, unsorted
             order = sorted(order, key=addrs.__getitem__)
