@@ -78,6 +78,7 @@ def targets(runs):
     most_keys = max((r for r in counted if r["sweep"] == "keys"), key=lambda r: r["sports"])
     listen = {r["monitor"]: r for r in runs if r["sweep"] == "listen"}
     accept = {r["monitor"]: r for r in runs if r["sweep"] == "accept"}
+    netns = {r["monitor"]: kernel_ns(r) for r in runs if r["sweep"] == "netns"}
     listen_ours, listen_floor = kernel_ns(listen["metrics"]), kernel_ns(listen["floor"])
     trace = at_max["trace"]
     held = trace["seen"]["held_back"] + trace["seen"]["events"] == trace["drops_expected"]
@@ -112,6 +113,10 @@ def targets(runs):
         ("(no target) kernel time added to each accepted connection",
          f"{kernel_ns(accept['metrics']):.0f} ns by all our programs (the floor's: "
          f"{kernel_ns(accept['floor']):.0f} ns)", None),
+        ("the namespace in the key (`--netns-tags`, the default): kernel cost ≤ 2.0× the floor",
+         f"{netns['metrics']:.0f} ns = {netns['metrics'] / netns['floor']:.2f}× floor "
+         f"({netns['floor']:.0f} ns); without it (`none`): {netns['metrics-no-netns']:.0f} ns = "
+         f"{netns['metrics-no-netns'] / netns['floor']:.2f}×", netns["metrics"] <= 2 * netns["floor"]),
         ("trace: rate limit holds, the rest counted", f"{trace['seen']['events']:,} shown, "
          f"{trace['seen']['held_back']:,} held back and reported, of {trace['drops_expected']:,}; "
          f"stopped in {trace['stop_s']:.2f} s", held),
@@ -156,6 +161,7 @@ def main(results_path):
     for sweep, title in (("rate", "Drop rate sweep (closed port)"), ("nft", "nftables-dropped port, max rate"),
                          ("listen", "SYNs refused by a full accept queue, max rate"),
                          ("accept", "Connections accepted (the non-drop path), one after another"),
+                         ("netns", "The namespace in the key, and without it (closed port, max rate)"),
                          ("keys", "Tag-set sweep (closed port, `--port-tags all`, max rate)")):
         sweep_runs = [r for r in host if r["sweep"] == sweep]
         out.append(f"\n## {title}\n")

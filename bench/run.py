@@ -255,6 +255,7 @@ def monitors(kind, port_tags="bucketed"):
         "floor": Monitor("floor", floor=True),
         "metrics": Monitor("metrics", metrics, attached),
         "metrics-tracepoint": Monitor("metrics-tracepoint", metrics + ["--hook", "tracepoint"], attached),
+        "metrics-no-netns": Monitor("metrics-no-netns", metrics + ["--netns-tags", "none"], attached),
         "trace": Monitor("trace", [str(CLI), "trace", "--json", "--no-stack", "--port", port], attached),
         "bpftrace": Monitor("bpftrace", ["bpftrace", "-e", BPFTRACE], "Attaching"),
     }
@@ -349,6 +350,7 @@ def plan(name):
             ("nft", "nft", everyone, [(1000000, None, 0, 0)], "bucketed"),
             ("listen", "listen", everyone, [(1000000, None, 0, 0)], "bucketed"),
             ("accept", "accept", ["none", "floor", "metrics"], [(20000, None, 0, 0)], "bucketed"),
+            ("netns", "closed", ["floor", "metrics-no-netns", "metrics"], [(1000000, None, 0, 0)], "bucketed"),
             ("keys", "closed", ["floor", "metrics", "bpftrace"], keys, "all")]
 
 

@@ -45,7 +45,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from kernel_vm import host_mirrors, install_host_packages, ninep, run_machine, sh
+from kernel_vm import host_mirrors, install_host_packages, ninep, run_job, sh
 from servers import CACHE
 
 HOME = CACHE / "arm64"
@@ -126,10 +126,7 @@ class Machine:
                 *ninep("job", job, readonly=False)]
         for tag, (host, _) in mounts.items():
             args += ninep(tag, host, readonly=True)
-        _, output = run_machine(args, timeout, "the arm64 machine")
-        exit_file = job / "exit"
-        code = int(exit_file.read_text()) if exit_file.exists() else None
-        return code, output
+        return run_job(args, job, timeout, "the arm64 machine")
 
 
 def prepare(packages):

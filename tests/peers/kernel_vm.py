@@ -100,6 +100,14 @@ def run_machine(args, timeout, what, env=None):
     return proc.returncode, output.decode(errors="replace")
 
 
+def run_job(args, job, timeout, what):
+    """(the job's exit code from job/exit, or None if it never finished;
+    the console) of a machine that runs a job and powers off."""
+    _, console = run_machine(args, timeout, what)
+    exit_file = Path(job) / "exit"
+    return (int(exit_file.read_text()) if exit_file.exists() else None), console
+
+
 def ninep(tag, path, readonly):
     """qemu's arguments sharing a host directory with the guest over 9p."""
     return ["-fsdev", f"local,id={tag},path={path},security_model=passthrough"

@@ -27,7 +27,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from kernel_vm import APPEND, host_mirrors, install_host_packages, ninep, run_machine, sh
+from kernel_vm import APPEND, host_mirrors, install_host_packages, ninep, run_job, sh
 from servers import CACHE
 
 HOME = CACHE / "system-vm"
@@ -79,10 +79,7 @@ class Machine:
                 "-drive", f"file={self.root},if=virtio,format=raw,cache=unsafe,snapshot=on"]
         for tag, (host, _, readonly) in mounts.items():
             args += ninep(tag, host, readonly)
-        _, console = run_machine(args, timeout, "the Debian 13 machine")
-        exit_file = job / "exit"
-        code = int(exit_file.read_text()) if exit_file.exists() else None
-        return code, console
+        return run_job(args, job, timeout, "the Debian 13 machine")
 
 
 def prepare(packages):
