@@ -138,7 +138,7 @@ class NetnsNames:
         return None
 
     def _container_names(self, runtime):
-        """{container id: name} from the runtime's own files."""
+        """{container id: name} from the runtime's own state."""
         names = {}
         if runtime == "docker":
             names = self._docker_api_names()  # the docker group's; the files are root's
@@ -165,7 +165,8 @@ class NetnsNames:
         finally:
             api.close()
         return {c["Id"]: c["Names"][0].lstrip("/") for c in containers
-                if isinstance(c, dict) and c.get("Id") and c.get("Names")}
+                if isinstance(c, dict) and isinstance(c.get("Id"), str)
+                and isinstance(c.get("Names"), list) and c["Names"] and isinstance(c["Names"][0], str)}
 
     def _conmon_names(self):
         """{container id: name} from the command lines of Podman's conmon
