@@ -25,11 +25,9 @@ and looked for again when an inode not seen before turns up (at most once a
 second) or every RESCAN_SECONDS (namespaces go, their inodes are reused, and
 one not found is looked for again then).
 """
-import http.client
 import json
 import os
 import re
-import socket
 import time
 
 INIT_NET_INODE = 0xEFFFFFF9  # PROC_NET_INIT_INO, include/linux/proc_ns.h
@@ -141,7 +139,8 @@ class NetnsNames:
         """{container id: name} from the runtime's own state."""
         names = {}
         if runtime == "docker":
-            names = self._docker_api_names()  # the docker group's; the files are root's
+            from .docker_api import container_names  # only where Docker runs: see there
+            names = container_names(self.docker_api, DOCKER_API_SECONDS)  # the files are root's
             for container_id in listdir(self.docker):
                 config = _read_json(os.path.join(self.docker, container_id, "config.v2.json"))
                 if isinstance(config, dict) and config.get("Name"):
@@ -152,21 +151,6 @@ class NetnsNames:
                 if container.get("names"):
                     names[container["id"]] = container["names"][0]
         return names
-
-    def _docker_api_names(self):
-        """{container id: name} of the running containers, from Docker's API."""
-        api = UnixHTTPConnection(self.docker_api, DOCKER_API_SECONDS)
-        try:
-            api.request("GET", "/containers/json")
-            answer = api.getresponse()
-            containers = json.loads(answer.read()) if answer.status == 200 else []
-        except (OSError, http.client.HTTPException, ValueError):
-            return {}
-        finally:
-            api.close()
-        return {c["Id"]: c["Names"][0].lstrip("/") for c in containers
-                if isinstance(c, dict) and isinstance(c.get("Id"), str)
-                and isinstance(c.get("Names"), list) and c["Names"] and isinstance(c["Names"][0], str)}
 
     def _conmon_names(self):
         """{container id: name} from the command lines of Podman's conmon
@@ -193,19 +177,6 @@ class NetnsNames:
             if pod_uid == uid and namespace and name:
                 return f"{namespace}/{name}"
         return None
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """HTTP over a Unix socket, as Docker's API is served."""
-
-    def __init__(self, path, timeout):
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.socket_path)
 
 
 def listdir(path):
