@@ -6,6 +6,7 @@ import ctypes
 
 TASK_COMM_LEN = 16
 MAX_STACK_DEPTH = 64
+MAX_SNAPLEN = 2048
 STATE_NONE = 0
 REASON_UNKNOWN = 0xFFFFFFFF
 REASON_LISTEN_OVERFLOW, REASON_SYN_QUEUE_FULL, REASON_LISTEN_DROP = 0xFFFFFFFE, 0xFFFFFFFD, 0xFFFFFFFC
@@ -52,6 +53,10 @@ class DropEvent(ctypes.Structure):
         ("dport", ctypes.c_uint16),
         ("comm", ctypes.c_char * TASK_COMM_LEN),
         ("stack", ctypes.c_uint64 * MAX_STACK_DEPTH),
+        ("time_ns", ctypes.c_uint64),
+        ("caplen", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+        ("packet", ctypes.c_uint8 * MAX_SNAPLEN),
     ]
 
     def ports(self):
@@ -63,6 +68,10 @@ class DropEvent(ctypes.Structure):
     def stack_ips(self):
         """The kernel stack's return addresses, innermost first; [] if none."""
         return list(self.stack[:max(self.stack_size, 0) // 8])
+
+    def packet_bytes(self):
+        """The packet's first bytes the probe copied (from its IP header on)."""
+        return bytes(self.packet[:self.caplen])
 
 
 class DropCount(ctypes.Structure):
@@ -115,4 +124,5 @@ class ProbeConfig(ctypes.Structure):
         ("listen_overflow_reason", ctypes.c_uint32),
         ("ncpus", ctypes.c_uint32),
         ("own_reasons", ctypes.c_uint32),
+        ("snaplen", ctypes.c_uint32),
     ]

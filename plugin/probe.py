@@ -21,7 +21,7 @@ from .names import DropReasons
 from .symbols import function_spans
 
 DEFAULT_MAX_KEYS = 16384
-RINGBUF_BYTES = 1024 * 1024  # ~1,700 events with their stacks
+RINGBUF_BYTES = 4 * 1024 * 1024  # ~1,500 events with their stacks and packets
 BATCH = 1024  # keys per bpf_map_lookup_and_delete_batch() call
 LISTEN_NETNS = 4096  # namespaces whose ListenDrops audit follows
 ENOENT = 2

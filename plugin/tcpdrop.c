@@ -395,6 +395,8 @@ struct drop {
 	__u16 sport, dport;	/* 0 unless read (key.marks) */
 	__u32 bytes;		/* the IP packet as the kernel held it (drop_count.bytes) */
 	__u32 netns;		/* events and key_netns only: the namespace's inode, 0 if unknown */
+	__u32 readable;		/* of those bytes, how many the linear data holds at nh */
+	__u64 nh;		/* the IP header's address (a number: struct drop is kept in a map) */
 };
 
 /* Offset of the TCP header after the IPv6 header at @nh, of which @readable
@@ -541,6 +543,8 @@ static __always_inline bool read_packet(struct sk_buff *skb, struct drop *d, boo
 		tcp = &d->pkt.v6.tcp;
 	}
 	d->bytes = held;
+	d->readable = readable;
+	d->nh = (__u64)nh;
 	if (d->key.marks & MARK_FRAGMENT)
 		return true;
 	if (readable - tcp_off < TCP_FLAGS_END) {
@@ -578,7 +582,9 @@ static __always_inline void send_event(void *ctx, struct drop *d, struct drop_ke
 		count(COUNTER_LOST, 1);
 		return;
 	}
-	__builtin_memset(e, 0, sizeof(*e));	/* reserved memory is not zeroed */
+	/* Reserved memory is not zeroed; packet[] is read only up to caplen. */
+	__builtin_memset(e, 0, __builtin_offsetof(struct drop_event, packet));
+	e->time_ns = bpf_ktime_get_ns();
 	e->key = *key;
 	e->sport = d->sport;
 	e->dport = d->dport;
@@ -597,6 +603,14 @@ static __always_inline void send_event(void *ctx, struct drop *d, struct drop_ke
 		e->stack_size = bpf_get_stack(ctx, e->stack, sizeof(e->stack), 0);
 		if (e->stack_size < 0)
 			count(COUNTER_STACKS_LOST, 1);
+	}
+	if (cfg.snaplen) {
+		__u32 n = d->readable < cfg.snaplen ? d->readable : cfg.snaplen;
+
+		if (n > MAX_SNAPLEN)	/* the verifier's bound; the loader keeps snaplen under it */
+			n = MAX_SNAPLEN;
+		if (!bpf_probe_read_kernel(e->packet, n, (void *)d->nh))
+			e->caplen = n;
 	}
 	bpf_ringbuf_submit(e, 0);
 }
@@ -843,6 +857,7 @@ int BPF_PROG(listen_exit, struct sock *sk, struct sk_buff *skb, int ret)
 	if (!stash || stash->skb != (__u64)skb)
 		return 0;
 	stash->skb = 0;
+	stash->d.readable = 0;	/* the SYN is freed by now: no bytes of it to send */
 	if (!listen_mib_read(listen_mibs(sk->__sk_common.skc_net.net, stash->cpu_offset), &after) ||
 	    after.drops == stash->before.drops)
 		return 0;

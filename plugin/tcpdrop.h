@@ -9,6 +9,7 @@
 
 #define TASK_COMM_LEN 16
 #define MAX_STACK_DEPTH 64
+#define MAX_SNAPLEN 2048	/* trace --pcap --snaplen: a 1500-byte packet whole */
 
 /* The tag set drops are counted under (metrics mode): the drops map's key. */
 struct drop_key {
@@ -36,6 +37,11 @@ struct drop_event {
 	__u16 dport;
 	char comm[TASK_COMM_LEN];
 	__u64 stack[MAX_STACK_DEPTH];	/* kernel return addresses, innermost first */
+	__u64 time_ns;		/* of the drop, CLOCK_MONOTONIC */
+	__u32 caplen;		/* bytes of packet[] filled (probe_config.snaplen) */
+	__u32 pad;
+	__u8 packet[MAX_SNAPLEN];	/* the IP packet's first bytes, as far as the
+					 * linear data holds them; not zeroed beyond caplen */
 };
 
 struct drop_count {
@@ -149,6 +155,7 @@ struct probe_config {
 	__u32 listen_overflow_reason;	/* the kernel's TCP_LISTEN_OVERFLOW, or ours */
 	__u32 ncpus;		/* possible CPUs */
 	__u32 own_reasons;	/* bit n set = report reason REASON_UNKNOWN - n (UNKNOWN and ours) */
+	__u32 snaplen;		/* events carry this many of the packet's bytes (at most) */
 };
 
 #endif /* TCPDROP_H */

@@ -44,7 +44,7 @@ def test_a_wrong_offset_is_caught():
 
 
 def test_constants_match_the_header():
-    names = ["TASK_COMM_LEN", "MAX_STACK_DEPTH", "STATE_NONE", "REASON_UNKNOWN",
+    names = ["TASK_COMM_LEN", "MAX_STACK_DEPTH", "MAX_SNAPLEN", "STATE_NONE", "REASON_UNKNOWN",
              "EPHEMERAL_SPORT", "EPHEMERAL_DPORT", "MARK_TRUNCATED", "MARK_FRAGMENT", "MARK_NO_PORTS",
              "HOT_SLOTS",
              "PORT_TAGS_BUCKETED", "PORT_TAGS_ALL", "PORT_TAGS_NONE",
