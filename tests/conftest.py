@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+import traffic
+
 TESTS = Path(__file__).parent
 CLI = str(Path(sys.executable).parent / "telegraf-tcpdrop")
 _names = itertools.count()
@@ -88,6 +90,27 @@ def netns():
     ns = Netns()
     yield ns
     ns.delete()
+
+
+@pytest.fixture
+def pair():
+    """(server, client): two namespaces joined by a veth, the client's end
+    traffic.VETH; the server gives up reassembling a datagram after 1 s."""
+    require_root()
+    server, client = Netns(), Netns()
+    try:
+        client.sh("ip", "link", "add", traffic.VETH, "address", traffic.CLIENT_MAC, "type", "veth",
+                  "peer", "name", "veth1", "netns", server.name, "address", traffic.SERVER_MAC)
+        for ns, dev, v4, v6 in ((client, traffic.VETH, traffic.CLIENT_V4, traffic.CLIENT_V6),
+                                (server, "veth1", traffic.SERVER_V4, traffic.SERVER_V6)):
+            ns.sh("ip", "addr", "add", f"{v4}/24", "dev", dev)
+            ns.sh("ip", "addr", "add", f"{v6}/64", "dev", dev, "nodad")
+            ns.sh("ip", "link", "set", dev, "up")
+        server.sh("sysctl", "-qw", "net.ipv4.ipfrag_time=1", "net.ipv6.ip6frag_time=1")
+        yield server, client
+    finally:
+        client.delete()
+        server.delete()
 
 
 def as_nobody_with(*caps):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pytest
 
 import traffic
-from conftest import Netns, eventually, require_root
+from conftest import eventually
 
 pytestmark = pytest.mark.kernel
 
@@ -92,27 +92,6 @@ CASES = {
 }
 # Below the ephemeral range: no other test's connection on this host has them.
 SPORTS = {name: 23000 + i for i, name in enumerate(CASES)}
-
-
-@pytest.fixture
-def pair():
-    """(server, client): two namespaces joined by a veth, the client's end
-    traffic.VETH; the server gives up reassembling a datagram after 1 s."""
-    require_root()
-    server, client = Netns(), Netns()
-    try:
-        client.sh("ip", "link", "add", traffic.VETH, "address", traffic.CLIENT_MAC, "type", "veth",
-                  "peer", "name", "veth1", "netns", server.name, "address", traffic.SERVER_MAC)
-        for ns, dev, v4, v6 in ((client, traffic.VETH, traffic.CLIENT_V4, traffic.CLIENT_V6),
-                                (server, "veth1", traffic.SERVER_V4, traffic.SERVER_V6)):
-            ns.sh("ip", "addr", "add", f"{v4}/24", "dev", dev)
-            ns.sh("ip", "addr", "add", f"{v6}/64", "dev", dev, "nodad")
-            ns.sh("ip", "link", "set", dev, "up")
-        server.sh("sysctl", "-qw", "net.ipv4.ipfrag_time=1", "net.ipv6.ip6frag_time=1")
-        yield server, client
-    finally:
-        client.delete()
-        server.delete()
 
 
 def client_drops(tracer, server, family):

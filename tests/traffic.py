@@ -27,10 +27,13 @@ def family_of(host):
 
 
 def syn(host, port, sport, timeout="1"):
-    """connect() from a fixed source port: a SYN (and its retransmits until timeout)."""
+    """connect() from a fixed source port (any if 0; printed): a SYN (and its
+    retransmits until timeout)."""
     s = socket.socket(family_of(host))
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((host, int(sport)))
+    s.bind(("", int(sport)))
+    print(f"sport={s.getsockname()[1]}")
+    sys.stdout.flush()
     s.settimeout(float(timeout))
     try:
         s.connect((host, int(port)))
@@ -324,34 +327,63 @@ def lying_length(family, sport, dport, count):
         send_frames([ipv6(6, crafted_syn(6, sport, dport, i), payload_len=1460) for i in range(int(count))])
 
 
-def short_tcp(family, tcp_bytes, sport, dport, count):
+def short_tcp_packets(family, tcp_bytes, sport, dport, count):
     """Packets holding only the first tcp_bytes bytes of a SYN's TCP header, their
     IP lengths true: tcp_v4_rcv()/tcp_v6_rcv() cannot pull 20 bytes and drop them
-    (TcpInSegs counts them; no RST). 20 bytes: the whole SYN, to a closed port."""
+    (TcpInSegs counts them; no RST). 20 bytes: the whole SYN, to a closed port.
+    SYN i has sequence number i."""
     segments = [crafted_syn(family, sport, dport, i)[:int(tcp_bytes)] for i in range(int(count))]
     if int(family) == 4:
-        send_frames([ipv4(s, i + 1) for i, s in enumerate(segments)])
-    else:
-        send_frames([ipv6(6, s) for s in segments])
+        return [ipv4(s, i + 1) for i, s in enumerate(segments)]
+    return [ipv6(6, s) for s in segments]
 
 
-def syn_behind_ip_options(option_bytes, sport, dport, count):
+def short_tcp(*args):
+    send_frames(short_tcp_packets(*args))
+
+
+def syn_behind_ip_options_packets(option_bytes, sport, dport, count):
     """SYNs to a closed port in IPv4 packets with option_bytes of options (NOPs,
-    then an End of Options list): NO_SOCKET, the TCP header at 20 + option_bytes."""
+    then an End of Options list): NO_SOCKET, the TCP header at 20 + option_bytes.
+    SYN i has sequence number i."""
     options = b"\x01" * (int(option_bytes) - 1) + b"\x00"
-    send_frames([ipv4(crafted_syn(4, sport, dport, i), i + 1, options=options) for i in range(int(count))])
+    return [ipv4(crafted_syn(4, sport, dport, i), i + 1, options=options) for i in range(int(count))]
 
 
-def syn_behind_ipv6_headers(kinds, sport, dport, count):
+def syn_behind_ipv6_headers_packets(kinds, sport, dport, count):
     """SYNs behind the IPv6 extension headers kinds (comma-separated IPV6_EXT
     names, or "none"): to a closed port, NO_SOCKET where the kernel walks them
-    all; it has no handler for AH (this kernel), HIP, Shim6 or Mobility."""
+    all; it has no handler for AH (this kernel), HIP, Shim6 or Mobility. SYN i
+    has sequence number i."""
     kinds = [] if kinds == "none" else kinds.split(",")
     packets = []
     for i in range(int(count)):
         first, chain = ipv6_chain(kinds, ident=i + 1)
         packets.append(ipv6(first, chain + crafted_syn(6, sport, dport, i)))
-    send_frames(packets)
+    return packets
+
+
+def syn_with_data_packets(family, data_bytes, sport, dport, count):
+    """SYNs carrying data_bytes of data (byte i % 256 at offset i) to a closed
+    port: NO_SOCKET. SYN i has sequence number i."""
+    src, dst = (CLIENT_V4, SERVER_V4) if int(family) == 4 else (CLIENT_V6, SERVER_V6)
+    data = bytes(i % 256 for i in range(int(data_bytes)))
+    segments = [tcp_segment(src, dst, int(sport), int(dport), i, 0x02, data) for i in range(int(count))]
+    if int(family) == 4:
+        return [ipv4(s, i + 1) for i, s in enumerate(segments)]
+    return [ipv6(6, s) for s in segments]
+
+
+def syn_behind_ip_options(*args):
+    send_frames(syn_behind_ip_options_packets(*args))
+
+
+def syn_behind_ipv6_headers(*args):
+    send_frames(syn_behind_ipv6_headers_packets(*args))
+
+
+def syn_with_data(*args):
+    send_frames(syn_with_data_packets(*args))
 
 
 def syn_behind_mobility(payload_proto, sport, dport, count):
@@ -395,7 +427,8 @@ KINDS = {"bad-checksum": bad_checksum, "low-ttl": low_ttl, "md5-not-found": md5_
          "lying-length": lying_length, "short-tcp": short_tcp,
          "syn-behind-ip-options": syn_behind_ip_options,
          "syn-behind-ipv6-headers": syn_behind_ipv6_headers,
-         "syn-behind-mobility": syn_behind_mobility, "fragment": fragment}
+         "syn-behind-mobility": syn_behind_mobility, "fragment": fragment,
+         "syn-with-data": syn_with_data}
 
 if __name__ == "__main__":
     KINDS[sys.argv[1]](*sys.argv[2:])
