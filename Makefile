@@ -28,6 +28,7 @@ clean:
 
 # What a fresh Debian 12 host needs to build the probe and run the tests.
 APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool make nftables iproute2 util-linux procps podman runc docker.io \
+	tcpdump tshark tmux python3-matplotlib \
 	victoria-metrics influxdb systemd debootstrap pkg-config python3-bpfcc libc6-dev \
 	python3 python3-venv python3-setuptools python3-wheel python3-pytest python3-pytest-random-order
 INSTALLED := $(VENV)/.installed

@@ -16,7 +16,7 @@ from . import check, config, log, stop
 from .duration import parse_duration
 from .emit import InfluxOutput, StdoutOutput
 from .statsd_output import STATSD_TAG_STYLES, StatsdOutput
-from .event import REASON_OURS_FIRST, REASON_UNKNOWN, ProbeConfig
+from .event import MAX_SNAPLEN, REASON_OURS_FIRST, REASON_UNKNOWN, ProbeConfig
 from .execd import SIGNALS, Execd
 from .metrics import NETNS_TAGS, PORT_TAGS, Collector, ephemeral_range
 from .netns import NetnsNames
@@ -26,9 +26,11 @@ from .bcc_loader import BccLoader
 from .btf import BtfError
 from .probe import DEFAULT_MAX_KEYS, HOOKS, CoreLoader, Probe, ProbeError
 from .symbols import KernelSymbols, SymbolsUnavailable
+from .pcap import PcapngWriter
 from .trace import Tracer
 
 TRACE_RATE_LIMIT = 1000  # events per second per CPU
+DEFAULT_SNAPLEN = 256    # trace --pcap: the headers of a packet with IP and TCP options
 STACK_SAMPLES = 20       # per second per CPU, for metrics --stacks
 # Drops that are housekeeping, not the network: data still queued on a socket
 # when it is closed (also every raw socket's copy of TCP packets).
@@ -42,6 +44,7 @@ examples:
   telegraf-tcpdrop trace --reason NO_SOCKET --reason NETFILTER_DROP
   telegraf-tcpdrop trace --json             # one JSON object per drop
   telegraf-tcpdrop trace --netns web1       # drops in the container web1's namespace
+  telegraf-tcpdrop trace --pcap - | wireshark -k -i -   # the dropped packets themselves
   telegraf-tcpdrop metrics --interval 10s   # counts per tag set, line protocol on stdout
   telegraf-tcpdrop audit --for 30s          # the counts beside the kernel's own counters
   telegraf-tcpdrop reasons                  # the drop reasons this kernel knows
@@ -104,6 +107,14 @@ def build_parsers():
     trace.add_argument("--rate-limit", type=non_negative, default=TRACE_RATE_LIMIT, metavar="N",
                        help=f"events per second per CPU, 0 = unlimited (default: {TRACE_RATE_LIMIT}); "
                             "drops over it are counted and reported on stderr")
+    trace.add_argument("--pcap", metavar="FILE",
+                       help="also write each drop shown as a packet to FILE (pcapng, a comment per "
+                            "packet with its reason, drop site, state and netns); - for stdout, "
+                            "then without the lines: | wireshark -k -i -")
+    trace.add_argument("--snaplen", type=snaplen, default=DEFAULT_SNAPLEN, metavar="BYTES",
+                       help="with --pcap, the bytes of each packet to keep from its IP header on, "
+                            f"at most what the kernel holds (default: {DEFAULT_SNAPLEN}, "
+                            f"at most {MAX_SNAPLEN})")
 
     metrics = commands.add_parser(
         "metrics", parents=[probe], help="count drops in the kernel; line protocol every interval",
@@ -197,6 +208,12 @@ class VersionAction(argparse.Action):
 def port_number(text):
     if not text.isdigit() or not 1 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
+    return int(text)
+
+
+def snaplen(text):
+    if not text.isdigit() or not 1 <= int(text) <= MAX_SNAPLEN:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a length from 1 to {MAX_SNAPLEN}")
     return int(text)
 
 
@@ -352,13 +369,33 @@ def loaded_symbols():
     return symbols
 
 
+def pcap_output(args):
+    """The binary file --pcap names (stdout for -), checked before the probe loads."""
+    if args.pcap != "-":
+        try:
+            return open(args.pcap, "wb")
+        except OSError as e:
+            raise UsageError(f"cannot write the pcap file {args.pcap}: {e.strerror}") from None
+    if args.json:
+        raise UsageError("--pcap - and --json both want stdout: give --pcap a file")
+    if sys.stdout.isatty():
+        raise UsageError("--pcap -: stdout is a terminal; pipe it (| wireshark -k -i -, "
+                         "| tcpdump -r -) or give a file")
+    return sys.stdout.buffer
+
+
 def run_trace(args):
+    pcap_file = pcap_output(args) if args.pcap else None
+    lines = args.pcap != "-"
     reasons = check.drop_reasons(check.libbpf())
-    config = probe_config(args, reasons, events=1, stacks=int(args.stack),
-                          events_per_sec=args.rate_limit)
+    config = probe_config(args, reasons, events=1, stacks=int(args.stack and lines),
+                          events_per_sec=args.rate_limit,
+                          snaplen=args.snaplen if pcap_file else 0)
     with open_probe(args, config) as probe:
-        tracer = Tracer(probe, reasons, loaded_symbols(), as_json=args.json, with_stack=args.stack,
-                        netns=args.netns)
+        tracer = Tracer(probe, reasons, loaded_symbols(), as_json=args.json,
+                        with_stack=args.stack and lines, netns=args.netns,
+                        out=sys.stdout if lines else None,
+                        pcap=PcapngWriter(pcap_file, args.snaplen) if pcap_file else None)
         tracer.run()
     return 0
 

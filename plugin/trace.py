@@ -1,5 +1,6 @@
 """`telegraf-tcpdrop trace`: one line per dropped TCP packet, for a human at
-a terminal (or one JSON object per line with --json).
+a terminal (or one JSON object per line with --json), and with --pcap the
+packets themselves (pcap.py).
 
 A drop travels: kernel -> ring buffer -> DropEvent -> Drop (decoded) -> line.
 """
@@ -97,15 +98,25 @@ def format_line(drop):
             f"{drop.state} ({drop.flags}) {drop.reason}")
 
 
+def pcap_comment(drop):
+    """What the packet cannot say of its drop, as its pcapng comment."""
+    return f"{drop.reason} at {drop.location}; state {drop.state}; netns {drop.netns_name}"
+
+
 class Tracer:
     """Prints each event the probe delivers; reports what it could not print."""
 
     def __init__(self, probe, reasons, symbols, as_json=False, with_stack=True, netns=None,
-                 netns_names=None, out=sys.stdout):
-        """netns: print only the drops of the namespace of that name (netns.py)."""
+                 netns_names=None, out=sys.stdout, pcap=None):
+        """netns: print only the drops of the namespace of that name (netns.py).
+        out: None to print no lines (stdout carries the pcap). pcap: a
+        pcap.PcapngWriter, that each drop shown is written to as well."""
         self.probe, self.reasons, self.symbols = probe, reasons, symbols
-        self.as_json, self.with_stack, self.out = as_json, with_stack, out
+        self.as_json, self.with_stack, self.out, self.pcap = as_json, with_stack, out, pcap
         self.netns, self.netns_names = netns, netns_names or NetnsNames(probe.netns_tasks)
+        # The probe stamps drops with CLOCK_MONOTONIC (bpf_ktime_get_ns), as
+        # time.monotonic_ns() reads it: this turns them into wall-clock time.
+        self._wall_offset_ns = time.time_ns() - time.monotonic_ns()
         self.printed = 0
         self._not_shown = [0, 0, 0]  # lost, over the rate limit, stacks lost, as last reported
         self._stop = False
@@ -115,16 +126,21 @@ class Tracer:
         if self.netns and netns_name != self.netns:
             return
         stack_ips = event.stack_ips() if self.with_stack else []
-        drop = decode(event, self.reasons, self.symbols, stack_ips, datetime.now(timezone.utc),
-                      netns_name)
-        if self.as_json:
-            self.out.write(json.dumps(asdict(drop)) + "\n")
-        else:
-            self.out.write(format_line(drop) + "\n")
-            if self.with_stack:
-                self.out.write("".join(f"{frame}\n" for frame in drop.stack) + "\n")
-        self.out.flush()
+        wall_ns = event.time_ns + self._wall_offset_ns
+        drop = decode(event, self.reasons, self.symbols, stack_ips,
+                      datetime.fromtimestamp(wall_ns / 1e9, timezone.utc), netns_name)
+        if self.pcap:
+            self.pcap.write(wall_ns, event.packet_bytes(), event.len, pcap_comment(drop))
+        if self.out:
+            self.out.write(self.text(drop))
+            self.out.flush()
         self.printed += 1
+
+    def text(self, drop):
+        if self.as_json:
+            return json.dumps(asdict(drop)) + "\n"
+        stack = "".join(f"{frame}\n" for frame in drop.stack) + "\n" if self.with_stack else ""
+        return format_line(drop) + "\n" + stack
 
     def report_not_shown(self):
         """One W! line when drops went unprinted since the last report."""
@@ -147,7 +163,7 @@ class Tracer:
         signal.signal(signal.SIGTERM, self.stop)
         self._stop = self._stop or stop.requested()
         self.probe.on_event(self.on_event)
-        if not self.as_json:
+        if self.out and not self.as_json:
             self.out.write(HEADER + "\n")
             self.out.flush()
         next_check = time.monotonic() + COUNTER_CHECK_SECONDS

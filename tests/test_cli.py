@@ -4,6 +4,7 @@ import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -30,6 +31,20 @@ def assert_one_error_line(result, code, *words):
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     for word in words:
         assert word in lines[0], lines[0]
+
+
+def test_the_readme_has_every_trace_option():
+    """The README's table of trace options, against the parser's."""
+    from telegraf_tcpdrop.cli import build_parsers
+
+    parser, _ = build_parsers()
+    trace = parser._subparsers._group_actions[0].choices["trace"]
+    options = {o for action in trace._actions for o in action.option_strings if o != "-h"}
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    table = readme.split("## Trace mode", 1)[1].split("`metrics` takes", 1)[0]
+    documented = set(re.findall(r"^\| `(-[^`]*)`(?:, `(-[^`]*)`)?", table, re.M))
+    documented = {o.split()[0] for pair in documented for o in pair if o}
+    assert options - {"--help"} == documented
 
 
 def test_help_ends_with_examples():
