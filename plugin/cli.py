@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.parse
 
-from . import check, config, log, stop
+from . import check, config, log, stop, top
 from .duration import parse_duration
 from .emit import InfluxOutput, StdoutOutput
 from .statsd_output import STATSD_TAG_STYLES, StatsdOutput
@@ -46,6 +46,7 @@ examples:
   telegraf-tcpdrop trace --netns web1       # drops in the container web1's namespace
   telegraf-tcpdrop trace --pcap - | wireshark -k -i -   # the dropped packets themselves
   telegraf-tcpdrop metrics --interval 10s   # counts per tag set, line protocol on stdout
+  telegraf-tcpdrop top --port 443           # the busiest tag sets, live (q quits)
   telegraf-tcpdrop audit --for 30s          # the counts beside the kernel's own counters
   telegraf-tcpdrop reasons                  # the drop reasons this kernel knows
   telegraf-tcpdrop check                    # can this host run the probe?
@@ -92,6 +93,17 @@ def build_parsers():
                             "where the kernel has BTF, else bcc")
     probe.add_argument("-v", "--verbose", action="store_true", help="show libbpf's log")
 
+    counting = argparse.ArgumentParser(add_help=False)  # of metrics and top: the tag sets
+    counting.add_argument("--port-tags", choices=tuple(PORT_TAGS), default="bucketed",
+                          help="bucketed: ports in the ephemeral range become 'ephemeral' "
+                               "(default); all: every port; none: no port tags")
+    counting.add_argument("--netns-tags", choices=NETNS_TAGS, default="name",
+                          help="name: tag `netns` with the namespace's name (host, ip netns name, "
+                               "container, systemd unit; default); inode: its inode; none: no tag")
+    counting.add_argument("--max-keys", type=positive, default=DEFAULT_MAX_KEYS, metavar="N",
+                          help=f"tag sets the kernel keeps (default: {DEFAULT_MAX_KEYS}); drops "
+                               "beyond are counted in tcpdrop_agent.map_overflow_drops")
+
     trace = commands.add_parser(
         "trace", parents=[probe], help="print each TCP drop as it happens", epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -117,7 +129,7 @@ def build_parsers():
                             f"at most {MAX_SNAPLEN})")
 
     metrics = commands.add_parser(
-        "metrics", parents=[probe], help="count drops in the kernel; line protocol every interval",
+        "metrics", parents=[probe, counting], help="count drops in the kernel; line protocol every interval",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Count drops in the kernel per tag set (reason, state, flags, family, ports,\n"
                     "drop site) and write the counts of each interval as InfluxDB line protocol,\n"
@@ -127,21 +139,12 @@ def build_parsers():
     metrics.add_argument("--signal", choices=SIGNALS, default="none",
                          help="none: emit every interval; STDIN: emit on each line read from stdin "
                               "(match inputs.execd's signal; default: none)")
-    metrics.add_argument("--port-tags", choices=tuple(PORT_TAGS), default="bucketed",
-                         help="bucketed: ports in the ephemeral range become 'ephemeral' (default); "
-                              "all: every port; none: no port tags")
-    metrics.add_argument("--netns-tags", choices=NETNS_TAGS, default="name",
-                         help="name: tag `netns` with the namespace's name (host, ip netns name, "
-                              "container, systemd unit; default); inode: its inode; none: no tag")
     metrics.add_argument("--netns-counters", action="store_true",
                          help="add a point tcpdrop_netstat per network namespace each interval: "
                               "the rise of the kernel's own TCP drop counters there")
     metrics.add_argument("--stacks", action="store_true",
                          help="add a field `stack`: the folded kernel stack of one drop of each "
                               f"tag set (sampled, at most {STACK_SAMPLES}/s per CPU)")
-    metrics.add_argument("--max-keys", type=positive, default=DEFAULT_MAX_KEYS, metavar="N",
-                         help=f"tag sets the kernel keeps (default: {DEFAULT_MAX_KEYS}); drops "
-                              "beyond are counted in tcpdrop_agent.map_overflow_drops")
     metrics.add_argument("--config", metavar="PATH",
                          help="a TOML file with any of these options (key = option name with _ "
                               "for -); the command line wins")
@@ -169,6 +172,22 @@ def build_parsers():
     out.add_argument("--statsd-tags", choices=STATSD_TAG_STYLES, default="influx",
                      help="influx: name,tag=value:1|c (Telegraf's statsd input, default); "
                           "dogstatsd: name:1|c|#tag:value; none: tag values in the dotted name")
+
+    top_command = commands.add_parser(
+        "top", parents=[probe, counting], help="the counts per tag set, live on the terminal",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Count drops in the kernel as metrics does, and show each tag set's drops\n"
+                    "per second over the last interval and its total since top started, with\n"
+                    "the monitor's health; q quits, s sorts by the next column.")
+    top_command.add_argument("--interval", type=duration, default=1.0, metavar="DURATION",
+                             help="how often to take the counts (default: 1s; e.g. 500ms, 5s)")
+    top_command.add_argument("--sort", choices=tuple(top.SORTS), default="rate",
+                             help="the order of the rows: rate, total: the busiest first "
+                                  "(default: rate); reason, netns, site: by name; port: by the "
+                                  "lower numbered port")
+    top_command.add_argument("--once", action="store_true",
+                             help="wait one interval, print the table as plain text and exit "
+                                  "(for scripts)")
 
     audit_command = commands.add_parser(
         "audit", help="the monitor's counts beside the kernel's own drop counters",
@@ -406,15 +425,19 @@ def host_name():
     return socket.gethostname().encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
+def counting_config(args, reasons, **mode):
+    """The probe's settings to count drops per tag set (metrics, top)."""
+    low, high = ephemeral_range()
+    return probe_config(args, reasons, aggregate=1, port_tags=PORT_TAGS[args.port_tags],
+                        ephemeral_low=low, ephemeral_high=high,
+                        key_netns=int(args.netns_tags != "none"), **mode)
+
+
 def run_metrics(args):
     output = make_output(args)
     reasons = check.drop_reasons(check.libbpf())
-    low, high = ephemeral_range()
-    probe_settings = probe_config(args, reasons, aggregate=1, port_tags=PORT_TAGS[args.port_tags],
-                                  ephemeral_low=low, ephemeral_high=high,
-                                  key_netns=int(args.netns_tags != "none"),
-                                  events=int(args.stacks), stacks=int(args.stacks),
-                                  events_per_sec=STACK_SAMPLES)
+    probe_settings = counting_config(args, reasons, events=int(args.stacks),
+                                     stacks=int(args.stacks), events_per_sec=STACK_SAMPLES)
     # Telegraf adds the host tag to what it reads from stdout.
     host = None if args.output == "stdout" else host_name()
     with open_probe(args, probe_settings, max_keys=args.max_keys) as probe:
@@ -437,6 +460,20 @@ def run_audit(args):
     args.hook = "auto"
     with open_probe(args, audit.probe_config()) as probe:
         return audit.run(probe, check.drop_reasons(check.libbpf()), args.duration, as_json=args.json)
+
+
+def run_top(args):
+    if not args.once:
+        if not sys.stdout.isatty():
+            raise UsageError("top draws on a terminal, and stdout is not one: --once prints the "
+                             "table once, as plain text")
+        top.check_terminal()
+    reasons = check.drop_reasons(check.libbpf())
+    settings = counting_config(args, reasons)
+    with open_probe(args, settings, max_keys=args.max_keys) as probe:
+        collector = Collector(probe, reasons, loaded_symbols(), settings.port_tags,
+                              netns_tags=args.netns_tags)
+        return top.run(collector, args.interval, args.sort, once=args.once)
 
 
 def run_reasons(_args):
@@ -487,8 +524,8 @@ def run_check(args):
     return 0
 
 
-COMMANDS = {"trace": run_trace, "metrics": run_metrics, "audit": run_audit, "reasons": run_reasons,
-            "check": run_check}
+COMMANDS = {"trace": run_trace, "metrics": run_metrics, "top": run_top, "audit": run_audit,
+            "reasons": run_reasons, "check": run_check}
 
 
 def main(argv=None):
