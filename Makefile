@@ -40,7 +40,7 @@ $(INSTALLED): pyproject.toml setup.py
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); fi
 	$(PYTHON) -m venv --system-site-packages $(VENV)
-	$(VENV)/bin/pip install -q --no-build-isolation -e .
+	$(VENV)/bin/pip install -q --no-build-isolation -e '.[dashboards]'
 	touch $@
 
 setup: $(INSTALLED) probe

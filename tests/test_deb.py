@@ -144,6 +144,9 @@ def test_installed_package_works(deb, telegraf_root, netns):
     assert "ok    hook: tp_btf/kfree_skb attaches" in check.stdout
     assert "ok    listen-queue drops: tracepoints" in check.stdout
     assert Path(root.path / "usr/share/man/man8/telegraf-tcpdrop.8.gz").exists()
+    dashboards = Path(__file__).parents[1] / "dashboards"
+    assert {p.name: p.read_bytes() for p in (root.path / "usr/share/telegraf-tcpdrop/dashboards").iterdir()} == \
+        {p.name: p.read_bytes() for p in dashboards.glob("*.json")}
 
     # trace sees a real drop
     trace = root.popen("telegraf-tcpdrop", "trace", "--json", "--port", "7950",
