@@ -182,6 +182,14 @@ VARIABLES = [Variable("host", "Host", False), Variable("reason", "Reason", True)
              Variable("netns", "Network namespace", True)]
 
 
+def tag_values(flavour, variable):
+    """The values of a variable's tag in the range (of the chosen host's drops)."""
+    host = f" and {flavour.match('host')}" if variable.follows_host else ""
+    return (f'schema.tagValues(bucket: {flavour.bucket}, tag: "{variable.tag}", '
+            f'predicate: (r) => r._measurement == "tcpdrop"{host}, '
+            "start: v.timeRangeStart, stop: v.timeRangeStop)\n")
+
+
 class GrafanaFlux:
     """Flux as Grafana's InfluxDB data source runs it: v.defaultBucket is the data
     source's bucket; a variable is text put into the query, ${tag:regex} being
@@ -193,11 +201,7 @@ class GrafanaFlux:
         return f"r.{tag} =~ /^${{{tag}:regex}}$/"
 
     def variable_query(self, variable):
-        host = f" and {self.match('host')}" if variable.follows_host else ""
-        return ('import "influxdata/influxdb/schema"\n\n'
-                f'schema.tagValues(bucket: {self.bucket}, tag: "{variable.tag}", '
-                f'predicate: (r) => r._measurement == "tcpdrop"{host}, '
-                "start: v.timeRangeStart, stop: v.timeRangeStop)\n")
+        return 'import "influxdata/influxdb/schema"\n\n' + tag_values(self, variable)
 
 
 class InfluxDBFlux:
@@ -211,12 +215,9 @@ class InfluxDBFlux:
         return f'({name} == "{ALL}" or r.{tag} == {name})'
 
     def variable_query(self, variable):
-        host = f" and {self.match('host')}" if variable.follows_host else ""
         return ('import "array"\nimport "influxdata/influxdb/schema"\n\n'
                 f'all = array.from(rows: [{{_value: "{ALL}"}}])\n'
-                f'values = schema.tagValues(bucket: {self.bucket}, tag: "{variable.tag}", '
-                f'predicate: (r) => r._measurement == "tcpdrop"{host}, '
-                "start: v.timeRangeStart, stop: v.timeRangeStop)\n\n"
+                f'values = {tag_values(self, variable)}\n'
                 "union(tables: [all, values])\n")
 
 

@@ -25,13 +25,7 @@ log "building influx-cli $INFLUX_CLI_VERSION with $("$GO" env GOVERSION)"
 # Built from a copy of the module's sources, not 'go install pkg@version':
 # that also asks the proxy for the module's version list (to look for a
 # deprecation notice), which is not needed to build one exact version.
-moddir=$(cd "$tmp" && "$GO" mod download -json "github.com/influxdata/influx-cli/v2@${INFLUX_CLI_VERSION}" |
-         sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p') ||
-    die "could not download github.com/influxdata/influx-cli/v2@${INFLUX_CLI_VERSION}"
-[[ -n $moddir && -f $moddir/go.mod ]] || die "module download gave no source directory"
-cp -R "$moddir" "$tmp/src"
-chmod -R u+w "$tmp/src"
-cd "$tmp/src"
+module_source github.com/influxdata/influx-cli/v2 "${INFLUX_CLI_VERSION}"
 
 "$GO" build -trimpath \
     -ldflags "-s -w -X main.version=${INFLUX_CLI_VERSION} -X main.commit=${INFLUX_CLI_COMMIT} -X main.date=${INFLUX_CLI_DATE}" \

@@ -56,13 +56,7 @@ log "building InfluxDB $INFLUXDB_VERSION with $("$GO" env GOVERSION) and $("$CAR
 
 # influxdb's go.mod has a replace directive, so 'go install pkg@version' is
 # refused: build from a copy of the module's sources instead.
-moddir=$(cd "$tmp" && "$GO" mod download -json "github.com/influxdata/influxdb/v2@${INFLUXDB_VERSION}" |
-         sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p') ||
-    die "could not download github.com/influxdata/influxdb/v2@${INFLUXDB_VERSION}"
-[[ -n $moddir && -f $moddir/go.mod ]] || die "module download gave no source directory"
-cp -R "$moddir" "$tmp/src"
-chmod -R u+w "$tmp/src"
-cd "$tmp/src"
+module_source github.com/influxdata/influxdb/v2 "${INFLUXDB_VERSION}"
 
 "$GO" build -o "$tmp/pkg-config" github.com/influxdata/pkg-config >&2 ||
     die "building InfluxData's pkg-config wrapper failed (see above)"

@@ -24,3 +24,18 @@ cache_built() {
     log "built in $((SECONDS - start))s: $1"
     echo "$bin"
 }
+
+# The sources of module@version, through the module proxy, copied writable to
+# $tmp/src, which becomes the working directory. For a module whose go.mod has
+# a replace directive (refused by 'go install pkg@version'), or to build one
+# exact version without asking the proxy for the module's version list.
+module_source() {
+    local moddir
+    moddir=$(cd "$tmp" && "$GO" mod download -json "$1@$2" |
+             sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p') ||
+        die "could not download $1@$2"
+    [[ -n $moddir && -f $moddir/go.mod ]] || die "module download gave no source directory"
+    cp -R "$moddir" "$tmp/src"
+    chmod -R u+w "$tmp/src"
+    cd "$tmp/src"
+}
