@@ -346,6 +346,8 @@ def plan(name):
     rates = [(0, None, 0, 3)] + [(pps * 3, None, pps, 0) for pps in (20000, 50000, 100000)] + \
             [(1000000, None, 0, 0)]
     keys = [(1000000, sports, 0, 0) for sports in (1, 10, 100, 1000, 10000)]
+    if name == "keys":  # the tag-set sweep alone, to try a change
+        return [("keys", "closed", ["floor", "metrics"], keys, "all")]
     return [("rate", "closed", everyone, rates, "bucketed"),
             ("nft", "nft", everyone, [(1000000, None, 0, 0)], "bucketed"),
             ("listen", "listen", everyone, [(1000000, None, 0, 0)], "bucketed"),
@@ -371,9 +373,10 @@ def in_vm(kernel):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--plan", choices=("full", "smoke", "anchor"), default="full",
+    parser.add_argument("--plan", choices=("full", "smoke", "anchor", "keys"), default="full",
                         help="full: every sweep here, then the anchor in the 6.1 VM (default); "
-                             "smoke: one short run per monitor (CI); anchor: the VM's part")
+                             "smoke: one short run per monitor (CI); anchor: the VM's part; "
+                             "keys: the tag-set sweep alone, floor and metrics")
     parser.add_argument("--out", type=Path, help="the results file (default: "
                                                  "bench/results/<date>.json)")
     args = parser.parse_args()
