@@ -58,6 +58,7 @@ class BccLoader:
         flags = ["-DTCPDROP_BCC", f"-I{source_dir}", *(f"-DTCPDROP_HOOK_{hook.upper()}" for hook in hooks),
                  f"-DTCPDROP_CFG={config_initializer(config)}",
                  f"-DTCPDROP_MAX_KEYS={sizes['drops_a']}",
+                 f"-DTCPDROP_OVERFLOW_KEYS={sizes['overflow_a']}",
                  f"-DTCPDROP_RINGBUF_PAGES={sizes['events'] // os.sysconf('SC_PAGE_SIZE')}"]
         flags += [f"-DTP_HAS_{field.upper()}" for field in ("reason", "rx_sk") if field in self.fields]
         return flags
@@ -83,9 +84,10 @@ class BccLoader:
             functions = [TRACEPOINT_FUNCTION if h == "tracepoint" else HOOKS["kprobe"][0] for h in hooks]
             prog_fds = [self._bpf.funcs[function.encode()].fd for function in functions]
             fds = {name: self._bpf[name].map_fd for name in MAPS}
-            # libbpf fills drops_now and hot_now at load (tcpdrop.c); bcc leaves
-            # them empty, and the handler counts nothing until they are set.
-            for outer, inner in (("drops_now", "drops_a"), ("hot_now", "hot_a")):
+            # libbpf fills the *_now maps at load (tcpdrop.c); bcc leaves them
+            # empty, and the handler counts nothing until they are set.
+            for outer, inner in (("drops_now", "drops_a"), ("hot_now", "hot_a"),
+                                 ("overflow_now", "overflow_a")):
                 self._bpf[outer][0] = ctypes.c_int(fds[inner])
         except Exception as e:  # bcc raises bare Exception for every failure
             raise HookError(str(e)) from None

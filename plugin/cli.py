@@ -102,7 +102,8 @@ def build_parsers():
                                "container, systemd unit; default); inode: its inode; none: no tag")
     counting.add_argument("--max-keys", type=positive, default=DEFAULT_MAX_KEYS, metavar="N",
                           help=f"tag sets the kernel keeps (default: {DEFAULT_MAX_KEYS}); drops "
-                               "beyond are counted in tcpdrop_agent.map_overflow_drops")
+                               "beyond are counted without their ports (overflow), in room for an "
+                               "eighth as many, then in tcpdrop_agent.map_overflow_drops")
 
     trace = commands.add_parser(
         "trace", parents=[probe], help="print each TCP drop as it happens", epilog=EXAMPLES,

@@ -17,6 +17,7 @@ LISTEN_OFF, LISTEN_BRACKET, LISTEN_CHAIN = 0, 1, 2
 
 # drop_key.marks
 EPHEMERAL_SPORT, EPHEMERAL_DPORT, MARK_TRUNCATED, MARK_FRAGMENT, MARK_NO_PORTS = 1, 2, 4, 8, 16
+MARK_PORTS_OVERFLOW = 32
 
 # enum port_tags
 PORT_TAGS_BUCKETED, PORT_TAGS_ALL, PORT_TAGS_NONE = 0, 1, 2
@@ -83,6 +84,7 @@ class NetnsTask(ctypes.Structure):
 
 
 HOT_SLOTS = 64
+HOT_FULL = HOT_SLOTS  # the slot after them: the drops map was full (tcpdrop.h)
 
 
 class HotSlot(ctypes.Structure):

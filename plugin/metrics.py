@@ -12,7 +12,8 @@ from . import log
 from .emit import Gauge, Point
 from .event import (COUNTER_LISTEN_UNTRACKED, COUNTER_LOST, COUNTER_OVERFLOW_BYTES, COUNTER_OVERFLOW_DROPS,
                     COUNTER_RATELIMITED, COUNTER_STACKS_LOST, EPHEMERAL_DPORT, EPHEMERAL_SPORT,
-                    MARK_NO_PORTS, PORT_TAGS_ALL, PORT_TAGS_BUCKETED, PORT_TAGS_NONE, DropKey)
+                    MARK_NO_PORTS, MARK_PORTS_OVERFLOW, PORT_TAGS_ALL, PORT_TAGS_BUCKETED,
+                    PORT_TAGS_NONE, DropKey)
 from .names import flags_tag, state_name
 from .netns import UNKNOWN, NetnsNames
 from .trace import drop_site_stack
@@ -20,6 +21,8 @@ from .trace import drop_site_stack
 PORT_TAGS = {"bucketed": PORT_TAGS_BUCKETED, "all": PORT_TAGS_ALL, "none": PORT_TAGS_NONE}
 NETNS_TAGS = ("name", "inode", "none")
 NETNS_AT = DropKey.netns.offset  # of the inode in a key's bytes
+MARKS_AT = DropKey.marks.offset
+OVERFLOW = "overflow"  # the ports of a drop counted once the table was full
 # Intervals without a drop after which a tag set's tags are let go.
 IDLE_INTERVALS = 30
 
@@ -71,7 +74,9 @@ class Collector:
         }
         if self.netns_tags != "none":
             tags["netns"] = self.netns_tag(key.netns)
-        if self.port_tags != PORT_TAGS_NONE and not key.marks & MARK_NO_PORTS:
+        if key.marks & MARK_PORTS_OVERFLOW:
+            tags["sport"] = tags["dport"] = OVERFLOW
+        elif self.port_tags != PORT_TAGS_NONE and not key.marks & MARK_NO_PORTS:
             tags["sport"] = "ephemeral" if key.marks & EPHEMERAL_SPORT else str(key.sport)
             tags["dport"] = "ephemeral" if key.marks & EPHEMERAL_DPORT else str(key.dport)
         return tags
@@ -86,8 +91,10 @@ class Collector:
         now = self.clock()
         counts = self.probe.take_counts()
         self._forget_idle(counts)
-        points = []
+        points, portless, portless_keys = [], 0, 0
         for raw, (drops, nbytes) in counts.items():
+            if raw[MARKS_AT] & MARK_PORTS_OVERFLOW:
+                portless, portless_keys = portless + drops, portless_keys + 1
             fields = {"drops": drops, "bytes": nbytes}
             if raw in self.examples:
                 fields["stack"] = self.examples[raw]
@@ -97,7 +104,7 @@ class Collector:
         self.examples.clear()
         if self.netstat:
             points += self.netstat.points(now)
-        health = self.agent_fields(now, len(counts))
+        health = self.agent_fields(now, len(counts) - portless_keys, portless)
         points.append(Point("tcpdrop_agent", self._host, health, now))
         self._last_time = now
         return points
@@ -122,19 +129,22 @@ class Collector:
                     del self._idle[key]
                     self._tags.pop(key, None)
 
-    def agent_fields(self, now, keys):
-        """The monitor's own health over the interval: what it could not count or show."""
+    def agent_fields(self, now, keys, portless):
+        """The monitor's own health over the interval: what it could not count
+        or show. portless: drops counted without their ports (the table full)."""
         counters = self.probe.counters()
         delta = [new - old for new, old in zip(counters, self._counters)]
         self._counters = counters
-        if delta[COUNTER_OVERFLOW_DROPS] and not self._warned_full:
+        if (portless or delta[COUNTER_OVERFLOW_DROPS]) and not self._warned_full:
             log.warn(f"the kernel's table of tag sets is full ({keys} keys): further drops are "
-                     "counted in tcpdrop_agent.map_overflow_drops only; raise --max-keys, or use "
+                     f"counted without their ports (sport, dport: {OVERFLOW}), beyond those in "
+                     "tcpdrop_agent.map_overflow_drops only; raise --max-keys, or use "
                      "--port-tags bucketed")
             self._warned_full = True
         fields = {
             "events_lost": delta[COUNTER_LOST],
             "events_ratelimited": delta[COUNTER_RATELIMITED],
+            "map_portless_drops": portless,
             "map_overflow_drops": delta[COUNTER_OVERFLOW_DROPS],
             "map_overflow_bytes": delta[COUNTER_OVERFLOW_BYTES],
             "listen_untracked": delta[COUNTER_LISTEN_UNTRACKED],

@@ -15,8 +15,8 @@ import re
 from . import libbpf as lb
 from . import listen, log
 from .btf import Btf
-from .event import (COUNTER_MAX, HOT_SLOTS, LISTEN_CHAIN, LISTEN_OFF, DropEvent, DropKey, HotSlot, NetnsTask,
-                    ProbeConfig)
+from .event import (COUNTER_MAX, HOT_FULL, HOT_SLOTS, LISTEN_CHAIN, LISTEN_OFF, DropEvent, DropKey,
+                    HotSlot, NetnsTask, ProbeConfig)
 from .names import DropReasons
 from .symbols import function_spans
 
@@ -25,8 +25,9 @@ RINGBUF_BYTES = 4 * 1024 * 1024  # ~1,500 events with their stacks and packets
 BATCH = 1024  # keys per bpf_map_lookup_and_delete_batch() call
 LISTEN_NETNS = 4096  # namespaces whose ListenDrops audit follows
 ENOENT = 2
-GENERATIONS = ("a", "b")  # of the drops and hot-slot maps (tcpdrop.c)
-MAPS = ("drops_a", "drops_b", "hot_a", "hot_b", "drops_now", "hot_now", "events", "counters")
+GENERATIONS = ("a", "b")  # of the drops, overflow and hot-slot maps (tcpdrop.c)
+MAPS = ("drops_a", "drops_b", "hot_a", "hot_b", "overflow_a", "overflow_b", "drops_now", "hot_now",
+        "overflow_now", "events", "counters")
 CORE_MAPS = (*MAPS, "listen_drops")
 
 # Program name in tcpdrop.c -> what it attaches to, in order of preference.
@@ -61,11 +62,18 @@ class HookError(Exception):
     """One hook could not be loaded or attached; the next one is tried."""
 
 
+def overflow_keys(max_keys):
+    """Room for the tag sets of drops counted without their ports once the
+    drops map is full: an eighth of it (a scan's tag sets differ by port)."""
+    return max(1, max_keys // 8)
+
+
 def map_sizes(config, max_keys):
     """max_entries of the sized maps: those the mode does not use shrink to
     their minimum (kernel memory)."""
     drops = max_keys if config.aggregate else 1
-    return {"drops_a": drops, "drops_b": drops,
+    overflow = overflow_keys(max_keys) if config.aggregate else 1
+    return {"drops_a": drops, "drops_b": drops, "overflow_a": overflow, "overflow_b": overflow,
             "events": RINGBUF_BYTES if config.events else os.sysconf("SC_PAGE_SIZE"),
             "listen_drops": LISTEN_NETNS if config.key_netns else 1}
 
@@ -152,18 +160,21 @@ class Probe:
 
     def take_counts(self):
         """{DropKey bytes: (drops, bytes)} counted since the last take, summed
-        over CPUs: the drops map's counts plus those in the hot slots. The
+        over CPUs: the drops and overflow maps' counts plus those in the hot slots. The
         handler is moved to the other generation of maps first; the kernel
         returns from each swap only once no program runs on the old maps
         (tcpdrop.c), which are then read and emptied, quiet."""
         old = GENERATIONS[self._generation]
         self._generation ^= 1
         new = GENERATIONS[self._generation]
-        for outer, inner in (("hot_now", f"hot_{new}"), ("drops_now", f"drops_{new}")):
+        for outer, inner in (("hot_now", f"hot_{new}"), ("drops_now", f"drops_{new}"),
+                             ("overflow_now", f"overflow_{new}")):
             zero, fd = ctypes.c_uint32(0), ctypes.c_uint32(self._fds[inner])
             lb.check_int(self._lib.bpf_map_update_elem(self._fds[outer], ctypes.byref(zero),
                                                        ctypes.byref(fd), 0), f"swap in {inner}")
+        # Keys counted without their ports (MARK_PORTS_OVERFLOW) are not the drops map's.
         counts = self._take_map(self._fds[f"drops_{old}"])
+        counts |= self._take_map(self._fds[f"overflow_{old}"])
         for key, (drops, nbytes) in self._take_hot_slots(self._fds[f"hot_{old}"]).items():
             old_drops, old_bytes = counts.get(key, (0, 0))
             counts[key] = (old_drops + drops, old_bytes + nbytes)
@@ -191,7 +202,8 @@ class Probe:
             token.value, first = next_token.value, False
 
     def _take_hot_slots(self, fd):
-        """{key: (drops, bytes)} of the claimed slots; each claimed one is emptied."""
+        """{key: (drops, bytes)} of the claimed slots; each claimed one is
+        emptied, and HOT_FULL too: the generation's drops map is empty again."""
         counts = {}
         slots = (HotSlot * self.ncpus)()
         for index in range(HOT_SLOTS):
@@ -205,6 +217,9 @@ class Probe:
             if claimed:
                 lb.check_int(self._lib.bpf_map_update_elem(fd, ctypes.byref(i), self._zero_slots, 0),
                              "empty hot slots")
+        full = ctypes.c_uint32(HOT_FULL)
+        lb.check_int(self._lib.bpf_map_update_elem(fd, ctypes.byref(full), self._zero_slots, 0),
+                     "empty the full mark")
         return counts
 
     def run_stats(self):

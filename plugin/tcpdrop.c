@@ -52,17 +52,22 @@ const volatile struct probe_config cfg = {};
  * the old generation is read whole and quiet, then emptied: no count is read
  * twice or lost, and nothing is ever deleted from a map a program is
  * counting into. The loader sizes the maps for its mode (probe.py, map_sizes).
+ *
+ * Where the drops map is full (a port scan), a drop is counted without its
+ * ports, in room kept for that: the overflow maps, in generations too. A
+ * scan's tag sets differ by their ports alone, so there it keeps its reason,
+ * state, flags, drop site and namespace.
  */
 struct drops_map {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 16384);
 	__type(key, struct drop_key);
 	__type(value, struct drop_count);
-} drops_a SEC(".maps"), drops_b SEC(".maps");
+} drops_a SEC(".maps"), drops_b SEC(".maps"), overflow_a SEC(".maps"), overflow_b SEC(".maps");
 
 struct hot_map {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, HOT_SLOTS);
+	__uint(max_entries, HOT_SLOTS + 1);	/* and HOT_FULL */
 	__type(key, __u32);
 	__type(value, struct hot_slot);
 } hot_a SEC(".maps"), hot_b SEC(".maps");
@@ -80,6 +85,13 @@ struct {
 	__type(key, __u32);
 	__array(values, struct hot_map);
 } hot_now SEC(".maps") = { .values = { &hot_a } };
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__array(values, struct drops_map);
+} overflow_now SEC(".maps") = { .values = { &overflow_a } };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -111,6 +123,11 @@ static __always_inline void *hot_current(__u32 *zero)
 	return bpf_map_lookup_elem(&hot_now, zero);
 }
 
+static __always_inline void *overflow_current(__u32 *zero)
+{
+	return bpf_map_lookup_elem(&overflow_now, zero);
+}
+
 static __always_inline __u64 *counter(__u32 *slot)
 {
 	return bpf_map_lookup_elem(&counters, slot);
@@ -133,10 +150,13 @@ static const struct probe_config cfg = TCPDROP_CFG;
 
 BPF_PERCPU_HASH(drops_a, struct drop_key, struct drop_count, TCPDROP_MAX_KEYS);
 BPF_PERCPU_HASH(drops_b, struct drop_key, struct drop_count, TCPDROP_MAX_KEYS);
-BPF_PERCPU_ARRAY(hot_a, struct hot_slot, HOT_SLOTS);
-BPF_PERCPU_ARRAY(hot_b, struct hot_slot, HOT_SLOTS);
+BPF_PERCPU_HASH(overflow_a, struct drop_key, struct drop_count, TCPDROP_OVERFLOW_KEYS);
+BPF_PERCPU_HASH(overflow_b, struct drop_key, struct drop_count, TCPDROP_OVERFLOW_KEYS);
+BPF_PERCPU_ARRAY(hot_a, struct hot_slot, HOT_SLOTS + 1);
+BPF_PERCPU_ARRAY(hot_b, struct hot_slot, HOT_SLOTS + 1);
 BPF_ARRAY_OF_MAPS(drops_now, "drops_a", 1);	/* the loader sets [0] before attaching */
 BPF_ARRAY_OF_MAPS(hot_now, "hot_a", 1);
+BPF_ARRAY_OF_MAPS(overflow_now, "overflow_a", 1);
 BPF_RINGBUF_OUTPUT(events, TCPDROP_RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(counters, __u64, COUNTER_MAX);
 BPF_PERCPU_ARRAY(budgets, struct budget, 1);
@@ -151,6 +171,11 @@ static __always_inline void *drops_current(__u32 *zero)
 static __always_inline void *hot_current(__u32 *zero)
 {
 	return hot_now.lookup(zero);
+}
+
+static __always_inline void *overflow_current(__u32 *zero)
+{
+	return overflow_now.lookup(zero);
 }
 
 static __always_inline __u64 *counter(__u32 *slot)
@@ -334,58 +359,118 @@ static __always_inline __u32 hot_index(const struct drop_key *key)
 	return ((x[0] ^ x[1] ^ x[2]) * 0x9E3779B97F4A7C15ULL) >> (64 - HOT_SLOT_BITS);
 }
 
-/* Counts one drop under @key in the current generation. @hot: the caller
+/* Adds one drop to @key's count in @map, the key added if it is not there;
+ * false if it is not and the map is full. */
+static __always_inline bool count_in(void *map, struct drop_key *key, __u32 bytes)
+{
+	struct drop_count *c = bpf_map_lookup_elem(map, key);
+
+	if (!c) {
+		struct drop_count first = { .drops = 1, .bytes = bytes };
+		long err = bpf_map_update_elem(map, key, &first, BPF_NOEXIST);
+
+		if (!err)
+			return true;
+		/* -EEXIST: another CPU added the key first; else the map is full */
+		if (err == -EEXIST)
+			c = bpf_map_lookup_elem(map, key);
+		if (!c)
+			return false;
+	}
+	c->drops += 1;
+	c->bytes += bytes;
+	return true;
+}
+
+/* Lets @hot, a free slot, count @key from now on. Only a key its map holds
+ * takes a slot: --max-keys still bounds the tag sets. The slot counts from
+ * zero; user space adds both. */
+static __always_inline void claim(struct hot_slot *hot, struct drop_key *key)
+{
+	hot->key = *key;
+	hot->count.drops = 0;
+	hot->count.bytes = 0;
+	hot->claimed = 1;
+}
+
+/* The drops map is full: @key's drop counted without its ports, or where the
+ * overflow map is full too, without any tag (COUNTER_OVERFLOW_*). A scan's
+ * drops share one portless key, which @hot_slots (if given) then counts. */
+static __noinline void count_overflow(struct drop_key *key, __u32 bytes, void *hot_slots)
+{
+	__u32 zero = 0, index;
+	void *overflow = overflow_current(&zero);
+	struct drop_key portless = *key;
+	struct hot_slot *hot = NULL;
+
+	portless.sport = portless.dport = 0;
+	portless.marks = (key->marks & ~(EPHEMERAL_SPORT | EPHEMERAL_DPORT)) | MARK_PORTS_OVERFLOW;
+	if (hot_slots) {
+		index = hot_index(&portless);
+		hot = bpf_map_lookup_elem(hot_slots, &index);
+		if (hot && hot->claimed && same_key(&hot->key, &portless)) {
+			hot->count.drops += 1;
+			hot->count.bytes += bytes;
+			return;
+		}
+	}
+	if (overflow && count_in(overflow, &portless, bytes)) {
+		if (hot && !hot->claimed)
+			claim(hot, &portless);
+		return;
+	}
+	count(COUNTER_OVERFLOW_DROPS, 1);
+	count(COUNTER_OVERFLOW_BYTES, bytes);
+}
+
+/* Counts one drop under @key in the current generation. @hot_ok: the caller
  * may use the hot slots; only the kfree_skb handlers do, which never run
  * nested on one CPU (the kernel skips a program's nested runs), so a slot
  * is never half written when read. The listen-queue handlers, which may
- * interrupt them, count in the map only, under keys of their own. */
+ * interrupt them, count in the maps only, under keys of their own.
+ *
+ * Once the drops map is full, which it stays until the next generation,
+ * HOT_FULL says so: a key not in it goes straight to count_overflow(), and
+ * a scan's drop costs about what a hit does, not a failed insert each. */
 static __always_inline void count_drop(struct drop_key *key, __u32 bytes, bool hot_ok)
 {
-	__u32 zero = 0, index = hot_index(key);
-	void *drops = drops_current(&zero);
-	struct hot_slot *hot = NULL;
+	__u32 zero = 0, index = hot_index(key), full_index = HOT_FULL;
+	void *drops = drops_current(&zero), *hot_slots = NULL;
+	struct hot_slot *hot = NULL, *full = NULL;
 	struct drop_count *c;
 
 	if (!drops)
 		return;
 	if (hot_ok) {
-		void *hot_slots = hot_current(&zero);
-
-		hot = hot_slots ? bpf_map_lookup_elem(hot_slots, &index) : NULL;
+		hot_slots = hot_current(&zero);
+		if (hot_slots) {
+			hot = bpf_map_lookup_elem(hot_slots, &index);
+			full = bpf_map_lookup_elem(hot_slots, &full_index);
+		}
 		if (hot && hot->claimed && same_key(&hot->key, key)) {
 			hot->count.drops += 1;
 			hot->count.bytes += bytes;
 			return;
 		}
 	}
-
-	c = bpf_map_lookup_elem(drops, key);
-	if (!c) {
-		struct drop_count first = { .drops = 1, .bytes = bytes };
-		long err = bpf_map_update_elem(drops, key, &first, BPF_NOEXIST);
-
-		if (!err)
-			goto claim;
-		/* -EEXIST: another CPU added the key first; else the map is full */
-		if (err == -EEXIST)
-			c = bpf_map_lookup_elem(drops, key);
-		if (!c) {
-			count(COUNTER_OVERFLOW_DROPS, 1);
-			count(COUNTER_OVERFLOW_BYTES, bytes);
-			return;
+	if (full && full->claimed) {
+		c = bpf_map_lookup_elem(drops, key);
+		if (c) {
+			c->drops += 1;
+			c->bytes += bytes;
+		} else {
+			count_overflow(key, bytes, hot_slots);
 		}
+		return;
 	}
-	c->drops += 1;
-	c->bytes += bytes;
-claim:
-	/* Only a key the map holds takes a slot: --max-keys still bounds the
-	 * tag sets. The slot counts from zero; user space adds both. */
-	if (hot && !hot->claimed) {
-		hot->key = *key;
-		hot->count.drops = 0;
-		hot->count.bytes = 0;
-		hot->claimed = 1;
+	if (!count_in(drops, key, bytes)) {
+		if (full)
+			full->claimed = 1;
+		count_overflow(key, bytes, hot_slots);
+		return;
 	}
+	if (hot && !hot->claimed)
+		claim(hot, key);
 }
 
 /* One dropped packet, read: its tag set and what only events need. */

@@ -60,6 +60,8 @@ struct netns_task {
  * count_drop): a slot per CPU and index, claimed by a key already in the map. */
 #define HOT_SLOT_BITS 6
 #define HOT_SLOTS (1 << HOT_SLOT_BITS)
+#define HOT_FULL HOT_SLOTS	/* the slot after them: claimed once the drops map
+				 * of this generation was full on this CPU */
 
 struct hot_slot {
 	struct drop_key key;
@@ -74,6 +76,8 @@ struct hot_slot {
 #define MARK_TRUNCATED 4	/* the packet ends before the TCP flags byte: flags 0, not read */
 #define MARK_FRAGMENT 8		/* a non-first fragment: no TCP header at all */
 #define MARK_NO_PORTS 16	/* the packet ends before the ports: sport, dport 0, not read */
+#define MARK_PORTS_OVERFLOW 32	/* the drops map was full: counted without its ports
+				 * (overflow_now), sport and dport 0 */
 
 enum port_tags {
 	PORT_TAGS_BUCKETED,	/* ports in the ephemeral range count as one */

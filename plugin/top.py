@@ -92,7 +92,8 @@ class Table:
         self.rows = {}  # sorted tag items -> Row
         self.rate = 0.0  # every drop, per second, over the last interval
         self.total = 0
-        self.health = {"map_overflow_drops": 0, "probe_misses": 0, "listen_untracked": 0}
+        self.health = {"map_portless_drops": 0, "map_overflow_drops": 0, "probe_misses": 0,
+                       "listen_untracked": 0}
         self.keys = 0  # tag sets in the last interval
         self.started = datetime.now()
 
@@ -125,7 +126,8 @@ def header(table, interval, sort, now, hint=""):
     health = table.health
     return [f"telegraf-tcpdrop top  {now:%H:%M:%S}  every {interval:g}s  sort: {sort}{hint}",
             f"drops/s {table.rate:.1f}  total {table.total} since {table.started:%H:%M:%S}",
-            f"map overflow {health['map_overflow_drops']}  probe misses {health['probe_misses']}  "
+            f"portless {health['map_portless_drops']}  untagged {health['map_overflow_drops']}  "
+            f"probe misses {health['probe_misses']}  "
             f"listen untracked {health['listen_untracked']}  keys {table.keys}/{table.max_keys}",
             ""]
 

@@ -34,15 +34,27 @@ def test_flood_from_random_ports_stays_one_tag_set(netns, metrics):
     assert max(f["keys"] for meas, t, f, _ in m.points if meas == "tcpdrop_agent") <= 2
 
 
-def test_full_map_counts_the_overflow(netns, metrics):
-    m = metrics("--interval", "200ms", "--port", "7302", "--port-tags", "all", "--max-keys", "4")
-    netns.traffic("syns", "127.0.0.1", 7302, 41000, 20)  # 20 SYNs from 20 ports: 20 tag sets
-    assert m.wait_total(16, field="map_overflow_drops", measurement="tcpdrop_agent") == 16
-    assert m.total() == 4  # the first four tag sets, one drop each
+def test_a_full_map_keeps_the_why_and_drops_the_ports(netns, metrics):
+    """--max-keys 4 (room for 4 // 8 -> 1 tag set without ports): 20 SYNs from
+    20 ports, then 5 over IPv6. The first 4 keep their ports; the other 16
+    IPv4 SYNs are counted under one tag set whose ports are "overflow", with
+    their reason, flags, state and drop site; the IPv6 ones find that room
+    taken too, and are counted without any tag."""
+    m = metrics("--interval", "60s", "--port", "7302", "--port-tags", "all", "--max-keys", "4")
+    netns.traffic("syns", "127.0.0.1", 7302, 41000, 20)
+    netns.traffic("syns", "::1", 7302, 42000, 5)
+    assert m.stop() == 0  # one interval, ended here: the maps filled in it
+    assert m.total("map_overflow_drops", "tcpdrop_agent") == 5
+    assert m.total() == 20
+    assert m.total(sport="overflow", dport="overflow", reason="NO_SOCKET", flags="SYN", state="NONE",
+                   frame="tcp_v4_rcv", family="4") == 16
+    assert m.total("map_portless_drops", "tcpdrop_agent") == 16
+    assert netns.counter("TcpOutRsts") == 25  # the kernel refused all 25
     assert max(f["keys"] for meas, t, f, _ in m.points if meas == "tcpdrop_agent") == 4
     assert [l for l in m.stderr if l.startswith("W! ")] == [
-        "W! the kernel's table of tag sets is full (4 keys): further drops are counted in "
-        "tcpdrop_agent.map_overflow_drops only; raise --max-keys, or use --port-tags bucketed\n"]
+        "W! the kernel's table of tag sets is full (4 keys): further drops are counted without "
+        "their ports (sport, dport: overflow), beyond those in tcpdrop_agent.map_overflow_drops "
+        "only; raise --max-keys, or use --port-tags bucketed\n"]
 
 
 def test_stacks_give_each_tag_set_an_example(netns, metrics):
@@ -117,5 +129,7 @@ def test_counts_stay_exact_while_tag_sets_churn_on_every_cpu(netns, metrics):
         return m.total() + m.total("map_overflow_drops", "tcpdrop_agent")
     eventually(lambda: counted() >= expected, timeout=10)
     m.stop()
+    portless = m.total(sport="overflow")
     overflow = m.total("map_overflow_drops", "tcpdrop_agent")
-    assert counted() == expected and 0 < overflow < expected, (sent, m.total(), overflow)
+    assert counted() == expected and 0 < portless < expected and overflow == 0, \
+        (sent, m.total(), portless, overflow)

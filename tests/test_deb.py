@@ -145,7 +145,8 @@ def test_installed_package_works(deb, telegraf_root, netns):
     assert "ok    listen-queue drops: tracepoints" in check.stdout
     assert Path(root.path / "usr/share/man/man8/telegraf-tcpdrop.8.gz").exists()
     dashboards = Path(__file__).parents[1] / "dashboards"
-    assert {p.name: p.read_bytes() for p in (root.path / "usr/share/telegraf-tcpdrop/dashboards").iterdir()} == \
+    installed = root.path / "usr/share/telegraf-tcpdrop/dashboards"
+    assert {p.name: p.read_bytes() for p in installed.iterdir()} == \
         {p.name: p.read_bytes() for p in dashboards.glob("*.json")}
 
     # trace sees a real drop

@@ -46,7 +46,8 @@ def test_a_wrong_offset_is_caught():
 def test_constants_match_the_header():
     names = ["TASK_COMM_LEN", "MAX_STACK_DEPTH", "MAX_SNAPLEN", "STATE_NONE", "REASON_UNKNOWN",
              "EPHEMERAL_SPORT", "EPHEMERAL_DPORT", "MARK_TRUNCATED", "MARK_FRAGMENT", "MARK_NO_PORTS",
-             "HOT_SLOTS",
+             "MARK_PORTS_OVERFLOW",
+             "HOT_SLOTS", "HOT_FULL",
              "PORT_TAGS_BUCKETED", "PORT_TAGS_ALL", "PORT_TAGS_NONE",
              "COUNTER_LOST", "COUNTER_RATELIMITED", "COUNTER_OVERFLOW_DROPS",
              "COUNTER_OVERFLOW_BYTES", "COUNTER_LISTEN_UNTRACKED", "COUNTER_STACKS_LOST", "COUNTER_MAX",

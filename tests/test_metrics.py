@@ -58,7 +58,7 @@ def test_points_of_an_interval():
     assert [encode(p) for p in points] == [
         "tcpdrop,dport=443,family=4,flags=SYN,frame=tcp_v4_rcv,reason=NO_SOCKET,sport=ephemeral,"
         "state=NONE drops=3i,bytes=180i 2000000000",
-        "tcpdrop_agent events_lost=1i,events_ratelimited=0i,map_overflow_drops=4i,"
+        "tcpdrop_agent events_lost=1i,events_ratelimited=0i,map_portless_drops=0i,map_overflow_drops=4i,"
         "map_overflow_bytes=240i,listen_untracked=0i,keys=1i,stacks_lost=0i,interval_ns=1000000000i,"
         "probe_misses=0i 2000000000"]
     # Nothing new: only the agent's point, with its counters as deltas.

@@ -65,7 +65,7 @@ def test_once_prints_the_exact_count_as_plain_text(netns):
     assert "\x1b" not in out  # plain text: no escape sequence
     lines = out.splitlines()
     assert lines[0].startswith("telegraf-tcpdrop top ") and "every 3s  sort: rate" in lines[0]
-    assert lines[2].startswith("map overflow 0  probe misses 0  listen untracked 0  keys 1/16384")
+    assert lines[2].startswith("portless 0  untagged 0  probe misses 0  listen untracked 0  keys 1/16384")
     rate = f"{sent / interval:.1f}"  # the interval is 3 s and a few ms
     assert totals(lines) == (rate, str(sent))
     assert table(lines) == [{
@@ -213,9 +213,11 @@ def test_a_terminal_curses_does_not_know_is_one_error_line_before_the_probe_load
 def test_a_full_table_shows_in_the_header_its_warning_after_the_screen(terminal, netns):
     port = 7413
     terminal.start_top("--port", str(port), "--max-keys", "1")
-    netns.traffic("raw-syns", 9, 3, port)  # 3 SYNs and their 3 RSTs: two tag sets, room for one
-    screen = terminal.wait_for(lambda s: any(line.startswith("map overflow 3 ") for line in s))
-    assert [int(row["TOTAL"]) for row in table(screen)] == [3]
+    # 3 SYNs and their 3 RSTs: two tag sets, room for one, and for one without ports
+    netns.traffic("raw-syns", 9, 3, port)
+    screen = terminal.wait_for(lambda s: any(line.startswith("portless 3  untagged 0 ") for line in s))
+    assert sorted((row["TOTAL"], shows(row["SPORT"], "overflow"), shows(row["DPORT"], "overflow"))
+                  for row in table(screen)) == [("3", False, False), ("3", True, True)]
     assert any("keys 1/1" in line for screen in terminal.screens for line in screen)
     assert not any("W!" in line for screen in terminal.screens for line in screen)
     terminal.type("q")
