@@ -65,6 +65,37 @@ def plot(runs, x, xlabel, path, title):
     plt.close(fig)
 
 
+def floor_of(runs, run):
+    """The floor's kernel ns in the same step of the same sweep as run."""
+    return next(kernel_ns(r) for r in runs if r["monitor"] == "floor" and r["sweep"] == run["sweep"]
+                and (r["packets"], r["sports"], r["pps_asked"]) == (run["packets"], run["sports"], run["pps_asked"]))
+
+
+def changes():
+    """Sections of before/after runs of a change (bench/results/changes.json)."""
+    results = Path(__file__).resolve().parent / "results"
+    out = ["\n## Changes, before and after\n",
+           "Each change measured with the code before it and after it, back to back on this host "
+           "(bench/results/changes.json): kernel ns per drop, and drops counted without any tag "
+           "(`map_overflow_drops`).\n"]
+    for change in json.loads((results / "changes.json").read_text()):
+        before, after = ({(r["monitor"], r["sports"]): r for r in
+                          json.loads((results / change[side]).read_text())["runs"]}
+                         for side in ("before", "after"))
+        out += [f"### {change['change']}\n",
+                f"{change['before_commit']} → {change['after_commit']}: {change['how']}. "
+                f"{change.get('note', '')}.\n",
+                "| monitor | source ports | before ns | after ns | without any tag before | after |",
+                "| --- | --- | --- | --- | --- | --- |"]
+        for key in sorted(before, key=lambda k: (k[0], k[1] or 0)):
+            if key in after and key[0] != "floor":
+                b, a = before[key], after[key]
+                out.append(f"| {key[0]} | {key[1] or 0:,} | {fmt(kernel_ns(b), 1)} | {fmt(kernel_ns(a), 1)} | "
+                           f"{b['seen'].get('overflow', 0):,} | {a['seen'].get('overflow', 0):,} |")
+        out.append("")
+    return out
+
+
 def targets(runs):
     """Each target of the aggregation path: (target, measured, met)."""
     rate = [r for r in runs if r["sweep"] == "rate"]
@@ -79,6 +110,8 @@ def targets(runs):
     listen = {r["monitor"]: r for r in runs if r["sweep"] == "listen"}
     accept = {r["monitor"]: r for r in runs if r["sweep"] == "accept"}
     netns = {r["monitor"]: kernel_ns(r) for r in runs if r["sweep"] == "netns"}
+    keys = {(r["monitor"], r["sports"]): r for r in runs if r["sweep"] == "keys"}
+    full, hit = keys[("metrics-full", most_keys["sports"])], keys[("metrics", 10)]
     listen_ours, listen_floor = kernel_ns(listen["metrics"]), kernel_ns(listen["floor"])
     trace = at_max["trace"]
     held = trace["seen"]["held_back"] + trace["seen"]["events"] == trace["drops_expected"]
@@ -100,6 +133,15 @@ def targets(runs):
          max(r["startup_s"] for r in typical) < 0.3),
         ("RSS < 40 MiB", f"{max(r['peak_rss_kib'] for r in typical) / MIB:.1f} MiB at most",
          max(r["peak_rss_kib"] for r in typical) < 40 * MIB),
+        (f"kernel cost ≤ 2.0× the floor at {2 * most_keys['sports']:,} tag sets",
+         f"{kernel_ns(most_keys):.0f} ns = {kernel_ns(most_keys) / floor_of(runs, most_keys):.2f}× floor",
+         kernel_ns(most_keys) <= 2 * floor_of(runs, most_keys)),
+        ("a full table keeps each drop's why: none counted without any tag (`--max-keys 64`, "
+         f"{2 * most_keys['sports']:,} tag sets)",
+         f"{full['seen']['overflow']:,} of {full['drops_expected']:,} without any tag",
+         full["seen"]["overflow"] == 0),
+        ("the full-table path no dearer than a hit (`--max-keys 64` against 20 tag sets that fit)",
+         f"{kernel_ns(full):.0f} vs {kernel_ns(hit):.0f} ns", kernel_ns(full) <= kernel_ns(hit)),
         (f"(no target) RSS and CPU with {2 * most_keys['sports']:,} tag sets, the map full",
          f"{most_keys['peak_rss_kib'] / MIB:.1f} MiB, {most_keys['cpu_percent']:.1f}% at "
          "--interval 1s: user space holds each tag set's tags and totals", None),
@@ -175,6 +217,7 @@ def main(results_path):
             out.append(f"### {label}\n")
             out.append(table([r for r in sweep_runs if (r["packets"], r["sports"], r["pps_asked"]) == step]) + "\n")
     out.append("![kernel cost vs rate](perf-rate.png)\n\n![kernel cost vs tag sets](perf-keys.png)\n")
+    out += changes()
     anchor = [r for r in runs if r["sweep"] == "anchor"]
     if anchor:
         out.append(f"\n## In Debian's 6.1 kernel, with bcc's tcpdrop ({anchor[0]['kernel']})\n")
