@@ -194,6 +194,7 @@ static __always_inline struct drop_event *event_reserve(void)
 }
 
 #define SEC(name)	/* bcc gives each program its own section */
+#define __noinline __attribute__((noinline))	/* libbpf's bpf_helpers.h has it */
 
 /* No BTF, so no CO-RE: the headers' offsets are this kernel's already. */
 #define BPF_CORE_READ(src, field) ({					\
