@@ -194,7 +194,9 @@ static __always_inline struct drop_event *event_reserve(void)
 }
 
 #define SEC(name)	/* bcc gives each program its own section */
-#define __noinline __attribute__((noinline))	/* libbpf's bpf_helpers.h has it */
+/* bcc loads each program alone, with no calls to other BPF functions: what
+ * libbpf keeps out of line (__noinline) is inlined here. */
+#define __noinline __always_inline
 
 /* No BTF, so no CO-RE: the headers' offsets are this kernel's already. */
 #define BPF_CORE_READ(src, field) ({					\
