@@ -73,14 +73,14 @@ def floor_of(runs, run):
 
 def changes():
     """Sections of before/after runs of a change (bench/results/changes.json)."""
-    results = Path(__file__).resolve().parent / "results"
+    bench = Path(__file__).resolve().parent
     out = ["\n## Changes, before and after\n",
            "Each change measured with the code before it and after it, back to back on this host "
-           "(bench/results/changes.json): kernel ns per drop, and drops counted without any tag "
+           "(bench/changes.json): kernel ns per drop, and drops counted without any tag "
            "(`map_overflow_drops`).\n"]
-    for change in json.loads((results / "changes.json").read_text()):
+    for change in json.loads((bench / "changes.json").read_text()):
         before, after = ({(r["monitor"], r["sports"]): r for r in
-                          json.loads((results / change[side]).read_text())["runs"]}
+                          json.loads((bench / "results" / change[side]).read_text())["runs"]}
                          for side in ("before", "after"))
         out += [f"### {change['change']}\n",
                 f"{change['before_commit']} → {change['after_commit']}: {change['how']}. "
