@@ -72,7 +72,7 @@ def floor_of(runs, run):
 
 
 def changes():
-    """Sections of before/after runs of a change (bench/results/changes.json)."""
+    """Sections of before/after runs of a change (bench/changes.json)."""
     bench = Path(__file__).resolve().parent
     out = ["\n## Changes, before and after\n",
            "Each change measured with the code before it and after it, back to back on this host "
