@@ -9,7 +9,7 @@ import sys
 import time
 
 from . import log
-from .emit import Gauge, Point
+from .emit import Gauge, Point, TagSet
 from .event import (COUNTER_LISTEN_UNTRACKED, COUNTER_LOST, COUNTER_OVERFLOW_BYTES, COUNTER_OVERFLOW_DROPS,
                     COUNTER_RATELIMITED, COUNTER_STACKS_LOST, EPHEMERAL_DPORT, EPHEMERAL_SPORT,
                     MARK_NO_PORTS, MARK_PORTS_OVERFLOW, PORT_TAGS_ALL, PORT_TAGS_BUCKETED,
@@ -99,7 +99,7 @@ class Collector:
             if raw in self.examples:
                 fields["stack"] = self.examples[raw]
             if raw not in self._tags or self._renamed(raw):
-                self._tags[raw] = self.tags(DropKey.from_buffer_copy(raw))
+                self._tags[raw] = TagSet(self.tags(DropKey.from_buffer_copy(raw)))
             points.append(Point("tcpdrop", self._tags[raw], fields, now))
         self.examples.clear()
         if self.netstat:

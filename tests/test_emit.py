@@ -1,7 +1,7 @@
 """Line protocol, byte for byte. (Telegraf's own parser reads these back in test_telegraf.py.)"""
 import io
 
-from telegraf_tcpdrop.emit import Point, StdoutOutput, encode
+from telegraf_tcpdrop.emit import Point, StdoutOutput, TagSet, encode
 
 # Every character line protocol treats specially, in every place it can stand.
 ODD = Point("tcp drop,x", {"frame": "a b,c=d\\e", "z key": "v", "empty": "", "a=b": "x\ny"},
@@ -20,6 +20,11 @@ def test_the_issue_example():
 
 def test_escaping_of_every_special_character():
     assert encode(ODD) == ODD_LINE
+
+
+def test_a_tag_set_encodes_as_its_tags_do_every_time():
+    tagged = ODD._replace(tags=TagSet(ODD.tags))
+    assert encode(tagged) == encode(tagged) == ODD_LINE
 
 
 def test_a_trailing_backslash_is_trimmed_so_that_it_escapes_no_separator():
