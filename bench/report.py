@@ -85,13 +85,15 @@ def changes():
         out += [f"### {change['change']}\n",
                 f"{change['before_commit']} → {change['after_commit']}: {change['how']}. "
                 f"{change.get('note', '')}.\n",
-                "| monitor | source ports | before ns | after ns | without any tag before | after |",
-                "| --- | --- | --- | --- | --- | --- |"]
+                "| monitor | source ports | before ns | after ns | without any tag before | after | "
+                "CPU % before | after |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for key in sorted(before, key=lambda k: (k[0], k[1] or 0)):
             if key in after and key[0] != "floor":
                 b, a = before[key], after[key]
                 out.append(f"| {key[0]} | {key[1] or 0:,} | {fmt(kernel_ns(b), 1)} | {fmt(kernel_ns(a), 1)} | "
-                           f"{b['seen'].get('overflow', 0):,} | {a['seen'].get('overflow', 0):,} |")
+                           f"{b['seen'].get('overflow', 0):,} | {a['seen'].get('overflow', 0):,} | "
+                           f"{fmt(b['cpu_percent'], 2)} | {fmt(a['cpu_percent'], 2)} |")
         out.append("")
     return out
 
