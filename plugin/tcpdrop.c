@@ -446,15 +446,14 @@ static __always_inline void count_drop(struct drop_key *key, __u32 bytes, bool h
 		return;
 	if (hot_ok) {
 		hot_slots = hot_current(&zero);
-		if (hot_slots) {
-			hot = bpf_map_lookup_elem(hot_slots, &index);
-			full = bpf_map_lookup_elem(hot_slots, &full_index);
-		}
+		hot = hot_slots ? bpf_map_lookup_elem(hot_slots, &index) : NULL;
 		if (hot && hot->claimed && same_key(&hot->key, key)) {
 			hot->count.drops += 1;
 			hot->count.bytes += bytes;
 			return;
 		}
+		/* past the hit: a storm's drops never look at the mark */
+		full = hot_slots ? bpf_map_lookup_elem(hot_slots, &full_index) : NULL;
 	}
 	if (full && full->claimed) {
 		c = bpf_map_lookup_elem(drops, key);
