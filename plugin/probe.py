@@ -9,6 +9,7 @@ the maps and the ring buffer is one code path, through libbpf. close()
 releases everything in reverse order and is safe to call twice.
 """
 import ctypes
+import operator
 import os
 import re
 
@@ -94,6 +95,8 @@ class Probe:
         self._attach_first(hooks)
         self.ncpus = lb.check_int(self._lib.libbpf_num_possible_cpus(), "libbpf_num_possible_cpus")
         self._zero_slots = (HotSlot * self.ncpus)()
+        self._batch_keys = (DropKey * BATCH)()
+        self._batch_values = (ctypes.c_uint64 * (BATCH * self.ncpus * 2))()
 
     def _attach_first(self, hooks):
         failures = []
@@ -181,9 +184,12 @@ class Probe:
         return counts
 
     def _take_map(self, fd):
-        per_key = self.ncpus * 2  # two u64 per CPU
-        keys = (DropKey * BATCH)()
-        values = (ctypes.c_uint64 * (BATCH * per_key))()
+        """{key: (drops, bytes)} of a quiet map, which is left empty. Read
+        BATCH keys per call into buffers made once; each batch's per-CPU
+        values are summed column by column (map(add) over strided views), not
+        key by key: at 20,000 tag sets this loop was the monitor's biggest cost."""
+        keys, values = self._batch_keys, self._batch_values
+        key_size, per_key = ctypes.sizeof(DropKey), self.ncpus * 2  # two u64 per CPU
         token, next_token = ctypes.c_uint64(), ctypes.c_uint64()  # hash maps: a bucket index
         counts, first = {}, True
         while True:
@@ -193,10 +199,14 @@ class Probe:
                 ctypes.byref(n), None)
             if ret < 0 and -ret != ENOENT:
                 raise lb.LibbpfError("bpf_map_lookup_and_delete_batch", ret)
-            flat = memoryview(values).cast("B").cast("Q")
-            for i in range(n.value):
-                cpus = flat[i * per_key:(i + 1) * per_key]
-                counts[bytes(keys[i])] = (sum(cpus[0::2]), sum(cpus[1::2]))
+            raw = ctypes.string_at(keys, n.value * key_size)
+            flat = memoryview(values).cast("B").cast("Q")[:n.value * per_key]
+            drops, nbytes = flat[0::per_key].tolist(), flat[1::per_key].tolist()
+            for cpu in range(1, self.ncpus):
+                drops = list(map(operator.add, drops, flat[2 * cpu::per_key]))
+                nbytes = list(map(operator.add, nbytes, flat[2 * cpu + 1::per_key]))
+            counts.update(zip([raw[i:i + key_size] for i in range(0, len(raw), key_size)],
+                              zip(drops, nbytes)))
             if ret < 0:  # ENOENT: that was the last batch
                 return counts
             token.value, first = next_token.value, False
