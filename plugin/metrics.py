@@ -46,7 +46,9 @@ class Collector:
         self.clock, self.stats_enabled, self.output_health = clock, stats_enabled, output_health
         self.idle_intervals = idle_intervals
         self._tags = {}  # key -> its tags, made once: buffered points share them
-        self._idle = {}  # key -> intervals since its last drop
+        self._intervals = 0  # collected so far
+        self._last_seen = {}  # key -> the interval of its last drop
+        self._scans_seen = None  # netns_names.scans when the tags were last checked against it
         self._host = {"host": host} if host else {}
         self.netstat = netstat
         self.examples = {}  # key -> folded stack of one drop this interval (--stacks)
@@ -87,21 +89,27 @@ class Collector:
         return str(inode) if inode else UNKNOWN
 
     def collect(self):
-        """The points of the interval that ends now."""
+        """The points of the interval that ends now. Per tag set, only dict
+        lookups and the point itself: its tags are made once and kept."""
         now = self.clock()
         counts = self.probe.take_counts()
+        self._intervals += 1
         self._forget_idle(counts)
+        if self.netns_tags == "name":
+            self._forget_renamed()
         points, portless, portless_keys = [], 0, 0
+        tags, examples = self._tags, self.examples
         for raw, (drops, nbytes) in counts.items():
             if raw[MARKS_AT] & MARK_PORTS_OVERFLOW:
                 portless, portless_keys = portless + drops, portless_keys + 1
             fields = {"drops": drops, "bytes": nbytes}
-            if raw in self.examples:
-                fields["stack"] = self.examples[raw]
-            if raw not in self._tags or self._renamed(raw):
-                self._tags[raw] = TagSet(self.tags(DropKey.from_buffer_copy(raw)))
-            points.append(Point("tcpdrop", self._tags[raw], fields, now))
-        self.examples.clear()
+            if raw in examples:
+                fields["stack"] = examples[raw]
+            tag_set = tags.get(raw)
+            if tag_set is None:
+                tag_set = tags[raw] = TagSet(self.tags(DropKey.from_buffer_copy(raw)))
+            points.append(Point("tcpdrop", tag_set, fields, now))
+        examples.clear()
         if self.netstat:
             points += self.netstat.points(now)
         health = self.agent_fields(now, len(counts) - portless_keys, portless)
@@ -109,25 +117,28 @@ class Collector:
         self._last_time = now
         return points
 
-    def _renamed(self, raw):
-        """Whether the key's namespace goes by another name now (a container
-        renamed, or its inode reused by another namespace)."""
-        if self.netns_tags != "name":
-            return False
-        inode = int.from_bytes(raw[NETNS_AT:NETNS_AT + 4], sys.byteorder)
-        return self._tags[raw]["netns"] != self.netns_names.name(inode)
-
     def _forget_idle(self, counts):
         """Tags of a tag set without drops for idle_intervals are let go: a
         port scan must not hold them forever."""
-        for key in counts:
-            self._idle[key] = 0
-        for key in list(self._idle):
-            if key not in counts:
-                self._idle[key] += 1
-                if self._idle[key] >= self.idle_intervals:
-                    del self._idle[key]
-                    self._tags.pop(key, None)
+        self._last_seen.update(dict.fromkeys(counts, self._intervals))
+        idle_since = self._intervals - self.idle_intervals
+        for key in [key for key, seen in self._last_seen.items() if seen <= idle_since]:
+            del self._last_seen[key]
+            self._tags.pop(key, None)
+
+    def _forget_renamed(self):
+        """Tags of tag sets whose namespace goes by another name now (a
+        container renamed, or its inode reused by another namespace) are
+        made again. Names change only when netns.py looks again: at most
+        every RESCAN_SECONDS this reads every tag set, not every interval."""
+        self.netns_names.rescan_if_due()
+        if self.netns_names.scans == self._scans_seen:
+            return
+        self._scans_seen = self.netns_names.scans
+        for raw, tag_set in list(self._tags.items()):
+            inode = int.from_bytes(raw[NETNS_AT:NETNS_AT + 4], sys.byteorder)
+            if tag_set["netns"] != self.netns_names.name(inode):
+                del self._tags[raw]
 
     def agent_fields(self, now, keys, portless):
         """The monitor's own health over the interval: what it could not count

@@ -76,22 +76,31 @@ class NetnsNames:
         self.clock = clock
         self._names = {}
         self._scanned = None  # clock() of the last scan
+        self.scans = 0
 
     def name(self, inode):
         if inode == INIT_NET_INODE:
             return "host"
         if inode == 0:
             return UNKNOWN
-        now = self.clock()
-        since = None if self._scanned is None else now - self._scanned
-        if since is None or since >= RESCAN_SECONDS or \
-                (inode not in self._names and since >= UNKNOWN_RESCAN_SECONDS):
-            self._names = self.scan()
-            self._scanned = now
+        if self.rescan_if_due(unknown=inode not in self._names):
             # Not found even now: so named until the next full scan, not
             # looked for at every call.
             return self._names.setdefault(inode, f"netns:{inode}")
         return self._names.get(inode, f"netns:{inode}")
+
+    def rescan_if_due(self, unknown=False):
+        """Looks again if RESCAN_SECONDS have passed since the last look
+        (UNKNOWN_RESCAN_SECONDS, for an inode not known); whether it did.
+        Names change only here: `scans` counts the looks."""
+        now = self.clock()
+        due = UNKNOWN_RESCAN_SECONDS if unknown else RESCAN_SECONDS
+        if self._scanned is not None and now - self._scanned < due:
+            return False
+        self._names = self.scan()
+        self._scanned = now
+        self.scans += 1
+        return True
 
     def scan(self):
         """{inode: name} of every namespace found now, each by its best name."""

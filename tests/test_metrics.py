@@ -6,6 +6,7 @@ from telegraf_tcpdrop.event import (COUNTER_MAX, EPHEMERAL_SPORT, MARK_FRAGMENT,
                                     DropEvent, DropKey)
 from telegraf_tcpdrop.metrics import Collector
 from telegraf_tcpdrop.names import DropReasons
+from telegraf_tcpdrop.netns import RESCAN_SECONDS, NetnsNames
 
 REASONS = DropReasons({2: "NO_SOCKET", 12: "NETFILTER_DROP"})
 RCV = 0xFFFF0099
@@ -144,3 +145,25 @@ def test_the_tags_of_idle_tag_sets_are_let_go():
         assert key() in c._tags
     c.collect()
     assert key() not in c._tags
+
+
+def test_a_renamed_namespace_is_tagged_by_its_new_name_from_the_next_scan(tmp_path):
+    """Names change only when netns.py looks again (every RESCAN_SECONDS):
+    then, and only then, each kept tag set's name is checked."""
+    probe, clock = StubProbe(), [0.0]
+    names = NetnsNames(tasks=list, run_netns=tmp_path, clock=lambda: clock[0])
+    (tmp_path / "blue").touch()  # stands in for the bind mount `ip netns add blue` makes
+    in_blue = bytes(DropKey(location=RCV, reason=2, family=4, netns=(tmp_path / "blue").stat().st_ino))
+    c = collector(probe, netns_tags="name", netns_names=names)
+
+    def netns_tags():
+        probe.counts = {in_blue: (1, 60)}
+        return [p.tags["netns"] for p in c.collect()[:-1]]
+
+    assert netns_tags() == ["blue"]
+    (tmp_path / "blue").rename(tmp_path / "green")
+    clock[0] += RESCAN_SECONDS - 1
+    assert netns_tags() == ["blue"]  # not looked for again yet
+    clock[0] += 1
+    assert netns_tags() == ["green"]
+    assert names.scans == 2
