@@ -49,7 +49,9 @@ def _name_escaper(specials):
 # https://docs.influxdata.com/influxdb/v2/reference/syntax/line-protocol/#special-characters
 # A backslash is escaped in string field values only: elsewhere parsers keep it as is.
 _measurement = functools.lru_cache(maxsize=64)(_name_escaper(", "))  # a few, in every point
-_key = _name_escaper(",= ")  # tag keys, tag values, field keys
+# Tag keys, tag values, field keys: most recur in every point, and in every
+# tag set made (a scan's tag sets differ by a port): escaped once each.
+_key = functools.lru_cache(maxsize=4096)(_name_escaper(",= "))
 _string = _escaper('\\"')
 
 
@@ -64,9 +66,6 @@ def _field_value(value):
         return repr(value)
     return f'"{_string(str(value))}"'
 
-
-# A few names, written in every point: escaped once.
-_field_key = functools.lru_cache(maxsize=256)(_key)
 
 
 def encode_tags(tags):
@@ -92,7 +91,7 @@ class TagSet(dict):
 def encode(point):
     """One line of line protocol."""
     tags = point.tags.encoded() if isinstance(point.tags, TagSet) else encode_tags(point.tags)
-    fields = ",".join([f"{_field_key(k)}={_field_value(v)}" for k, v in point.fields.items()])
+    fields = ",".join([f"{_key(k)}={_field_value(v)}" for k, v in point.fields.items()])
     return f"{_measurement(point.measurement)}{tags} {fields} {point.time_ns}"
 
 
