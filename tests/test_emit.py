@@ -32,7 +32,7 @@ def test_a_trailing_backslash_is_trimmed_so_that_it_escapes_no_separator():
     assert encode(point) == "m,a=x,c=y\\\\,z f=1i 1"  # b, only backslashes, is left out
 
 
-def test_stdout_output_writes_one_batch_and_flushes():
+def test_stdout_output_writes_each_batch_whole_and_flushes_once():
     class Stream(io.StringIO):
         flushes = 0
 
@@ -44,3 +44,6 @@ def test_stdout_output_writes_one_batch_and_flushes():
     out.write([])
     assert stream.getvalue() == ODD_LINE + "\n" + ODD_LINE + "\n"
     assert stream.flushes == 1
+    out.write([ODD] * 2500)  # encoded and written in slices
+    assert stream.getvalue() == (ODD_LINE + "\n") * 2502
+    assert stream.flushes == 2
