@@ -26,8 +26,6 @@ from .bcc_loader import BccLoader
 from .btf import BtfError
 from .probe import DEFAULT_MAX_KEYS, HOOKS, CoreLoader, Probe, ProbeError
 from .symbols import KernelSymbols, SymbolsUnavailable
-from .pcap import PcapngWriter
-from .trace import Tracer
 
 TRACE_RATE_LIMIT = 1000  # events per second per CPU
 DEFAULT_SNAPLEN = 256    # trace --pcap: the headers of a packet with IP and TCP options
@@ -405,6 +403,9 @@ def pcap_output(args):
 
 
 def run_trace(args):
+    from .pcap import PcapngWriter  # trace's imports are its own: not the monitor's start-up
+    from .trace import Tracer
+
     pcap_file = pcap_output(args) if args.pcap else None
     lines = args.pcap != "-"
     reasons = check.drop_reasons(check.libbpf())

@@ -124,3 +124,16 @@ class KernelSymbols:
         """'tcp_v4_rcv+0x1f4', as the kernel prints %pS."""
         name, offset = self.resolve(addr)
         return f"{name}+0x{offset:x}" if name else f"0x{addr:x}"
+
+
+def drop_site_stack(ips, location, function):
+    """The stack from the drop site down: frames above it are the tracing
+    machinery (bpf_prog_*, bpf_trace_run*, sk_skb_reason_drop, ...). A SYN a
+    listener refused has no drop site on its stack (tcp_conn_request() had
+    returned): it starts below consume_skb(), which freed the SYN."""
+    if location in ips:
+        return ips[ips.index(location):]
+    names = [function(ip) for ip in ips]
+    if "consume_skb" in names:
+        return ips[names.index("consume_skb") + 1:]
+    return ips

@@ -16,6 +16,7 @@ from . import log, stop
 from .event import COUNTER_LOST, COUNTER_RATELIMITED, COUNTER_STACKS_LOST
 from .names import flags_tag, state_name
 from .netns import NetnsNames
+from .symbols import drop_site_stack
 
 HEADER = (f"{'TIME':<8} {'PID':<7} {'NETNS':<12} {'IP':<2} {'SADDR:SPORT':<21} > {'DADDR:DPORT':<21} "
           "STATE (FLAGS) REASON")
@@ -41,19 +42,6 @@ class Drop:
     netns_name: str
     len: int
     stack: list
-
-
-def drop_site_stack(ips, location, function):
-    """The stack from the drop site down: frames above it are the tracing
-    machinery (bpf_prog_*, bpf_trace_run*, sk_skb_reason_drop, ...). A SYN a
-    listener refused has no drop site on its stack (tcp_conn_request() had
-    returned): it starts below consume_skb(), which freed the SYN."""
-    if location in ips:
-        return ips[ips.index(location):]
-    names = [function(ip) for ip in ips]
-    if "consume_skb" in names:
-        return ips[names.index("consume_skb") + 1:]
-    return ips
 
 
 def decode(event, reasons, symbols, stack_ips, now, netns_name):

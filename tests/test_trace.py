@@ -6,7 +6,8 @@ from datetime import datetime, timezone
 
 from telegraf_tcpdrop.event import COUNTER_MAX, MARK_NO_PORTS, MARK_TRUNCATED, DropEvent, DropKey
 from telegraf_tcpdrop.names import DropReasons
-from telegraf_tcpdrop.trace import HEADER, Tracer, decode, drop_site_stack, format_line
+from telegraf_tcpdrop.symbols import drop_site_stack
+from telegraf_tcpdrop.trace import HEADER, Tracer, decode, format_line
 
 REASONS = DropReasons({2: "NO_SOCKET", 41: "TCP_OLD_SEQUENCE"})
 NOW = datetime(2026, 11, 23, 19, 45, 39, 734507, tzinfo=timezone.utc)
