@@ -348,14 +348,19 @@ def plan(name):
     rates = [(0, None, 0, 3)] + [(pps * 3, None, pps, 0) for pps in (20000, 50000, 100000)] + \
             [(1000000, None, 0, 0)]
     keys = [(1000000, sports, 0, 0) for sports in (1, 10, 100, 1000, 10000)]
-    if name == "keys":  # the tag-set sweep alone, to try a change
-        return [("keys", "closed", ["floor", "metrics", "metrics-full"], keys, "all")]
+    # Each port 4 SYNs a second for 10 s: 2 tag sets per port (SYN, RST), all
+    # of them in every interval, as #16's user-space targets are stated.
+    steady = [(sports * 4 * 10, sports, sports * 4, 0) for sports in (500, 5000)]
+    if name == "keys":  # the tag-set sweeps alone, to try a change
+        return [("keys", "closed", ["floor", "metrics", "metrics-full"], keys, "all"),
+                ("steady", "closed", ["metrics"], steady, "all")]
     return [("rate", "closed", everyone, rates, "bucketed"),
             ("nft", "nft", everyone, [(1000000, None, 0, 0)], "bucketed"),
             ("listen", "listen", everyone, [(1000000, None, 0, 0)], "bucketed"),
             ("accept", "accept", ["none", "floor", "metrics"], [(20000, None, 0, 0)], "bucketed"),
             ("netns", "closed", ["floor", "metrics-no-netns", "metrics"], [(1000000, None, 0, 0)], "bucketed"),
-            ("keys", "closed", ["floor", "metrics", "metrics-full", "bpftrace"], keys, "all")]
+            ("keys", "closed", ["floor", "metrics", "metrics-full", "bpftrace"], keys, "all"),
+            ("steady", "closed", ["metrics", "bpftrace"], steady, "all")]
 
 
 def in_vm(kernel):
@@ -378,7 +383,7 @@ def main():
     parser.add_argument("--plan", choices=("full", "smoke", "anchor", "keys"), default="full",
                         help="full: every sweep here, then the anchor in the 6.1 VM (default); "
                              "smoke: one short run per monitor (CI); anchor: the VM's part; "
-                             "keys: the tag-set sweep alone, floor and metrics")
+                             "keys: the tag-set sweeps alone, floor and metrics")
     parser.add_argument("--out", type=Path, help="the results file (default: "
                                                  "bench/results/<date>.json)")
     args = parser.parse_args()
