@@ -95,7 +95,7 @@ class Collector:
         counts = self.probe.take_counts()
         self._intervals += 1
         self._forget_idle(counts)
-        if self.netns_tags == "name":
+        if counts and self.netns_tags == "name":  # no drops, no names to show: no looking
             self._forget_renamed()
         points, portless, portless_keys = [], 0, 0
         tags, examples = self._tags, self.examples
@@ -136,15 +136,16 @@ class Collector:
     def _forget_renamed(self):
         """Tags of tag sets whose namespace goes by another name now (a
         container renamed, or its inode reused by another namespace) are
-        made again. Names change only when netns.py looks again: at most
-        every RESCAN_SECONDS this reads every tag set, not every interval."""
+        made again. Names change only when netns.py looks again (every
+        RESCAN_SECONDS, or once a second while new namespaces turn up): only
+        then are the kept tag sets read, not at every interval."""
         self.netns_names.rescan_if_due()
         if self.netns_names.scans == self._scans_seen:
             return
         self._scans_seen = self.netns_names.scans
         for raw, tag_set in list(self._tags.items()):
             inode = int.from_bytes(raw[NETNS_AT:NETNS_AT + 4], sys.byteorder)
-            if tag_set["netns"] != self.netns_names.name(inode):
+            if tag_set["netns"] != self.netns_names.known_name(inode):
                 del self._tags[raw]
 
     def agent_fields(self, now, keys, portless):

@@ -79,26 +79,30 @@ class NetnsNames:
         self.scans = 0
 
     def name(self, inode):
+        """The inode's name, looked for again first where that is due."""
+        if inode in (INIT_NET_INODE, 0):
+            return self.known_name(inode)
+        if self.rescan_if_due(after=RESCAN_SECONDS if inode in self._names else UNKNOWN_RESCAN_SECONDS):
+            # Not found even now: so named until the next full scan, not
+            # looked for at every call.
+            self._names.setdefault(inode, f"netns:{inode}")
+        return self.known_name(inode)
+
+    def known_name(self, inode):
+        """The inode's name as last found: never looks again."""
         if inode == INIT_NET_INODE:
             return "host"
         if inode == 0:
             return UNKNOWN
-        if self.rescan_if_due(unknown=inode not in self._names):
-            # Not found even now: so named until the next full scan, not
-            # looked for at every call.
-            return self._names.setdefault(inode, f"netns:{inode}")
         return self._names.get(inode, f"netns:{inode}")
 
-    def rescan_if_due(self, unknown=False):
-        """Looks again if RESCAN_SECONDS have passed since the last look
-        (UNKNOWN_RESCAN_SECONDS, for an inode not known); whether it did.
-        Names change only here: `scans` counts the looks."""
-        now = self.clock()
-        due = UNKNOWN_RESCAN_SECONDS if unknown else RESCAN_SECONDS
-        if self._scanned is not None and now - self._scanned < due:
+    def rescan_if_due(self, after=RESCAN_SECONDS):
+        """Looks again if `after` seconds have passed since the last look
+        ended; whether it did. Names change only here: `scans` counts the looks."""
+        if self._scanned is not None and self.clock() - self._scanned < after:
             return False
         self._names = self.scan()
-        self._scanned = now
+        self._scanned = self.clock()  # after the scan, which may take a while (Docker's API)
         self.scans += 1
         return True
 

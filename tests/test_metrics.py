@@ -149,15 +149,16 @@ def test_the_tags_of_idle_tag_sets_are_let_go():
 
 def test_a_renamed_namespace_is_tagged_by_its_new_name_from_the_next_scan(tmp_path):
     """Names change only when netns.py looks again (every RESCAN_SECONDS):
-    then, and only then, each kept tag set's name is checked."""
+    then, and only then, each kept tag set's name is checked; an interval
+    without drops shows no names, and looks for none."""
     probe, clock = StubProbe(), [0.0]
     names = NetnsNames(tasks=list, run_netns=tmp_path, clock=lambda: clock[0])
     (tmp_path / "blue").touch()  # stands in for the bind mount `ip netns add blue` makes
     in_blue = bytes(DropKey(location=RCV, reason=2, family=4, netns=(tmp_path / "blue").stat().st_ino))
     c = collector(probe, netns_tags="name", netns_names=names)
 
-    def netns_tags():
-        probe.counts = {in_blue: (1, 60)}
+    def netns_tags(drops=1):
+        probe.counts = {in_blue: (drops, 60 * drops)} if drops else {}
         return [p.tags["netns"] for p in c.collect()[:-1]]
 
     assert netns_tags() == ["blue"]
@@ -167,3 +168,10 @@ def test_a_renamed_namespace_is_tagged_by_its_new_name_from_the_next_scan(tmp_pa
     clock[0] += 1
     assert netns_tags() == ["green"]
     assert names.scans == 2
+    (tmp_path / "green").rename(tmp_path / "red")
+    for _ in range(3):
+        clock[0] += RESCAN_SECONDS
+        assert netns_tags(drops=0) == []
+    assert names.scans == 2  # idle: not one look
+    assert netns_tags() == ["red"]
+    assert names.scans == 3
