@@ -118,11 +118,13 @@ class Collector:
         return points
 
     def _tag_set(self, raw):
-        """The tags of a key, kept while it drops. Their values are interned:
+        """The tags of a key, kept while it drops. Their values are interned,
+        but for the namespace's name, of which a host may see endless ones:
         one "4", "NONE" or port "443" for all tag sets, not one each (a
         megabyte at 10,000 tag sets)."""
         tags = self.tags(DropKey.from_buffer_copy(raw))
-        return TagSet({name: sys.intern(value) for name, value in tags.items()})
+        return TagSet({name: value if name == "netns" else sys.intern(value)
+                       for name, value in tags.items()})
 
     def _forget_idle(self, counts):
         """Tags of a tag set without drops for idle_intervals are let go: a
