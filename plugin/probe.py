@@ -95,8 +95,7 @@ class Probe:
         self._attach_first(hooks)
         self.ncpus = lb.check_int(self._lib.libbpf_num_possible_cpus(), "libbpf_num_possible_cpus")
         self._zero_slots = (HotSlot * self.ncpus)()
-        self._batch_keys = (DropKey * BATCH)()
-        self._batch_values = (ctypes.c_uint64 * (BATCH * self.ncpus * 2))()
+        self._batch = None  # (keys, values) buffers of _take_map, made at its first call
 
     def _attach_first(self, hooks):
         failures = []
@@ -188,7 +187,9 @@ class Probe:
         BATCH keys per call into buffers made once; each batch's per-CPU
         values are summed column by column (map(add) over strided views), not
         key by key: at 20,000 tag sets this loop was the monitor's biggest cost."""
-        keys, values = self._batch_keys, self._batch_values
+        if self._batch is None:
+            self._batch = (DropKey * BATCH)(), (ctypes.c_uint64 * (BATCH * self.ncpus * 2))()
+        keys, values = self._batch
         key_size, per_key = ctypes.sizeof(DropKey), self.ncpus * 2  # two u64 per CPU
         token, next_token = ctypes.c_uint64(), ctypes.c_uint64()  # hash maps: a bucket index
         counts, first = {}, True
