@@ -50,7 +50,7 @@ def _name_escaper(specials):
 # A backslash is escaped in string field values only: elsewhere parsers keep it as is.
 _measurement = functools.lru_cache(maxsize=64)(_name_escaper(", "))  # a few, in every point
 # Tag keys, tag values, field keys: most recur in every point, and in every
-# tag set made (a scan's tag sets differ by a port): escaped once each.
+# tag set made (a scan's tag sets differ by a port): the recent ones escaped once.
 _key = functools.lru_cache(maxsize=4096)(_name_escaper(",= "))
 _string = _escaper('\\"')
 
@@ -65,7 +65,6 @@ def _field_value(value):
     if isinstance(value, float):
         return repr(value)
     return f'"{_string(str(value))}"'
-
 
 
 def encode_tags(tags):

@@ -32,7 +32,7 @@ def test_a_trailing_backslash_is_trimmed_so_that_it_escapes_no_separator():
     assert encode(point) == "m,a=x,c=y\\\\,z f=1i 1"  # b, only backslashes, is left out
 
 
-def test_stdout_output_writes_each_batch_whole_and_flushes_once():
+def test_stdout_output_writes_every_line_in_slices_and_flushes_once():
     class Stream(io.StringIO):
         flushes = 0
 
