@@ -270,3 +270,13 @@ def test_a_stop_signal_right_after_attaching_ends_cleanly():
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=10)
     assert proc.returncode == 0 and "Traceback" not in err, err
+
+
+def test_the_monitor_does_not_import_what_only_trace_uses():
+    """trace's and pcap's imports (dataclasses, inspect, ast) cost the
+    monitor's start-up and memory: cli imports them in run_trace only."""
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, telegraf_tcpdrop.cli, telegraf_tcpdrop.metrics; "
+         "print(*sorted(m for m in ('telegraf_tcpdrop.trace', 'telegraf_tcpdrop.pcap', 'dataclasses') "
+         "if m in sys.modules))"], capture_output=True, text=True, check=True).stdout.split()
+    assert loaded == []
