@@ -74,12 +74,18 @@ def probe_on_port(port, **settings):
     return Probe(CoreLoader(check.probe_object()), config, ("tp_btf",))
 
 
-def test_more_tag_sets_than_one_batch_are_taken_whole(netns):
+def test_more_tag_sets_than_one_batch_are_taken_whole_and_summed_over_cpus(netns):
+    """1,500 tag sets (> one batch of 1024 keys), each dropped once on every
+    CPU: take_counts() sums each key's per-CPU counts, batch after batch."""
+    cpus = os.cpu_count()
     with probe_on_port(7304, port_tags=1) as probe:
-        netns.traffic("syns", "127.0.0.1", 7304, 41000, 1500)  # > one batch of 1024 keys
+        for cpu in range(cpus):
+            netns.traffic("syns", "127.0.0.1", 7304, 41000, 1500, cpu=cpu)
         counts = probe.take_counts()
         assert len(counts) == 1500
-        assert {drops for drops, _ in counts.values()} == {1}
+        assert {drops for drops, _ in counts.values()} == {cpus}
+        [syn_bytes] = {nbytes for _, nbytes in counts.values()}
+        assert syn_bytes % cpus == 0 and syn_bytes // cpus >= 40  # IP + TCP headers at least
         assert probe.take_counts() == {}
 
 
