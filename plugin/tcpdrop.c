@@ -438,12 +438,10 @@ static __noinline void count_overflow(struct drop_key *key, __u32 bytes, void *h
 static __always_inline void count_drop(struct drop_key *key, __u32 bytes, bool hot_ok)
 {
 	__u32 zero = 0, index = hot_index(key), full_index = HOT_FULL;
-	void *drops = drops_current(&zero), *hot_slots = NULL;
+	void *drops, *hot_slots = NULL;
 	struct hot_slot *hot = NULL, *full = NULL;
 	struct drop_count *c;
 
-	if (!drops)
-		return;
 	if (hot_ok) {
 		hot_slots = hot_current(&zero);
 		hot = hot_slots ? bpf_map_lookup_elem(hot_slots, &index) : NULL;
@@ -452,9 +450,12 @@ static __always_inline void count_drop(struct drop_key *key, __u32 bytes, bool h
 			hot->count.bytes += bytes;
 			return;
 		}
-		/* past the hit: a storm's drops never look at the mark */
+		/* past the hit: a storm's drops never look at the mark, nor the map */
 		full = hot_slots ? bpf_map_lookup_elem(hot_slots, &full_index) : NULL;
 	}
+	drops = drops_current(&zero);
+	if (!drops)
+		return;
 	if (full && full->claimed) {
 		c = bpf_map_lookup_elem(drops, key);
 		if (c) {
