@@ -14,7 +14,8 @@ monitor attached (kernel.bpf_stats_enabled: run_time_ns / run_cnt), the
 monitor's CPU % of one core and peak RSS, drops seen vs sent, events lost
 or held back, and the time from start to attached.
 
-Monitors: none; floor (an empty tp_btf program, bench/floor.bpf.c); ours
+Monitors: none; floor (an empty tp_btf program, bench/floor.bpf.c) and, in
+the tag-set sweep, floor-keyed (one counter per hash of the ports); ours
 (`metrics` on tp_btf and on the classic tracepoint, `trace`); bpftrace
 counting skb:kfree_skb by reason and location. Sweeps: drop rate (up to the
 most this box takes) and distinct tag sets (1 to 10,000 source ports). Then
@@ -125,7 +126,7 @@ def bpf_programs():
 class Monitor:
     """One monitor process (or none, or the floor program loaded here)."""
 
-    def __init__(self, name, command=None, ready=None, floor=False):
+    def __init__(self, name, command=None, ready=None, floor=()):
         self.name, self.command, self.ready, self.floor = name, command, ready, floor
         self.proc, self.lines, self.stderr, self._floor = None, [], [], None
         self.readers = []
@@ -134,7 +135,7 @@ class Monitor:
         before = set(bpf_programs())
         started = time.monotonic()
         if self.floor:
-            self._floor = Floor()
+            self._floor = Floor(self.floor)
         elif self.command:
             # unbuffered: bcc's tcpdrop is a Python script, and its header says it attached
             self.proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -224,16 +225,19 @@ class Monitor:
 
 
 class Floor:
-    """bench/floor.bpf.o, loaded and attached here, through the system libbpf."""
+    """Programs of bench/floor.bpf.o, loaded and attached here, through the system libbpf."""
 
-    def __init__(self):
+    def __init__(self, programs):
         self.lib = lb.load()
         self.obj = lb.check_ptr(self.lib.bpf_object__open_file(
             str(BUILD / "floor.bpf.o").encode(), None), "open floor.bpf.o")
+        for program in FLOOR_PROGRAMS:
+            self.lib.bpf_program__set_autoload(
+                self.lib.bpf_object__find_program_by_name(self.obj, program.encode()), program in programs)
         lb.check_int(self.lib.bpf_object__load(self.obj), "load floor.bpf.o")
         self.links = [lb.check_ptr(self.lib.bpf_program__attach(
-            self.lib.bpf_object__find_program_by_name(self.obj, name)), "attach floor")
-            for name in (b"floor_kfree_skb", b"floor_consume_skb")]
+            self.lib.bpf_object__find_program_by_name(self.obj, name.encode())), f"attach {name}")
+            for name in programs]
 
     def close(self):
         for link in self.links:
@@ -241,6 +245,7 @@ class Floor:
         self.lib.bpf_object__close(self.obj)
 
 
+FLOOR_PROGRAMS = ("floor_kfree_skb", "floor_consume_skb", "floor_keyed_kfree_skb")
 HIDE_BTF = ["unshare", "-m", "sh", "-c", 'mount -t tmpfs none /sys/kernel/btf && exec "$@"', "sh"]
 
 
@@ -252,7 +257,8 @@ def monitors(kind, port_tags="bucketed"):
         "metrics-bcc": Monitor("metrics-bcc", HIDE_BTF + metrics, attached),
         "bcc-tcpdrop": Monitor("bcc-tcpdrop", ["/usr/sbin/tcpdrop-bpfcc"], "TIME"),
         "none": Monitor("none"),
-        "floor": Monitor("floor", floor=True),
+        "floor": Monitor("floor", floor=("floor_kfree_skb", "floor_consume_skb")),
+        "floor-keyed": Monitor("floor-keyed", floor=("floor_keyed_kfree_skb",)),
         "metrics": Monitor("metrics", metrics, attached),
         "metrics-tracepoint": Monitor("metrics-tracepoint", metrics + ["--hook", "tracepoint"], attached),
         "metrics-no-netns": Monitor("metrics-no-netns", metrics + ["--netns-tags", "none"], attached),
@@ -352,14 +358,14 @@ def plan(name):
     # of them in every interval, as #16's user-space targets are stated.
     steady = [(sports * 4 * 10, sports, sports * 4, 0) for sports in (500, 5000)]
     if name == "keys":  # the tag-set sweeps alone, to try a change
-        return [("keys", "closed", ["floor", "metrics", "metrics-full"], keys, "all"),
+        return [("keys", "closed", ["floor", "floor-keyed", "metrics", "metrics-full"], keys, "all"),
                 ("steady", "closed", ["metrics"], steady, "all")]
     return [("rate", "closed", everyone, rates, "bucketed"),
             ("nft", "nft", everyone, [(1000000, None, 0, 0)], "bucketed"),
             ("listen", "listen", everyone, [(1000000, None, 0, 0)], "bucketed"),
             ("accept", "accept", ["none", "floor", "metrics"], [(20000, None, 0, 0)], "bucketed"),
             ("netns", "closed", ["floor", "metrics-no-netns", "metrics"], [(1000000, None, 0, 0)], "bucketed"),
-            ("keys", "closed", ["floor", "metrics", "metrics-full", "bpftrace"], keys, "all"),
+            ("keys", "closed", ["floor", "floor-keyed", "metrics", "metrics-full", "bpftrace"], keys, "all"),
             ("steady", "closed", ["metrics", "bpftrace"], steady, "all")]
 
 
