@@ -12,10 +12,11 @@ import sys
 import threading
 from dataclasses import dataclass
 
-from . import log, stop
+from . import check, log, stop
 from .event import PORT_TAGS_NONE, DropKey, ProbeConfig
 from .netns import NetnsNames
 from .netstat import DROP_COUNTERS, LISTEN, Namespaces
+from .startup import open_probe
 
 
 
@@ -97,7 +98,7 @@ def format_rows(rows, out):
               f"{', '.join(row.reasons)}{mark}", file=out)
 
 
-def run(probe, reasons, seconds, as_json=False, out=sys.stdout):
+def report(probe, reasons, seconds, as_json=False, out=sys.stdout):
     """Counts for `seconds` (or until SIGINT/SIGTERM), then prints the pairs;
     exit code 0 if every pair agrees, 3 if one does not."""
     audit = Audit(probe, reasons, Namespaces(probe.netns_tasks))
@@ -117,3 +118,9 @@ def run(probe, reasons, seconds, as_json=False, out=sys.stdout):
     else:
         format_rows(rows, out)
     return 3 if any(row.difference for row in rows) else 0
+
+
+def run(args):
+    args.hook = "auto"
+    with open_probe(args, probe_config()) as probe:
+        return report(probe, check.drop_reasons(check.libbpf()), args.duration, as_json=args.json)

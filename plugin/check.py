@@ -4,6 +4,7 @@ Each check returns a short description of what it found, or raises
 StartupError with one line saying what is missing and how to get it.
 `telegraf-tcpdrop check` runs them all and prints the result.
 """
+import argparse
 import importlib.util
 import os
 import platform
@@ -20,7 +21,11 @@ CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 
 
 class StartupError(Exception):
-    pass
+    """The host cannot run the probe as asked: exit 1."""
+
+
+class UsageError(Exception):
+    """A bad option or config value found after parsing: exit 2, like argparse's."""
 
 
 def probe_object():
@@ -166,3 +171,48 @@ def bpf_stats_enabled():
             return f.read().strip() == "1"
     except OSError:
         return False
+
+
+def run(args):
+    """`telegraf-tcpdrop check`: each requirement on one line; then loads and
+    attaches the probe for real."""
+    # Here, not above: startup.py is built on these checks, and imports this module.
+    from .event import ProbeConfig
+    from .probe import HOOKS
+    from .startup import open_probe
+    from .symbols import KernelSymbols, SymbolsUnavailable
+
+    try:
+        chosen, why = backend(args.backend)
+        print(f"ok    backend: {chosen} ({why})", flush=True)
+    except StartupError as e:
+        print(f"FAIL  backend: {e}", flush=True)
+        return 1
+    lib = libbpf()
+    if chosen == "core":
+        needs = [("libbpf", lambda: lib.libbpf_version_string().decode()),
+                 ("probe object", probe_object),
+                 ("kernel BTF", kernel_btf)]
+    else:
+        needs = [("bcc", bcc), ("kernel headers", kernel_headers)]
+    steps = [
+        *needs,
+        ("privileges", privileges),
+        ("tracefs", lambda: tracefs(chosen)),
+        ("drop reasons", lambda: f"{len(drop_reasons(lib).names)} names from the running kernel"),
+        ("symbols", lambda: f"{KernelSymbols().count()} kernel functions in /proc/kallsyms"),
+    ]
+    failed = 0
+    for label, step in steps:
+        try:
+            print(f"ok    {label}: {step()}", flush=True)
+        except (StartupError, SymbolsUnavailable) as e:
+            print(f"FAIL  {label}: {e}", flush=True)
+            failed += 1
+    if failed:
+        return 1
+    options = argparse.Namespace(backend=chosen, hook="auto", verbose=False)
+    with open_probe(options, ProbeConfig(), mount=False) as probe:
+        print(f"ok    hook: {HOOKS[probe.hook][1]} attaches", flush=True)
+        print(f"ok    listen-queue drops: {probe.listen}", flush=True)
+    return 0

@@ -1,38 +1,31 @@
-"""The `telegraf-tcpdrop` command: argument parsing and start-up, nothing else.
+"""The `telegraf-tcpdrop` command: its options parsed, and the command run.
 
 Errors at start-up print one `E! ` line saying what is wrong and how to fix
 it, and exit 1; usage errors exit 2 (argparse).
 """
 import argparse
-import ctypes
-import ctypes.util
+import importlib
 import os
-import socket
 import sys
-import time
 import urllib.parse
 
-from . import check, config, log, stop, top
-from .duration import parse_duration
-from .emit import InfluxOutput, StdoutOutput
-from .statsd_output import STATSD_TAG_STYLES, StatsdOutput
-from .event import MAX_SNAPLEN, REASON_OURS_FIRST, REASON_UNKNOWN, ProbeConfig
-from .execd import SIGNALS, Execd
-from .metrics import NETNS_TAGS, PORT_TAGS, Collector, ephemeral_range
-from .netns import NetnsNames
-from .netstat import NetstatPoints
-from .names import OWN_REASONS
-from .bcc_loader import BccLoader
+from . import check, config, log, stop
 from .btf import BtfError
-from .probe import DEFAULT_MAX_KEYS, HOOKS, CoreLoader, Probe, ProbeError
-from .symbols import KernelSymbols, SymbolsUnavailable
+from .check import UsageError
+from .duration import parse_duration
+from .event import MAX_SNAPLEN
+from .execd import SIGNALS
+from .influx_output import DEFAULT_MAX_BUFFERED, TOKEN_ENV
+from .metrics import STACK_SAMPLES
+from .outputs import OUTPUTS
+from .probe import DEFAULT_MAX_KEYS, HOOKS, ProbeError
+from .startup import DEFAULT_EXCLUDE, PORT_TAGS
+from .statsd_output import STATSD_TAG_STYLES
+from .symbols import SymbolsUnavailable
+from .top import SORTS
 
 TRACE_RATE_LIMIT = 1000  # events per second per CPU
 DEFAULT_SNAPLEN = 256    # trace --pcap: the headers of a packet with IP and TCP options
-STACK_SAMPLES = 20       # per second per CPU, for metrics --stacks
-# Drops that are housekeeping, not the network: data still queued on a socket
-# when it is closed (also every raw socket's copy of TCP packets).
-DEFAULT_EXCLUDE = ["QUEUE_PURGE"]
 
 EXAMPLES = """\
 examples:
@@ -51,9 +44,11 @@ examples:
 """
 
 
-DEFAULT_MAX_BUFFERED = 50000
 BACKENDS = ("auto", "core", "bcc")
-TOKEN_ENV = "INFLUX_TOKEN"
+NETNS_TAGS = ("name", "inode", "none")
+# Each command is the module of its name, with run(args) -> exit code,
+# imported only when it runs: one command's imports are not another's start-up.
+COMMANDS = ("trace", "metrics", "top", "audit", "reasons", "check")
 
 
 def parse_args(argv):
@@ -148,7 +143,7 @@ def build_parsers():
                          help="a TOML file with any of these options (key = option name with _ "
                               "for -); the command line wins")
     out = metrics.add_argument_group("outputs")
-    out.add_argument("--output", choices=("stdout", "influxdb", "statsd"), default="stdout",
+    out.add_argument("--output", choices=tuple(OUTPUTS), default="stdout",
                      help="stdout: line protocol for Telegraf's inputs.execd (default); influxdb: "
                           "the v2 write API; statsd: StatsD counters")
     out.add_argument("--influx-url", type=http_url, default="http://localhost:8086", metavar="URL",
@@ -180,7 +175,7 @@ def build_parsers():
                     "the monitor's health; q quits, s sorts by the next column.")
     top_command.add_argument("--interval", type=duration, default=1.0, metavar="DURATION",
                              help="how often to take the counts (default: 1s; e.g. 500ms, 5s)")
-    top_command.add_argument("--sort", choices=tuple(top.SORTS), default="rate",
+    top_command.add_argument("--sort", choices=tuple(SORTS), default="rate",
                              help="the order of the rows: rate, total: the busiest first "
                                   "(default: rate); reason, netns, site: by name; port: by the "
                                   "lower numbered port")
@@ -262,274 +257,6 @@ def http_url(text):
     return text
 
 
-def influx_token(args):
-    """From --influx-token-file, else $INFLUX_TOKEN: never from the command line."""
-    if args.influx_token_file:
-        try:
-            with open(args.influx_token_file) as f:
-                return f.read().strip()
-        except OSError as e:
-            raise UsageError(f"cannot read the InfluxDB token file {args.influx_token_file}: "
-                             f"{e.strerror}") from None
-    if os.environ.get(TOKEN_ENV):
-        return os.environ[TOKEN_ENV]
-    raise UsageError(f"no InfluxDB token: set {TOKEN_ENV} or --influx-token-file "
-                     "(on InfluxDB 1.8: USER:PASSWORD)")
-
-
-def make_output(args):
-    if args.output == "influxdb":
-        if not args.influx_bucket:
-            raise UsageError("--output influxdb needs --influx-bucket (on 1.8: DATABASE/RP)")
-        return InfluxOutput(args.influx_url, args.influx_org, args.influx_bucket,
-                            influx_token(args), args.max_buffered_points)
-    if args.output == "statsd":
-        try:
-            return StatsdOutput(args.statsd_host, args.statsd_port, args.statsd_protocol,
-                                args.statsd_tags)
-        except OSError as e:
-            raise UsageError(f"StatsD host {args.statsd_host!r}: {e}") from None
-    return StdoutOutput()
-
-
-class UsageError(Exception):
-    """A bad option or config value found after parsing: exit 2, like argparse's."""
-
-
-def reason_numbers(names, reasons):
-    numbers = set()
-    for name in names:
-        try:
-            numbers.add(reasons.number(name))
-        except KeyError:
-            raise check.StartupError(f"unknown drop reason {name!r}: `telegraf-tcpdrop reasons` "
-                                     "lists the ones this kernel has") from None
-    return numbers
-
-
-def probe_config(args, reasons, **mode):
-    """The probe's filters from --reason/--exclude-reason/-4/-6/--port, plus mode fields."""
-    if args.exclude_reason is not None:
-        exclude = [name for name in args.exclude_reason if name.lower() != "none"]
-    else:  # the default: unless --reason names what to count, or the kernel lacks it
-        exclude = [name for name in DEFAULT_EXCLUDE
-                   if not args.reason and name in reasons.names.values()]
-    if args.reason:
-        wanted = reason_numbers(args.reason, reasons)
-        if any(256 <= value < REASON_OURS_FIRST for value in wanted):
-            raise check.StartupError("drop reasons above 255 cannot be selected with --reason")
-    else:
-        wanted = set(range(256)) | set(OWN_REASONS)
-    wanted -= reason_numbers(exclude, reasons)
-    config = ProbeConfig(port=args.port, family=args.family or 0,
-                         other_reasons=not args.reason, **mode)
-    for value in wanted:
-        if value >= REASON_OURS_FIRST:
-            config.own_reasons |= 1 << (REASON_UNKNOWN - value)
-        else:
-            config.reason_mask[value >> 6] |= 1 << (value & 63)
-    return config
-
-
-def mount_tracefs():
-    """Mounts tracefs where it is not: the classic tracepoint hook, listen(2)'s
-    tracepoint and the bcc backend read it when they attach (tp_btf and fentry
-    do not). StartupError if it cannot. `check` only says whether it is."""
-    if check.tracefs_mounted():
-        return
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    if libc.mount(b"nodev", check.TRACEFS.encode(), b"tracefs", 0, None) != 0:
-        raise check.StartupError(f"tracefs is not mounted and mounting it failed "
-                                 f"({os.strerror(ctypes.get_errno())}): mount -t tracefs nodev "
-                                 f"{check.TRACEFS}")
-
-
-def open_probe(args, config, mount=True, **probe_options):
-    """Checks the host, mounts tracefs where it is not (unless mount is False:
-    `check` changes nothing), then loads and attaches the probe; StartupError
-    if it cannot."""
-    backend, _ = check.backend(args.backend)
-    hooks = (CoreLoader if backend == "core" else BccLoader).hooks
-    if args.hook != "auto":
-        if args.hook not in hooks:
-            raise UsageError(f"--hook {args.hook} needs kernel BTF, which the bcc backend is "
-                             "for the lack of: use --backend core")
-        hooks = (args.hook,)
-    check.privileges()
-    tracefs_problem = ""
-    try:
-        if mount:
-            mount_tracefs()
-    except check.StartupError as e:
-        tracefs_problem = f"; also, {e}"
-    if backend == "core":
-        loader = CoreLoader(check.probe_object(), verbose=args.verbose)
-        check.kernel_btf()
-    else:
-        check.bcc()
-        check.kernel_headers()
-        loader = BccLoader(check.format_file(), verbose=args.verbose)
-    started = time.monotonic()
-    try:
-        probe = Probe(loader, config, hooks, **probe_options)
-    except ProbeError as e:
-        raise check.StartupError(f"{e}{tracefs_problem}") from None
-    log.info(f"attached to {HOOKS[probe.hook][1]} ({backend}) in "
-             f"{(time.monotonic() - started) * 1000:.0f} ms; listen-queue drops: {probe.listen}")
-    if probe.unseen:
-        log.warn(probe.unseen)
-    return probe
-
-
-def loaded_symbols():
-    symbols = KernelSymbols()
-    symbols.count()  # read now: a kptr_restrict problem is a start-up error
-    return symbols
-
-
-def pcap_output(args):
-    """The binary file --pcap names (stdout for -), checked before the probe loads."""
-    if args.pcap != "-":
-        try:
-            return open(args.pcap, "wb")
-        except OSError as e:
-            raise UsageError(f"cannot write the pcap file {args.pcap}: {e.strerror}") from None
-    if args.json:
-        raise UsageError("--pcap - and --json both want stdout: give --pcap a file")
-    if sys.stdout.isatty():
-        raise UsageError("--pcap -: stdout is a terminal; pipe it (| wireshark -k -i -, "
-                         "| tcpdump -r -) or give a file")
-    return sys.stdout.buffer
-
-
-def run_trace(args):
-    from .pcap import PcapngWriter  # trace's imports are its own: not the monitor's start-up
-    from .trace import Tracer
-
-    pcap_file = pcap_output(args) if args.pcap else None
-    lines = args.pcap != "-"
-    reasons = check.drop_reasons(check.libbpf())
-    config = probe_config(args, reasons, events=1, stacks=int(args.stack and lines),
-                          events_per_sec=args.rate_limit,
-                          snaplen=args.snaplen if pcap_file else 0)
-    with open_probe(args, config) as probe:
-        tracer = Tracer(probe, reasons, loaded_symbols(), as_json=args.json,
-                        with_stack=args.stack and lines, netns=args.netns,
-                        out=sys.stdout if lines else None,
-                        pcap=PcapngWriter(pcap_file, args.snaplen) if pcap_file else None)
-        tracer.run()
-    return 0
-
-
-def host_name():
-    """This host's name for the host tag: bytes that are not UTF-8 (which
-    gethostname() keeps as surrogates, unencodable) become U+FFFD."""
-    return socket.gethostname().encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
-def counting_config(args, reasons, **mode):
-    """The probe's settings to count drops per tag set (metrics, top)."""
-    low, high = ephemeral_range()
-    return probe_config(args, reasons, aggregate=1, port_tags=PORT_TAGS[args.port_tags],
-                        ephemeral_low=low, ephemeral_high=high,
-                        key_netns=int(args.netns_tags != "none"), **mode)
-
-
-def run_metrics(args):
-    output = make_output(args)
-    reasons = check.drop_reasons(check.libbpf())
-    probe_settings = counting_config(args, reasons, events=int(args.stacks),
-                                     stacks=int(args.stacks), events_per_sec=STACK_SAMPLES)
-    # Telegraf adds the host tag to what it reads from stdout.
-    host = None if args.output == "stdout" else host_name()
-    with open_probe(args, probe_settings, max_keys=args.max_keys) as probe:
-        names = NetnsNames(probe.netns_tasks)
-        netstat = NetstatPoints(names, host) if args.netns_counters else None
-        collector = Collector(probe, reasons, loaded_symbols(), probe_settings.port_tags,
-                              netns_tags=args.netns_tags, netns_names=names, netstat=netstat,
-                              stats_enabled=check.bpf_stats_enabled, output_health=output.health,
-                              host=host)
-        if args.stacks:
-            probe.on_event(collector.on_event)
-        Execd(collector.collect, output, args.interval, args.signal,
-              events=probe if args.stacks else None).run()
-    return 0
-
-
-def run_audit(args):
-    from . import audit  # its imports are its own: not the monitor's start-up
-
-    args.hook = "auto"
-    with open_probe(args, audit.probe_config()) as probe:
-        return audit.run(probe, check.drop_reasons(check.libbpf()), args.duration, as_json=args.json)
-
-
-def run_top(args):
-    if not args.once:
-        if not sys.stdout.isatty():
-            raise UsageError("top draws on a terminal, and stdout is not one: --once prints the "
-                             "table once, as plain text")
-        top.check_terminal()
-    reasons = check.drop_reasons(check.libbpf())
-    settings = counting_config(args, reasons)
-    with open_probe(args, settings, max_keys=args.max_keys) as probe:
-        collector = Collector(probe, reasons, loaded_symbols(), settings.port_tags,
-                              netns_tags=args.netns_tags)
-        return top.run(collector, args.interval, args.sort, once=args.once)
-
-
-def run_reasons(_args):
-    reasons = check.drop_reasons(check.libbpf())
-    if not reasons.names:
-        raise check.StartupError("this kernel reports no drop reasons (they came in Linux 5.17): "
-                                 "drops show as UNKNOWN, with their drop site")
-    for value, name in sorted(reasons.names.items()):
-        print(f"{value:>6} {name}")
-    return 0
-
-
-def run_check(args):
-    """Each requirement on one line; then loads and attaches the probe for real."""
-    try:
-        backend, why = check.backend(args.backend)
-        print(f"ok    backend: {backend} ({why})", flush=True)
-    except check.StartupError as e:
-        print(f"FAIL  backend: {e}", flush=True)
-        return 1
-    lib = check.libbpf()
-    if backend == "core":
-        needs = [("libbpf", lambda: lib.libbpf_version_string().decode()),
-                 ("probe object", check.probe_object),
-                 ("kernel BTF", check.kernel_btf)]
-    else:
-        needs = [("bcc", check.bcc), ("kernel headers", check.kernel_headers)]
-    steps = [
-        *needs,
-        ("privileges", check.privileges),
-        ("tracefs", lambda: check.tracefs(backend)),
-        ("drop reasons", lambda: f"{len(check.drop_reasons(lib).names)} names from the running kernel"),
-        ("symbols", lambda: f"{KernelSymbols().count()} kernel functions in /proc/kallsyms"),
-    ]
-    failed = 0
-    for label, step in steps:
-        try:
-            print(f"ok    {label}: {step()}", flush=True)
-        except (check.StartupError, SymbolsUnavailable) as e:
-            print(f"FAIL  {label}: {e}", flush=True)
-            failed += 1
-    if failed:
-        return 1
-    options = argparse.Namespace(backend=backend, hook="auto", verbose=False)
-    with open_probe(options, ProbeConfig(), mount=False) as probe:
-        print(f"ok    hook: {HOOKS[probe.hook][1]} attaches", flush=True)
-        print(f"ok    listen-queue drops: {probe.listen}", flush=True)
-    return 0
-
-
-COMMANDS = {"trace": run_trace, "metrics": run_metrics, "top": run_top, "audit": run_audit,
-            "reasons": run_reasons, "check": run_check}
-
-
 def main(argv=None):
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
@@ -538,7 +265,7 @@ def main(argv=None):
         return 2
     stop.catch()
     try:
-        return COMMANDS[args.command](args)
+        return importlib.import_module(f".{args.command}", __package__).run(args)
     except (check.StartupError, ProbeError, BtfError, SymbolsUnavailable) as e:
         log.error(str(e))
         return 1

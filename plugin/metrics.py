@@ -8,29 +8,25 @@ space runs per drop.
 import sys
 import time
 
-from . import log
+from . import check, log
 from .emit import Gauge, Point, TagSet
 from .event import (COUNTER_LISTEN_UNTRACKED, COUNTER_LOST, COUNTER_OVERFLOW_BYTES, COUNTER_OVERFLOW_DROPS,
                     COUNTER_RATELIMITED, COUNTER_STACKS_LOST, EPHEMERAL_DPORT, EPHEMERAL_SPORT,
-                    MARK_NO_PORTS, MARK_PORTS_OVERFLOW, PORT_TAGS_ALL, PORT_TAGS_BUCKETED,
-                    PORT_TAGS_NONE, DropKey)
+                    MARK_NO_PORTS, MARK_PORTS_OVERFLOW, PORT_TAGS_NONE, DropKey)
+from .execd import Execd
 from .names import flags_tag, state_name
 from .netns import UNKNOWN, NetnsNames
+from .netstat import NetstatPoints
+from .outputs import make_output
+from .startup import counting_config, host_name, loaded_symbols, open_probe
 from .symbols import drop_site_stack
 
-PORT_TAGS = {"bucketed": PORT_TAGS_BUCKETED, "all": PORT_TAGS_ALL, "none": PORT_TAGS_NONE}
-NETNS_TAGS = ("name", "inode", "none")
 NETNS_AT = DropKey.netns.offset  # of the inode in a key's bytes
 MARKS_AT = DropKey.marks.offset
 OVERFLOW = "overflow"  # the ports of a drop counted once the table was full
 # Intervals without a drop after which a tag set's tags are let go.
 IDLE_INTERVALS = 30
-
-
-def ephemeral_range(path="/proc/sys/net/ipv4/ip_local_port_range"):
-    with open(path) as f:
-        low, high = f.read().split()
-    return int(low), int(high)
+STACK_SAMPLES = 20  # per second per CPU, for --stacks
 
 
 class Collector:
@@ -181,3 +177,24 @@ class Collector:
             fields["probe_run_time_ns"] = run_time - self._runs[1]
         self._runs = (runs, run_time, misses)
         return fields
+
+
+def run(args):
+    output = make_output(args)
+    reasons = check.drop_reasons(check.libbpf())
+    probe_settings = counting_config(args, reasons, events=int(args.stacks),
+                                     stacks=int(args.stacks), events_per_sec=STACK_SAMPLES)
+    # Telegraf adds the host tag to what it reads from stdout.
+    host = None if args.output == "stdout" else host_name()
+    with open_probe(args, probe_settings, max_keys=args.max_keys) as probe:
+        names = NetnsNames(probe.netns_tasks)
+        netstat = NetstatPoints(names, host) if args.netns_counters else None
+        collector = Collector(probe, reasons, loaded_symbols(), probe_settings.port_tags,
+                              netns_tags=args.netns_tags, netns_names=names, netstat=netstat,
+                              stats_enabled=check.bpf_stats_enabled, output_health=output.health,
+                              host=host)
+        if args.stacks:
+            probe.on_event(collector.on_event)
+        Execd(collector.collect, output, args.interval, args.signal,
+              events=probe if args.stacks else None).run()
+    return 0

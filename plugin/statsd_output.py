@@ -5,6 +5,7 @@ packets of at most STATSD_MAX_PACKET bytes over UDP or TCP.
 import socket
 
 from . import log
+from .check import UsageError
 from .emit import Gauge
 
 
@@ -116,6 +117,13 @@ class StatsdOutput:
         self.tag_style = tag_style
         self.send_errors = self._reported = 0
         self._failing = False
+
+    @classmethod
+    def from_args(cls, args):
+        try:
+            return cls(args.statsd_host, args.statsd_port, args.statsd_protocol, args.statsd_tags)
+        except OSError as e:
+            raise UsageError(f"StatsD host {args.statsd_host!r}: {e}") from None
 
     def failed(self, error):
         self.send_errors += 1

@@ -17,9 +17,11 @@ import time
 from contextlib import contextmanager
 from datetime import datetime
 
-from . import stop
-from .check import StartupError
+from . import check, stop
+from .check import StartupError, UsageError
 from .event import PORT_TAGS_NONE
+from .metrics import Collector
+from .startup import counting_config, loaded_symbols, open_probe
 
 TRIMMED = "+"  # ends a value cut to fit, as procps top(1) marks one
 NO_VALUE = "-"  # a tag the drop has not: ports of a packet that ended before them
@@ -240,7 +242,7 @@ class Screen:
         window.refresh()
 
 
-def run(collector, interval, sort, once=False, out=sys.stdout):
+def show(collector, interval, sort, once=False, out=sys.stdout):
     """Exit code 0: --once, after one interval (or sooner at SIGINT/SIGTERM),
     the table as plain text; else the live screen until q, SIGINT or SIGTERM."""
     table = Table(collector.probe.max_keys, ports=collector.port_tags != PORT_TAGS_NONE,
@@ -262,3 +264,17 @@ def run(collector, interval, sort, once=False, out=sys.stdout):
         with stderr_held():
             curses.wrapper(Screen(collector, table, interval, sort, stopping).run)
     return 0
+
+
+def run(args):
+    if not args.once:
+        if not sys.stdout.isatty():
+            raise UsageError("top draws on a terminal, and stdout is not one: --once prints the "
+                             "table once, as plain text")
+        check_terminal()
+    reasons = check.drop_reasons(check.libbpf())
+    settings = counting_config(args, reasons)
+    with open_probe(args, settings, max_keys=args.max_keys) as probe:
+        collector = Collector(probe, reasons, loaded_symbols(), settings.port_tags,
+                              netns_tags=args.netns_tags)
+        return show(collector, args.interval, args.sort, once=args.once)

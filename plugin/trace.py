@@ -12,10 +12,13 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
-from . import log, stop
+from . import check, log, stop
+from .check import UsageError
 from .event import COUNTER_LOST, COUNTER_RATELIMITED, COUNTER_STACKS_LOST
 from .names import flags_tag, state_name
 from .netns import NetnsNames
+from .pcap import PcapngWriter
+from .startup import loaded_symbols, open_probe, probe_config
 from .symbols import drop_site_stack
 
 HEADER = (f"{'TIME':<8} {'PID':<7} {'NETNS':<12} {'IP':<2} {'SADDR:SPORT':<21} > {'DADDR:DPORT':<21} "
@@ -162,3 +165,34 @@ class Tracer:
                 next_check += COUNTER_CHECK_SECONDS
         self.probe.poll(0)  # what arrived before the signal
         self.report_not_shown()
+
+
+def pcap_output(args):
+    """The binary file --pcap names (stdout for -), checked before the probe loads."""
+    if args.pcap != "-":
+        try:
+            return open(args.pcap, "wb")
+        except OSError as e:
+            raise UsageError(f"cannot write the pcap file {args.pcap}: {e.strerror}") from None
+    if args.json:
+        raise UsageError("--pcap - and --json both want stdout: give --pcap a file")
+    if sys.stdout.isatty():
+        raise UsageError("--pcap -: stdout is a terminal; pipe it (| wireshark -k -i -, "
+                         "| tcpdump -r -) or give a file")
+    return sys.stdout.buffer
+
+
+def run(args):
+    pcap_file = pcap_output(args) if args.pcap else None
+    lines = args.pcap != "-"
+    reasons = check.drop_reasons(check.libbpf())
+    config = probe_config(args, reasons, events=1, stacks=int(args.stack and lines),
+                          events_per_sec=args.rate_limit,
+                          snaplen=args.snaplen if pcap_file else 0)
+    with open_probe(args, config) as probe:
+        tracer = Tracer(probe, reasons, loaded_symbols(), as_json=args.json,
+                        with_stack=args.stack and lines, netns=args.netns,
+                        out=sys.stdout if lines else None,
+                        pcap=PcapngWriter(pcap_file, args.snaplen) if pcap_file else None)
+        tracer.run()
+    return 0

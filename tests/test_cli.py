@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import telegraf_tcpdrop
-from telegraf_tcpdrop.cli import mount_tracefs
+from telegraf_tcpdrop.startup import mount_tracefs
 
 from conftest import CLI, as_nobody_with, eventually, require_root
 
@@ -245,7 +245,8 @@ def test_closed_stdout_ends_quietly(netns):
 
 
 def test_reason_filters_become_the_probes_mask():
-    from telegraf_tcpdrop.cli import parse_args, probe_config
+    from telegraf_tcpdrop.cli import parse_args
+    from telegraf_tcpdrop.startup import probe_config
     from telegraf_tcpdrop.names import DropReasons
     reasons = DropReasons({2: "NOT_SPECIFIED", 3: "NO_SOCKET", 104: "QUEUE_PURGE", 200: "X"})
 
@@ -274,7 +275,7 @@ def test_a_stop_signal_right_after_attaching_ends_cleanly():
 
 def test_the_monitor_does_not_import_what_only_trace_uses():
     """trace's and pcap's imports (dataclasses, inspect, ast) cost the
-    monitor's start-up and memory: cli imports them in run_trace only."""
+    monitor's start-up and memory: each command's module imports its own."""
     loaded = subprocess.run(
         [sys.executable, "-c", "import sys, telegraf_tcpdrop.cli, telegraf_tcpdrop.metrics; "
          "print(*sorted(m for m in ('telegraf_tcpdrop.trace', 'telegraf_tcpdrop.pcap', 'dataclasses') "

@@ -1,7 +1,8 @@
 """Line protocol, byte for byte. (Telegraf's own parser reads these back in test_telegraf.py.)"""
 import io
 
-from telegraf_tcpdrop.emit import Point, StdoutOutput, TagSet, encode
+from telegraf_tcpdrop.emit import Point, TagSet, encode
+from telegraf_tcpdrop.stdout_output import StdoutOutput
 
 # Every character line protocol treats specially, in every place it can stand.
 ODD = Point("tcp drop,x", {"frame": "a b,c=d\\e", "z key": "v", "empty": "", "a=b": "x\ny"},

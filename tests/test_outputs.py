@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from conftest import Netns, eventually, require_root
-from telegraf_tcpdrop.emit import InfluxOutput, Point
+from telegraf_tcpdrop.emit import Point
+from telegraf_tcpdrop.influx_output import InfluxOutput
 from test_telegraf import Telegraf, shipped_drop_in
 
 sys.path.insert(0, str(Path(__file__).parent / "peers"))

@@ -7,8 +7,8 @@ import pytest
 import urllib3
 from influxdb_client.rest import ApiException
 
-from telegraf_tcpdrop.emit import (Backoff, Gauge, InfluxOutput, Point, PointBuffer, merge,
-                                   retry_after_seconds)
+from telegraf_tcpdrop.emit import Backoff, Gauge, Point, PointBuffer, merge, retry_after_seconds
+from telegraf_tcpdrop.influx_output import InfluxOutput
 from telegraf_tcpdrop.statsd_output import StatsdOutput, statsd_lines
 
 

@@ -6,7 +6,7 @@ import pytest
 from conftest import eventually
 from telegraf_tcpdrop import check, libbpf
 from telegraf_tcpdrop.btf import Btf, BtfError
-from telegraf_tcpdrop.cli import mount_tracefs
+from telegraf_tcpdrop.startup import mount_tracefs
 from telegraf_tcpdrop.event import COUNTER_LOST, COUNTER_RATELIMITED, COUNTER_STACKS_LOST, ProbeConfig
 from telegraf_tcpdrop.names import DropReasons
 from telegraf_tcpdrop.probe import CoreLoader, Probe, ProbeError, tcp_drop_needs_kprobe

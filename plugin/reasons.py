@@ -1,0 +1,12 @@
+"""`telegraf-tcpdrop reasons`: the drop reasons of the running kernel, by number."""
+from . import check
+
+
+def run(_args):
+    reasons = check.drop_reasons(check.libbpf())
+    if not reasons.names:
+        raise check.StartupError("this kernel reports no drop reasons (they came in Linux 5.17): "
+                                 "drops show as UNKNOWN, with their drop site")
+    for value, name in sorted(reasons.names.items()):
+        print(f"{value:>6} {name}")
+    return 0

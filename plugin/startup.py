@@ -1,0 +1,135 @@
+"""What every command does before its own work: the probe's settings from
+the options, then the probe loaded and attached on a host checked for it.
+
+Errors here are check.py's StartupError (exit 1, one `E! ` line naming the
+fix) or UsageError (an option that cannot work: exit 2).
+"""
+import ctypes
+import ctypes.util
+import os
+import socket
+import time
+
+from . import check, log
+from .bcc_loader import BccLoader
+from .event import (PORT_TAGS_ALL, PORT_TAGS_BUCKETED, PORT_TAGS_NONE, REASON_OURS_FIRST,
+                    REASON_UNKNOWN, ProbeConfig)
+from .names import OWN_REASONS
+from .probe import HOOKS, CoreLoader, Probe, ProbeError
+from .symbols import KernelSymbols
+
+# Drops that are housekeeping, not the network: data still queued on a socket
+# when it is closed (also every raw socket's copy of TCP packets).
+DEFAULT_EXCLUDE = ["QUEUE_PURGE"]
+PORT_TAGS = {"bucketed": PORT_TAGS_BUCKETED, "all": PORT_TAGS_ALL, "none": PORT_TAGS_NONE}
+
+
+def reason_numbers(names, reasons):
+    numbers = set()
+    for name in names:
+        try:
+            numbers.add(reasons.number(name))
+        except KeyError:
+            raise check.StartupError(f"unknown drop reason {name!r}: `telegraf-tcpdrop reasons` "
+                                     "lists the ones this kernel has") from None
+    return numbers
+
+
+def probe_config(args, reasons, **mode):
+    """The probe's filters from --reason/--exclude-reason/-4/-6/--port, plus mode fields."""
+    if args.exclude_reason is not None:
+        exclude = [name for name in args.exclude_reason if name.lower() != "none"]
+    else:  # the default: unless --reason names what to count, or the kernel lacks it
+        exclude = [name for name in DEFAULT_EXCLUDE
+                   if not args.reason and name in reasons.names.values()]
+    if args.reason:
+        wanted = reason_numbers(args.reason, reasons)
+        if any(256 <= value < REASON_OURS_FIRST for value in wanted):
+            raise check.StartupError("drop reasons above 255 cannot be selected with --reason")
+    else:
+        wanted = set(range(256)) | set(OWN_REASONS)
+    wanted -= reason_numbers(exclude, reasons)
+    config = ProbeConfig(port=args.port, family=args.family or 0,
+                         other_reasons=not args.reason, **mode)
+    for value in wanted:
+        if value >= REASON_OURS_FIRST:
+            config.own_reasons |= 1 << (REASON_UNKNOWN - value)
+        else:
+            config.reason_mask[value >> 6] |= 1 << (value & 63)
+    return config
+
+
+def ephemeral_range(path="/proc/sys/net/ipv4/ip_local_port_range"):
+    with open(path) as f:
+        low, high = f.read().split()
+    return int(low), int(high)
+
+
+def counting_config(args, reasons, **mode):
+    """The probe's settings to count drops per tag set (metrics, top)."""
+    low, high = ephemeral_range()
+    return probe_config(args, reasons, aggregate=1, port_tags=PORT_TAGS[args.port_tags],
+                        ephemeral_low=low, ephemeral_high=high,
+                        key_netns=int(args.netns_tags != "none"), **mode)
+
+
+def mount_tracefs():
+    """Mounts tracefs where it is not: the classic tracepoint hook, listen(2)'s
+    tracepoint and the bcc backend read it when they attach (tp_btf and fentry
+    do not). StartupError if it cannot. `check` only says whether it is."""
+    if check.tracefs_mounted():
+        return
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    if libc.mount(b"nodev", check.TRACEFS.encode(), b"tracefs", 0, None) != 0:
+        raise check.StartupError(f"tracefs is not mounted and mounting it failed "
+                                 f"({os.strerror(ctypes.get_errno())}): mount -t tracefs nodev "
+                                 f"{check.TRACEFS}")
+
+
+def open_probe(args, config, mount=True, **probe_options):
+    """Checks the host, mounts tracefs where it is not (unless mount is False:
+    `check` changes nothing), then loads and attaches the probe; StartupError
+    if it cannot."""
+    backend, _ = check.backend(args.backend)
+    hooks = (CoreLoader if backend == "core" else BccLoader).hooks
+    if args.hook != "auto":
+        if args.hook not in hooks:
+            raise check.UsageError(f"--hook {args.hook} needs kernel BTF, which the bcc backend is "
+                             "for the lack of: use --backend core")
+        hooks = (args.hook,)
+    check.privileges()
+    tracefs_problem = ""
+    try:
+        if mount:
+            mount_tracefs()
+    except check.StartupError as e:
+        tracefs_problem = f"; also, {e}"
+    if backend == "core":
+        loader = CoreLoader(check.probe_object(), verbose=args.verbose)
+        check.kernel_btf()
+    else:
+        check.bcc()
+        check.kernel_headers()
+        loader = BccLoader(check.format_file(), verbose=args.verbose)
+    started = time.monotonic()
+    try:
+        probe = Probe(loader, config, hooks, **probe_options)
+    except ProbeError as e:
+        raise check.StartupError(f"{e}{tracefs_problem}") from None
+    log.info(f"attached to {HOOKS[probe.hook][1]} ({backend}) in "
+             f"{(time.monotonic() - started) * 1000:.0f} ms; listen-queue drops: {probe.listen}")
+    if probe.unseen:
+        log.warn(probe.unseen)
+    return probe
+
+
+def loaded_symbols():
+    symbols = KernelSymbols()
+    symbols.count()  # read now: a kptr_restrict problem is a start-up error
+    return symbols
+
+
+def host_name():
+    """This host's name for the host tag: bytes that are not UTF-8 (which
+    gethostname() keeps as surrogates, unencodable) become U+FFFD."""
+    return socket.gethostname().encode("utf-8", "surrogateescape").decode("utf-8", "replace")
