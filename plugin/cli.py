@@ -6,6 +6,7 @@ it, and exit 1; usage errors exit 2 (argparse).
 import argparse
 import importlib
 import os
+import re
 import sys
 import urllib.parse
 
@@ -18,13 +19,16 @@ from .execd import SIGNALS
 from .influx_output import DEFAULT_MAX_BUFFERED, TOKEN_ENV
 from .metrics import STACK_SAMPLES
 from .outputs import OUTPUTS
-from .probe import DEFAULT_MAX_KEYS, HOOKS, ProbeError
+from .probe import DEFAULT_MAX_KEYS, HOOKS, MAX_KEYS, ProbeError
 from .startup import DEFAULT_EXCLUDE, PORT_TAGS
 from .statsd_output import STATSD_TAG_STYLES
 from .symbols import SymbolsUnavailable
 from .top import SORTS
 
 TRACE_RATE_LIMIT = 1000  # events per second per CPU
+MAX_RATE_LIMIT = 1_000_000
+MAX_BUFFERED = 10_000_000  # points: some GiB, no more
+INTERVALS = (0.01, 86400)  # seconds: 10ms to a day
 DEFAULT_SNAPLEN = 256    # trace --pcap: the headers of a packet with IP and TCP options
 
 EXAMPLES = """\
@@ -61,11 +65,28 @@ def parse_args(argv):
     return args
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one `E! ` line and a hint, not the usage
+    block; and a value that starts with a minus (`--interval -1s`, `--port
+    -1`) is read as the option's value, to be refused for what it is, not as
+    an unknown option."""
+
+    def error(self, message):
+        log.error(f"{self.prog}: {message}; see {self.prog} --help")
+        self.exit(2)
+
+    def _parse_optional(self, arg_string):
+        if re.match(r"-[\d.]", arg_string) and arg_string not in self._option_string_actions:
+            return None
+        return super()._parse_optional(arg_string)
+
+
 def build_parsers():
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="telegraf-tcpdrop", description="The TCP packets the Linux kernel drops, and why.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action=VersionAction)
+    interval = duration_between(*INTERVALS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     probe = argparse.ArgumentParser(add_help=False)  # options of both trace and metrics
@@ -93,7 +114,7 @@ def build_parsers():
     counting.add_argument("--netns-tags", choices=NETNS_TAGS, default="name",
                           help="name: tag `netns` with the namespace's name (host, ip netns name, "
                                "container, systemd unit; default); inode: its inode; none: no tag")
-    counting.add_argument("--max-keys", type=positive, default=DEFAULT_MAX_KEYS, metavar="N",
+    counting.add_argument("--max-keys", type=whole_number(1, MAX_KEYS, " (each is kept on every CPU)"), default=DEFAULT_MAX_KEYS, metavar="N",
                           help=f"tag sets the kernel keeps (default: {DEFAULT_MAX_KEYS}); drops "
                                "beyond are counted without their ports (overflow), in room for an "
                                "eighth as many, then in tcpdrop_agent.map_overflow_drops")
@@ -105,19 +126,19 @@ def build_parsers():
                     "REASON, then the kernel stack from the drop site. PID and COMM are the task on\n"
                     "CPU when the packet was dropped, often unrelated to it (softirq).")
     trace.add_argument("--json", action="store_true", help="one JSON object per line")
-    trace.add_argument("--netns", metavar="NAME",
+    trace.add_argument("--netns", type=netns_name, metavar="NAME",
                        help="only the drops in this network namespace: host, an ip netns name, a "
                             "container's, a systemd unit's, or netns:INODE (as the NETNS column)")
     trace.add_argument("--stack", action=argparse.BooleanOptionalAction, default=True,
                        help="print the kernel stack of each drop (default: on)")
-    trace.add_argument("--rate-limit", type=non_negative, default=TRACE_RATE_LIMIT, metavar="N",
+    trace.add_argument("--rate-limit", type=whole_number(0, MAX_RATE_LIMIT), default=TRACE_RATE_LIMIT, metavar="N",
                        help=f"events per second per CPU, 0 = unlimited (default: {TRACE_RATE_LIMIT}); "
                             "drops over it are counted and reported on stderr")
     trace.add_argument("--pcap", metavar="FILE",
                        help="also write each drop shown as a packet to FILE (pcapng, a comment per "
                             "packet with its reason, drop site, state and netns); - for stdout, "
                             "then without the lines: | wireshark -k -i -")
-    trace.add_argument("--snaplen", type=snaplen, default=DEFAULT_SNAPLEN, metavar="BYTES",
+    trace.add_argument("--snaplen", type=whole_number(1, MAX_SNAPLEN), default=DEFAULT_SNAPLEN, metavar="BYTES",
                        help="with --pcap, the bytes of each packet to keep from its IP header on, "
                             f"at most what the kernel holds (default: {DEFAULT_SNAPLEN}, "
                             f"at most {MAX_SNAPLEN})")
@@ -128,7 +149,7 @@ def build_parsers():
         description="Count drops in the kernel per tag set (reason, state, flags, family, ports,\n"
                     "drop site) and write the counts of each interval as InfluxDB line protocol,\n"
                     "for Telegraf's inputs.execd.")
-    metrics.add_argument("--interval", type=duration, default=10.0, metavar="DURATION",
+    metrics.add_argument("--interval", type=interval, default=10.0, metavar="DURATION",
                          help="how often to emit with --signal none (default: 10s; e.g. 500ms, 1m)")
     metrics.add_argument("--signal", choices=SIGNALS, default="none",
                          help="none: emit every interval; STDIN: emit on each line read from stdin "
@@ -154,10 +175,10 @@ def build_parsers():
                      help="bucket; on InfluxDB 1.8 DATABASE/RETENTION-POLICY")
     out.add_argument("--influx-token-file", metavar="PATH",
                      help=f"a file holding the token; else ${TOKEN_ENV}. On 1.8: USER:PASSWORD")
-    out.add_argument("--max-buffered-points", type=positive, default=DEFAULT_MAX_BUFFERED,
+    out.add_argument("--max-buffered-points", type=whole_number(1, MAX_BUFFERED), default=DEFAULT_MAX_BUFFERED,
                      metavar="N", help="points kept while InfluxDB is unreachable (default: "
                                        f"{DEFAULT_MAX_BUFFERED}); beyond, the oldest merge per tag set")
-    out.add_argument("--statsd-host", default="localhost", metavar="HOST",
+    out.add_argument("--statsd-host", type=host_name, default="localhost", metavar="HOST",
                      help="StatsD server (default: localhost)")
     out.add_argument("--statsd-port", type=port_number, default=8125, metavar="PORT",
                      help="(default: 8125)")
@@ -173,7 +194,7 @@ def build_parsers():
         description="Count drops in the kernel as metrics does, and show each tag set's drops\n"
                     "per second over the last interval and its total since top started, with\n"
                     "the monitor's health; q quits, s sorts by the next column.")
-    top_command.add_argument("--interval", type=duration, default=1.0, metavar="DURATION",
+    top_command.add_argument("--interval", type=interval, default=1.0, metavar="DURATION",
                              help="how often to take the counts (default: 1s; e.g. 500ms, 5s)")
     top_command.add_argument("--sort", choices=tuple(SORTS), default="rate",
                              help="the order of the rows: rate, total: the busiest first "
@@ -189,7 +210,7 @@ def build_parsers():
                     "kernel's TCP drop counters (nstat names) beside the monitor's count of the\n"
                     "drops it covers. Exit code 3 if a pair disagrees.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    audit_command.add_argument("--for", dest="duration", type=duration, default=10.0,
+    audit_command.add_argument("--for", dest="duration", type=interval, default=10.0,
                                metavar="DURATION", help="how long to count (default: 10s)")
     audit_command.add_argument("--json", action="store_true", help="one JSON object per pair")
     audit_command.add_argument("--backend", choices=BACKENDS, default="auto",
@@ -224,29 +245,46 @@ def port_number(text):
     return int(text)
 
 
-def snaplen(text):
-    if not text.isdigit() or not 1 <= int(text) <= MAX_SNAPLEN:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a length from 1 to {MAX_SNAPLEN}")
-    return int(text)
+def whole_number(low, high, why=""):
+    """The type of an option that is a whole number from low to high."""
+    def parse(text):
+        if not text.isdigit() or not low <= int(text) <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from {low:,} to "
+                                             f"{high:,}{why}")
+        return int(text)
+    return parse
 
 
-def non_negative(text):
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
-    return int(text)
+def duration_between(low, high):
+    """The type of an option that is a duration from low to high seconds."""
+    def parse(text):
+        try:
+            seconds = parse_duration(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        if not low <= seconds <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} is not from {format_seconds(low)} to "
+                                             f"{format_seconds(high)}")
+        return seconds
+    return parse
 
 
-def positive(text):
-    if not text.isdigit() or int(text) == 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number > 0")
-    return int(text)
+def format_seconds(seconds):
+    return f"{seconds * 1000:g}ms" if seconds < 1 else f"{seconds / 3600:g}h" if seconds >= 3600 \
+        else f"{seconds:g}s"
 
 
-def duration(text):
-    try:
-        return parse_duration(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+def netns_name(text):
+    if not text or len(text) > 255 or not text.isprintable():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a namespace's name: host, an ip netns "
+                                         "name, a container's, a unit's, or netns:INODE")
+    return text
+
+
+def host_name(text):
+    if not text or len(text) > 253 or not text.isprintable() or " " in text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a host name or address")
+    return text
 
 
 def http_url(text):

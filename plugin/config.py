@@ -4,6 +4,8 @@ option's long name with '_' for '-' (`interval = "10s"`, `port_tags = "all"`,
 them, before anything starts; options on the command line win.
 """
 import argparse
+import os
+import stat
 import tomllib
 
 
@@ -11,11 +13,24 @@ class ConfigError(Exception):
     pass
 
 
+MAX_BYTES = 1 << 20  # a config is a few lines: more is not one
+
+
 def load(path, parser):
     """{dest: value} for parser.set_defaults(), from the TOML file at path."""
     try:
-        with open(path, "rb") as f:
-            table = tomllib.load(f)
+        # O_NONBLOCK: opening a FIFO waits for a writer otherwise.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ConfigError(f"config {path}: not a regular file")
+            text = f.read(MAX_BYTES + 1)
+        if len(text) > MAX_BYTES:
+            raise ConfigError(f"config {path}: larger than {MAX_BYTES >> 20} MiB, which no "
+                              "config is")
+        table = tomllib.loads(text.decode())
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except OSError as e:
         raise ConfigError(f"config {path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:

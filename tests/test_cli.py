@@ -53,24 +53,6 @@ def test_help_ends_with_examples():
     assert "examples:" in result.stdout and "telegraf-tcpdrop trace --json" in result.stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    (["trace", "--port", "0"], "is not a port number"),
-    (["trace", "--port", "http"], "is not a port number"),
-    (["trace", "--rate-limit=-1"], "whole number"),
-    (["trace", "-4", "-6"], "not allowed with"),
-    (["trace", "--hook", "fentry"], "invalid choice"),
-])
-def test_usage_errors_exit_2(args, message):
-    result = run(*args)
-    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
-
-
-def test_unknown_reason():
-    require_root()
-    assert_one_error_line(run("trace", "--reason", "NO_SUCH_REASON"), 1,
-                          "E! unknown drop reason 'NO_SUCH_REASON'", "telegraf-tcpdrop reasons")
-
-
 def test_unprivileged_user():
     require_root()
     assert_one_error_line(run("trace", prefix=as_nobody_with()), 1,

@@ -169,14 +169,3 @@ def test_the_rate_limit_holds_packets_back_as_it_does_lines(tmp_path, pair):
     held_back = sum(int(line.split(",")[1].split()[0]) for line in tracer.stderr
                     if "over the rate limit" in line)
     assert held_back >= 20 - len(shown)
-
-
-@pytest.mark.parametrize("args, error", [
-    (["--pcap", "/nonexistent/drops.pcapng"], "E! cannot write the pcap file /nonexistent/drops.pcapng"),
-    (["--pcap", "-", "--json"], "E! --pcap - and --json both want stdout"),
-    (["--pcap", "x.pcapng", "--snaplen", "5000"], "is not a length from 1 to 2048"),
-])
-def test_bad_pcap_options_are_one_line_and_exit_2(args, error):
-    result = subprocess.run([CLI, "trace", *args], capture_output=True, text=True, timeout=30)
-    assert result.returncode == 2
-    assert error in result.stderr and "Traceback" not in result.stderr
