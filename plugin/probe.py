@@ -173,8 +173,12 @@ class Probe:
         old = GENERATIONS[self._generation]
         self._generation ^= 1
         new = GENERATIONS[self._generation]
-        for outer, inner in (("hot_now", f"hot_{new}"), ("drops_now", f"drops_{new}"),
-                             ("overflow_now", f"overflow_{new}")):
+        # The hot slots last: a program between two swaps then sees the old
+        # slots with the new, empty drops map, whose "full" it cannot set,
+        # not the new slots with the old, maybe full, map, whose mark would
+        # send the next interval's new tag sets to the overflow map.
+        for outer, inner in (("drops_now", f"drops_{new}"), ("overflow_now", f"overflow_{new}"),
+                             ("hot_now", f"hot_{new}")):
             zero, fd = ctypes.c_uint32(0), ctypes.c_uint32(self._fds[inner])
             lb.check_int(self._lib.bpf_map_update_elem(self._fds[outer], ctypes.byref(zero),
                                                        ctypes.byref(fd), 0), f"swap in {inner}")
@@ -225,7 +229,9 @@ class Probe:
             i = ctypes.c_uint32(index)
             lb.check_int(self._lib.bpf_map_lookup_elem(fd, ctypes.byref(i), slots), "read hot slots")
             claimed = [slot for slot in slots if slot.claimed]
-            for slot in claimed:
+            # A slot claimed between the swaps, for a key counted in the new
+            # maps, has counted nothing here: no point of 0 drops.
+            for slot in (slot for slot in claimed if slot.count.drops):
                 key = bytes(slot.key)
                 drops, nbytes = counts.get(key, (0, 0))
                 counts[key] = (drops + slot.count.drops, nbytes + slot.count.bytes)

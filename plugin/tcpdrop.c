@@ -5,7 +5,9 @@
  * One handler, three hooks, tried in this order by the loader:
  *   tp_btf/kfree_skb            typed pointers: direct loads, the cheapest
  *   tracepoint/skb/kfree_skb    the classic record: probe reads
- *   kprobe/tcp_drop             kernels 4.7-5.18 without a drop reason
+ *   kprobe/tcp_drop             4.7-5.17, beside one of the above: there
+ *                               tcp_drop() frees with __kfree_skb(), which
+ *                               fires no tracepoint
  * TCP is decided from the packet itself, so drops that happen before any
  * socket lookup (closed port, netfilter) are seen too.
  *
@@ -206,8 +208,6 @@ static __always_inline struct drop_event *event_reserve(void)
 #define bpf_htons(x) htons(x)
 #define bpf_ntohs(x) ntohs(x)
 #endif /* TCPDROP_BCC */
-
-#define NETWORK_HEADER_UNSET 0xffff	/* skb->network_header before it is set */
 
 #ifndef TCPDROP_BCC
 /* bpf_rdonly_cast() (6.2+) turns an address into a typed pointer whose loads
@@ -544,7 +544,7 @@ static __always_inline void read_headers_direct(unsigned char *nh, struct drop *
 		d->pkt.v4.ip.daddr = ip->daddr;
 		d->pkt.v4.tcp.source = tcp->source;
 		d->pkt.v4.tcp.dest = tcp->dest;
-		d->pkt.v4.tcp.flags = *((__u8 *)tcp + 13);
+		d->pkt.v4.tcp.flags = *((__u8 *)tcp + __builtin_offsetof(struct tcp_head, flags));
 	} else {
 		struct ipv6hdr *ip = rdonly_cast(struct ipv6hdr, nh);
 
@@ -555,7 +555,7 @@ static __always_inline void read_headers_direct(unsigned char *nh, struct drop *
 		__builtin_memcpy(d->pkt.v6.ip.daddr, ip->daddr.in6_u.u6_addr8, 16);
 		d->pkt.v6.tcp.source = tcp->source;
 		d->pkt.v6.tcp.dest = tcp->dest;
-		d->pkt.v6.tcp.flags = *((__u8 *)tcp + 13);
+		d->pkt.v6.tcp.flags = *((__u8 *)tcp + __builtin_offsetof(struct tcp_head, flags));
 	}
 #endif
 }
@@ -593,12 +593,17 @@ static __always_inline bool read_packet(struct sk_buff *skb, struct drop *d, boo
 		return false;
 
 	network_header = btf ? skb->network_header : BPF_CORE_READ(skb, network_header);
-	if (network_header == NETWORK_HEADER_UNSET)
-		return false;
 	head = btf ? skb->head : BPF_CORE_READ(skb, head);
 	data = btf ? skb->data : BPF_CORE_READ(skb, data);
 	len = btf ? skb->len : BPF_CORE_READ(skb, len);
 	tail = btf ? skb->tail : BPF_CORE_READ(skb, tail);
+	/* An skb is made with network_header 0, and it is set as the packet
+	 * reaches IP (__netif_receive_skb_core(), or the sender's IP output). A
+	 * drop before that (the CPU backlog's, behind netif_rx()) has
+	 * skb->protocol from eth_type_trans(), which left skb->data at the IP
+	 * header: read there, not at the headroom. */
+	if (!network_header)
+		network_header = data - head;
 	nh = head + network_header;
 	/* From the IP header on: held, all the packet's bytes (skb->len counts
 	 * from skb->data); readable, those in the linear data. */
@@ -890,10 +895,11 @@ static __always_inline void count_listen_drops(__u32 netns, __u64 n)
 {
 	__u64 *value = bpf_map_lookup_elem(&listen_drops, &netns);
 
+	/* -EEXIST: another CPU added the namespace first; n goes to its entry */
+	if (!value && bpf_map_update_elem(&listen_drops, &netns, &n, BPF_NOEXIST) == -EEXIST)
+		value = bpf_map_lookup_elem(&listen_drops, &netns);
 	if (value)
 		*value += n;
-	else
-		bpf_map_update_elem(&listen_drops, &netns, &n, BPF_NOEXIST);
 }
 
 /* A SYN the listener dropped, ListenDrops having risen from @before to

@@ -70,7 +70,7 @@ struct hot_slot {
 	__u32 pad;
 };
 
-/* drop_key.marks, drop_event.marks */
+/* drop_key.marks (and so drop_event.key.marks) */
 #define EPHEMERAL_SPORT 1	/* sport was in the ephemeral range: tagged as that, 0 here */
 #define EPHEMERAL_DPORT 2
 #define MARK_TRUNCATED 4	/* the packet ends before the TCP flags byte: flags 0, not read */
