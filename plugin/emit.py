@@ -162,7 +162,8 @@ class Backoff:
 
     def failed(self, retry_after=None, floor=0.0):
         self.failures += 1
-        delay = self.uniform(0, min(self.cap, self.first * 2 ** (self.failures - 1)))
+        # The exponent bounded: 2.0 ** 1024 overflows, some 44 h into an outage at a 300 s cap.
+        delay = self.uniform(0, min(self.cap, self.first * 2.0 ** min(self.failures - 1, 64)))
         self.until = self.clock() + max(delay, retry_after or 0.0, floor)
 
     def succeeded(self):

@@ -152,7 +152,7 @@ eventually(lambda: telegraf_drops(7961) >= 50, 60)
 time.sleep(3)
 results["drops_7961"] = telegraf_drops(7961)
 results["telegraf_journal"] = [(p, m) for p, m in journal("telegraf", "-10min")
-                               if "[inputs.execd]" in m and "tcpdrop" in m.lower() + "tcpdrop"][-5:]
+                               if "[inputs.execd]" in m][-5:]
 
 step("telegraf-tcpdrop.service, writing to VictoriaMetrics")
 since = now()

@@ -1,6 +1,6 @@
 """Every bad input, of every command, is answered in one line: the option, the
 value and what is allowed, on stderr; a non-zero exit code; no traceback, no
-usage block, no hang. (A config file's keys: test_config.py.)"""
+usage block, no hang. (A config file's keys and values: test_config.py.)"""
 import os
 import subprocess
 
@@ -43,9 +43,14 @@ CASES = [  # (arguments, exit code, words the one line must have)
     (["metrics", "--max-buffered-points", "0"], 2, "from 1 to 10,000,000"),
     (["metrics", "--influx-url", "localhost:8086"], 2, "'localhost:8086' is not an http(s) URL"),
     (["metrics", "--output", "kafka"], 2, "argument --output: invalid choice: 'kafka'"),
+    (["metrics", "--output", "influxdb"], 2, "--output influxdb needs --influx-bucket"),
+    (["metrics", "--output", "influxdb", "--influx-bucket", "b"], 2, "no InfluxDB token: set INFLUX_TOKEN"),
+    (["metrics", "--output", "influxdb", "--influx-bucket", "b", "--influx-token-file", "/nonexistent"], 2,
+     "cannot read the InfluxDB token file /nonexistent: No such file or directory"),
     (["metrics", "--statsd-port", "0"], 2, "argument --statsd-port: '0' is not a port number"),
     (["metrics", "--statsd-host", ""], 2, "'' is not a host name or address"),
     (["metrics", "--config", "/dev/zero"], 2, "config /dev/zero: not a regular file"),
+    (["metrics", "--config", "/nonexistent.toml"], 2, "config /nonexistent.toml: No such file or directory"),
     (["metrics", "--config", "{fifo}"], 2, "not a regular file"),
     (["metrics", "--config", "{huge}"], 2, "larger than 1 MiB"),
     (["metrics", "--config", "{binary}"], 2, "not UTF-8 text"),

@@ -61,6 +61,13 @@ def test_backoff_doubles_up_to_its_cap_with_full_jitter_and_retry_after_wins():
     assert b.ready() and b.failures == 0
 
 
+def test_backoff_stays_at_its_cap_through_a_days_long_outage():
+    b = Backoff(first=1.0, cap=300.0, clock=lambda: 0.0, uniform=lambda low, high: high)
+    for _ in range(2000):  # 2**1024 is past a float's range
+        b.failed()
+    assert b.until == 300.0
+
+
 def test_retry_after_header():
     assert retry_after_seconds("120") == 120.0
     assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
