@@ -16,7 +16,7 @@ from . import check, log, stop
 from .event import PORT_TAGS_NONE, DropKey, ProbeConfig
 from .netns import NetnsNames
 from .netstat import DROP_COUNTERS, LISTEN, Namespaces
-from .startup import open_probe
+from .startup import ALL_REASONS, open_probe, want_reasons
 
 
 
@@ -78,11 +78,11 @@ class Audit:
         return rows
 
 
-def probe_config():
-    """Every drop, of every reason, counted per namespace, without ports."""
-    config = ProbeConfig(aggregate=1, port_tags=PORT_TAGS_NONE, key_netns=1, other_reasons=1,
-                         own_reasons=0xF)
-    config.reason_mask[:] = [2**64 - 1] * 4
+def per_namespace_config():
+    """The probe's settings: every drop, of every reason, counted per
+    namespace, without ports."""
+    config = ProbeConfig(aggregate=1, port_tags=PORT_TAGS_NONE, key_netns=1, other_reasons=1)
+    want_reasons(config, ALL_REASONS)
     return config
 
 
@@ -122,5 +122,5 @@ def report(probe, reasons, seconds, as_json=False, out=sys.stdout):
 
 def run(args):
     args.hook = "auto"
-    with open_probe(args, probe_config()) as probe:
+    with open_probe(args, per_namespace_config()) as probe:
         return report(probe, check.drop_reasons(check.libbpf()), args.duration, as_json=args.json)

@@ -43,7 +43,6 @@ def format_fields(format_text):
 
 
 class BccLoader:
-    name = "bcc"
     listen = "not seen by the bcc backend"  # it has no per-CPU offsets, nor fentry
     hooks = ("tracepoint", "kprobe")  # tp_btf needs BTF, which is why bcc is here
 

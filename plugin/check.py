@@ -128,7 +128,7 @@ def tracefs_mounted():
 
 def tracefs(backend="core"):
     """Whether tracefs is mounted and open to this user, and what that means.
-    Mounts nothing: the monitor mounts it when it starts (cli.mount_tracefs).
+    Mounts nothing: the monitor mounts it when it starts (startup.mount_tracefs).
     The tp_btf hook and fentry need none of it; the classic tracepoint hook,
     listen(2)'s tracepoint and the bcc backend read it when they attach."""
     mount = f"mount -t tracefs nodev {TRACEFS}"

@@ -16,12 +16,11 @@ from .check import UsageError
 from .duration import parse_duration
 from .event import MAX_SNAPLEN
 from .execd import SIGNALS
-from .influx_output import DEFAULT_MAX_BUFFERED, TOKEN_ENV
+from .libbpf import LibbpfError
 from .metrics import STACK_SAMPLES
-from .outputs import OUTPUTS
+from .outputs import DEFAULT_MAX_BUFFERED, OUTPUTS, STATSD_TAG_STYLES, TOKEN_ENV
 from .probe import DEFAULT_MAX_KEYS, HOOKS, MAX_KEYS, ProbeError
 from .startup import DEFAULT_EXCLUDE, PORT_TAGS
-from .statsd_output import STATSD_TAG_STYLES
 from .symbols import SymbolsUnavailable
 from .top import SORTS
 
@@ -50,18 +49,23 @@ examples:
 
 BACKENDS = ("auto", "core", "bcc")
 NETNS_TAGS = ("name", "inode", "none")
-# Each command is the module of its name, with run(args) -> exit code,
-# imported only when it runs: one command's imports are not another's start-up.
-COMMANDS = ("trace", "metrics", "top", "audit", "reasons", "check")
+NOT_GIVEN = object()  # an option the command line did not give (parse_args)
 
 
 def parse_args(argv):
-    """The command line, over the --config file's values where it has one."""
+    """The command line, over the --config file's values where it has one: an
+    option on the command line wins whole (a list is not added to the file's)."""
     parser, metrics = build_parsers()
     args = parser.parse_args(argv)
     if getattr(args, "config", None):
-        metrics.set_defaults(**config.load(args.config, metrics))
-        args = parser.parse_args(argv)
+        from_file = config.load(args.config, metrics)
+        # Parsed again with the file's options unset, to see which the command line gave.
+        appends = {a.dest for a in metrics._actions if isinstance(a, argparse._AppendAction)}
+        metrics.set_defaults(**{dest: None if dest in appends else NOT_GIVEN for dest in from_file})
+        given = vars(parser.parse_args(argv))
+        for dest, value in from_file.items():
+            if given[dest] is NOT_GIVEN or given[dest] is None and dest in appends:
+                setattr(args, dest, value)
     return args
 
 
@@ -178,7 +182,7 @@ def build_parsers():
     out.add_argument("--max-buffered-points", type=whole_number(1, MAX_BUFFERED), default=DEFAULT_MAX_BUFFERED,
                      metavar="N", help="points kept while InfluxDB is unreachable (default: "
                                        f"{DEFAULT_MAX_BUFFERED}); beyond, the oldest merge per tag set")
-    out.add_argument("--statsd-host", type=host_name, default="localhost", metavar="HOST",
+    out.add_argument("--statsd-host", type=host_or_address, default="localhost", metavar="HOST",
                      help="StatsD server (default: localhost)")
     out.add_argument("--statsd-port", type=port_number, default=8125, metavar="PORT",
                      help="(default: 8125)")
@@ -281,7 +285,7 @@ def netns_name(text):
     return text
 
 
-def host_name(text):
+def host_or_address(text):
     if not text or len(text) > 253 or not text.isprintable() or " " in text:
         raise argparse.ArgumentTypeError(f"{text!r} is not a host name or address")
     return text
@@ -303,8 +307,10 @@ def main(argv=None):
         return 2
     stop.catch()
     try:
+        # Each command is the module of its name, with run(args) -> exit code,
+        # imported when it runs: trace's imports are not the monitor's.
         return importlib.import_module(f".{args.command}", __package__).run(args)
-    except (check.StartupError, ProbeError, BtfError, SymbolsUnavailable) as e:
+    except (check.StartupError, ProbeError, BtfError, SymbolsUnavailable, LibbpfError) as e:
         log.error(str(e))
         return 1
     except UsageError as e:

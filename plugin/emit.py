@@ -1,9 +1,10 @@
 """Points, their line protocol, and what the outputs share.
 
 A point is one line: `tcpdrop,<tags> drops=..i,bytes=..i <ns>`. Each output is
-a module of its own that only sends (outputs.py lists them), and has the same
-three calls: write(points) once per interval, close() once at the end, and
-health() -> fields about itself for that interval's tcpdrop_agent point.
+a module of its own that only sends (outputs.py lists them), made by
+from_args(args), with three calls: write(points) once per interval, close()
+once at the end, and health() -> fields about itself for that interval's
+tcpdrop_agent point.
 Here: the point model and its encoding, and the bounded buffer and backoff an
 output that can fail (InfluxDB) keeps points in while it does.
 """

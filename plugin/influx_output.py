@@ -9,9 +9,7 @@ import time
 from . import log
 from .check import UsageError
 from .emit import Backoff, Gauge, PointBuffer, encode, retry_after_seconds
-
-TOKEN_ENV = "INFLUX_TOKEN"
-DEFAULT_MAX_BUFFERED = 50000
+from .outputs import TOKEN_ENV
 
 
 def influx_token(args):

@@ -10,8 +10,7 @@ import os
 
 LIBBPF_SONAME = "libbpf.so.1"
 
-# enum libbpf_print_level
-LIBBPF_WARN, LIBBPF_INFO, LIBBPF_DEBUG = 0, 1, 2
+LIBBPF_WARN = 0  # enum libbpf_print_level: its others, INFO and DEBUG, only -v shows
 
 # enum btf_kind
 BTF_KIND_STRUCT, BTF_KIND_ENUM, BTF_KIND_FUNC, BTF_KIND_DATASEC, BTF_KIND_ENUM64 = 4, 6, 12, 15, 19
@@ -103,7 +102,6 @@ _SIGNATURES = {
     "bpf_map__initial_value": (_P, [_P, ctypes.POINTER(ctypes.c_size_t)]),
     "bpf_map__set_max_entries": (ctypes.c_int, [_P, ctypes.c_uint32]),
     "bpf_map_lookup_elem": (ctypes.c_int, [ctypes.c_int, _P, _P]),
-    "bpf_map_delete_elem": (ctypes.c_int, [ctypes.c_int, _P]),
     "bpf_map_update_elem": (ctypes.c_int, [ctypes.c_int, _P, _P, ctypes.c_uint64]),
     "bpf_map_get_next_key": (ctypes.c_int, [ctypes.c_int, _P, _P]),
     "bpf_map_lookup_and_delete_batch": (ctypes.c_int, [ctypes.c_int, _P, _P, _P, _P,

@@ -18,7 +18,7 @@ from .names import flags_tag, state_name
 from .netns import UNKNOWN, NetnsNames
 from .netstat import NetstatPoints
 from .outputs import make_output
-from .startup import counting_config, host_name, loaded_symbols, open_probe
+from .startup import counting_config, loaded_symbols, open_probe, this_host_name
 from .symbols import drop_site_stack
 
 NETNS_AT = DropKey.netns.offset  # of the inode in a key's bytes
@@ -185,7 +185,7 @@ def run(args):
     probe_settings = counting_config(args, reasons, events=int(args.stacks),
                                      stacks=int(args.stacks), events_per_sec=STACK_SAMPLES)
     # Telegraf adds the host tag to what it reads from stdout.
-    host = None if args.output == "stdout" else host_name()
+    host = None if args.output == "stdout" else this_host_name()
     with open_probe(args, probe_settings, max_keys=args.max_keys) as probe:
         names = NetnsNames(probe.netns_tasks)
         netstat = NetstatPoints(names, host) if args.netns_counters else None

@@ -90,14 +90,17 @@ class Probe:
         self.max_keys = max_keys
         self._generation = 0  # index into GENERATIONS: the one the handler counts into
         self.hook = None  # the hook that attached
-        self.backend = loader.name
         self.listen = None  # how listen-queue drops are seen, once attached
         self.unseen = None  # drops this kernel keeps from the probe, once attached
         self._lib = lb.load()
         self._loader = loader
         self._ringbuf = self._sample_cb = self._callback_error = None
-        self._attach_first(hooks)
-        self.ncpus = lb.check_int(self._lib.libbpf_num_possible_cpus(), "libbpf_num_possible_cpus")
+        try:
+            self._attach_first(hooks)
+            self.ncpus = lb.check_int(self._lib.libbpf_num_possible_cpus(), "libbpf_num_possible_cpus")
+        except BaseException:  # no object left loaded by a failed start
+            loader.close()
+            raise
         self._zero_slots = (HotSlot * self.ncpus)()
         self._batch = None  # (keys, values) buffers of _take_map, made at its first call
 
@@ -291,7 +294,6 @@ class Probe:
 
 class CoreLoader:
     """The CO-RE object (tcpdrop.bpf.o), through the system libbpf."""
-    name = "core"
     hooks = tuple(HOOKS)
 
     def __init__(self, object_path, verbose=False):

@@ -1,8 +1,9 @@
 """What every command does before its own work: the probe's settings from
 the options, then the probe loaded and attached on a host checked for it.
 
-Errors here are check.py's StartupError (exit 1, one `E! ` line naming the
-fix) or UsageError (an option that cannot work: exit 2).
+An option that cannot work is check.UsageError (exit 2); a host that cannot
+run the probe, check.StartupError, or the loader's ProbeError, BtfError,
+SymbolsUnavailable, LibbpfError (exit 1): cli.main makes each one `E! ` line.
 """
 import ctypes
 import ctypes.util
@@ -21,6 +22,7 @@ from .symbols import KernelSymbols
 # Drops that are housekeeping, not the network: data still queued on a socket
 # when it is closed (also every raw socket's copy of TCP packets).
 DEFAULT_EXCLUDE = ["QUEUE_PURGE"]
+ALL_REASONS = frozenset(range(256)) | frozenset(OWN_REASONS)  # the kernel's (a u8 here) and ours
 PORT_TAGS = {"bucketed": PORT_TAGS_BUCKETED, "all": PORT_TAGS_ALL, "none": PORT_TAGS_NONE}
 
 
@@ -47,16 +49,21 @@ def probe_config(args, reasons, **mode):
         if any(256 <= value < REASON_OURS_FIRST for value in wanted):
             raise check.StartupError("drop reasons above 255 cannot be selected with --reason")
     else:
-        wanted = set(range(256)) | set(OWN_REASONS)
+        wanted = set(ALL_REASONS)
     wanted -= reason_numbers(exclude, reasons)
     config = ProbeConfig(port=args.port, family=args.family or 0,
                          other_reasons=not args.reason, **mode)
-    for value in wanted:
+    want_reasons(config, wanted)
+    return config
+
+
+def want_reasons(config, numbers):
+    """Sets the bits of these drop reasons in config (the kernel's, then ours)."""
+    for value in numbers:
         if value >= REASON_OURS_FIRST:
             config.own_reasons |= 1 << (REASON_UNKNOWN - value)
         else:
             config.reason_mask[value >> 6] |= 1 << (value & 63)
-    return config
 
 
 def ephemeral_range(path="/proc/sys/net/ipv4/ip_local_port_range"):
@@ -90,6 +97,7 @@ def open_probe(args, config, mount=True, **probe_options):
     """Checks the host, mounts tracefs where it is not (unless mount is False:
     `check` changes nothing), then loads and attaches the probe; StartupError
     if it cannot."""
+    check.libbpf()  # both backends load through it: a missing one is a StartupError
     backend, _ = check.backend(args.backend)
     hooks = (CoreLoader if backend == "core" else BccLoader).hooks
     if args.hook != "auto":
@@ -129,7 +137,7 @@ def loaded_symbols():
     return symbols
 
 
-def host_name():
+def this_host_name():
     """This host's name for the host tag: bytes that are not UTF-8 (which
     gethostname() keeps as surrogates, unencodable) become U+FFFD."""
     return socket.gethostname().encode("utf-8", "surrogateescape").decode("utf-8", "replace")

@@ -9,7 +9,6 @@ from .check import UsageError
 from .emit import Gauge
 
 
-STATSD_TAG_STYLES = ("influx", "dogstatsd", "none")
 _STATSD_UNSAFE = str.maketrans({c: "_" for c in ":|@#,=; \n"})
 
 

@@ -253,6 +253,7 @@ def test_a_stop_signal_right_after_attaching_ends_cleanly():
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=10)
     assert proc.returncode == 0 and "Traceback" not in err, err
+    assert out.splitlines()[-1].startswith("tcpdrop_agent "), out  # what was pending, written
 
 
 def test_the_monitor_does_not_import_what_only_trace_uses():

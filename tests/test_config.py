@@ -27,6 +27,12 @@ def test_values_from_the_file_and_the_command_line_wins(tmp_path):
     assert args.influx_url == "https://influx.example:8086"
 
 
+def test_a_list_or_a_default_value_on_the_command_line_replaces_the_files(tmp_path):
+    path = write(tmp_path, 'reason = ["NO_SOCKET"]\ninterval = "1m"\nstacks = true\n')
+    args = parse_args(["metrics", "--config", path, "--reason", "TCP_CSUM", "--interval", "10s"])
+    assert (args.reason, args.interval, args.stacks) == (["TCP_CSUM"], 10.0, True)
+
+
 def test_every_metrics_option_has_a_key():
     """The shipped example names every option (commented out or set)."""
     example = (ROOT / "conf" / "telegraf-tcpdrop" / "tcpdrop.toml").read_text()

@@ -124,7 +124,7 @@ def test_rejected_data_is_dropped_and_counted(capsys):
     out, _ = influx(400)
     out.write([point(1), point(2)])
     assert len(out.buffer) == 0 and out.health()["rejected_points"] == 2
-    # One line: the server works (it said "takes writes again", counting the two as delivered).
+    # One line, and no "takes writes again": the server never failed, it refused the data.
     assert capsys.readouterr().err == 'E! InfluxDB rejected 2 points (400): {"message":"nope"}\n'
 
 
