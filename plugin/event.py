@@ -53,6 +53,7 @@ class DropEvent(ctypes.Structure):
         ("sport", ctypes.c_uint16),
         ("dport", ctypes.c_uint16),
         ("comm", ctypes.c_char * TASK_COMM_LEN),
+        ("stack_align", ctypes.c_uint32),
         ("stack", ctypes.c_uint64 * MAX_STACK_DEPTH),
         ("time_ns", ctypes.c_uint64),
         ("caplen", ctypes.c_uint32),
@@ -127,4 +128,5 @@ class ProbeConfig(ctypes.Structure):
         ("ncpus", ctypes.c_uint32),
         ("own_reasons", ctypes.c_uint32),
         ("snaplen", ctypes.c_uint32),
+        ("pad_end", ctypes.c_uint32),
     ]

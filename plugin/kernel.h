@@ -29,8 +29,6 @@ typedef _Bool bool;
 
 /* Constants (stable ABI, not relocated), as the kernel headers define them. */
 enum bpf_map_type {
-	BPF_MAP_TYPE_HASH = 1,
-	BPF_MAP_TYPE_ARRAY = 2,
 	BPF_MAP_TYPE_PERCPU_HASH = 5,
 	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
 	BPF_MAP_TYPE_LRU_HASH = 9,
@@ -52,10 +50,6 @@ struct ns_common {
 	unsigned int inum;
 };
 
-struct list_head {
-	struct list_head *next;
-};
-
 struct linux_mib {
 	unsigned long mibs[1];	/* LINUX_MIB_MAX of them: the kernel's BTF bounds the index */
 };
@@ -65,7 +59,6 @@ struct netns_mib {
 };
 
 struct net {
-	struct list_head list;	/* in net_namespace_list */
 	struct ns_common ns;
 	struct netns_mib mib;
 	__u64 net_cookie;
@@ -120,13 +113,11 @@ struct trace_event_raw_kfree_skb {
 	void *skbaddr;
 	void *location;
 	void *rx_sk;
-	unsigned short protocol;
 	enum skb_drop_reason reason;
 };
 
 /* Wire formats, as the kernel's BTF types: bpf_rdonly_cast() needs their ids. */
 struct iphdr {
-	__be16 tot_len;
 	__be16 frag_off;
 	__u8 protocol;
 	__be32 saddr;
@@ -140,7 +131,6 @@ struct in6_addr {
 };
 
 struct ipv6hdr {
-	__be16 payload_len;
 	__u8 nexthdr;
 	struct in6_addr saddr;
 	struct in6_addr daddr;
@@ -206,7 +196,7 @@ struct pt_regs {
 /* A BPF array map, seen from the kernel: a per-CPU one's elements are
  * per-CPU pointers. */
 struct bpf_array {
-	__u32 elem_size;
+	__u32 elem_size;	/* unread: C needs a member before pptrs[] */
 	void *pptrs[];
 };
 

@@ -36,6 +36,7 @@ struct drop_event {
 	__u16 sport;		/* as read, host byte order; 0 if not (key.marks) */
 	__u16 dport;
 	char comm[TASK_COMM_LEN];
+	__u32 stack_align;	/* to stack[]'s 8-byte alignment: named, as every hole here */
 	__u64 stack[MAX_STACK_DEPTH];	/* kernel return addresses, innermost first */
 	__u64 time_ns;		/* of the drop, CLOCK_MONOTONIC */
 	__u32 caplen;		/* bytes of packet[] filled (probe_config.snaplen) */
@@ -160,6 +161,7 @@ struct probe_config {
 	__u32 ncpus;		/* possible CPUs */
 	__u32 own_reasons;	/* bit n set = report reason REASON_UNKNOWN - n (UNKNOWN and ours) */
 	__u32 snaplen;		/* events carry this many of the packet's bytes (at most) */
+	__u32 pad_end;		/* to the struct's 8-byte multiple: named, as every hole here */
 };
 
 #endif /* TCPDROP_H */

@@ -35,6 +35,8 @@ def static_asserts(c_name, mirror):
                                             ("probe_config", event.ProbeConfig)])
 def test_ctypes_layout_matches_the_header(c_name, mirror):
     assert compile_for_bpf(f'{TYPES}#include "tcpdrop.h"\n{static_asserts(c_name, mirror)}\n') == ""
+    # No hole: a field added to the header in one would keep every offset and the size.
+    assert sum(ctypes.sizeof(kind) for _, kind in mirror._fields_) == ctypes.sizeof(mirror)
 
 
 def test_a_wrong_offset_is_caught():
