@@ -37,7 +37,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from telegraf_tcpdrop import check
+from telegraf_tcpdrop import host
 from telegraf_tcpdrop import libbpf as lb
 
 BENCH = Path(__file__).resolve().parent
@@ -62,7 +62,7 @@ print("listening", flush=True)
 while True:
     server.accept()[0].close()
 """
-REASONS = check.drop_reasons(check.libbpf())
+REASONS = host.drop_reasons(host.libbpf())
 BPFTRACE = "tracepoint:skb:kfree_skb { @drops[args->reason, ksym(args->location)] = count(); }"
 
 

@@ -12,7 +12,7 @@ import sys
 import threading
 from dataclasses import dataclass
 
-from . import check, log, stop
+from . import host, log, stop
 from .event import PORT_TAGS_NONE, DropKey, ProbeConfig
 from .netns import NetnsNames
 from .netstat import DROP_COUNTERS, LISTEN, Namespaces
@@ -123,4 +123,4 @@ def report(probe, reasons, seconds, as_json=False, out=sys.stdout):
 def run(args):
     args.hook = "auto"
     with open_probe(args, per_namespace_config()) as probe:
-        return report(probe, check.drop_reasons(check.libbpf()), args.duration, as_json=args.json)
+        return report(probe, host.drop_reasons(host.libbpf()), args.duration, as_json=args.json)

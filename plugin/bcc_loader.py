@@ -13,7 +13,7 @@ import time
 from . import log
 from .event import ProbeConfig
 from .netns import proc_tasks
-from .check import PACKAGE_DIR
+from .host import PACKAGE_DIR
 from .probe import HOOKS, MAPS, HookError
 
 TRACEPOINT_FUNCTION = "tracepoint__skb__kfree_skb"  # the name bcc generates the record's struct for

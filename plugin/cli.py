@@ -10,9 +10,9 @@ import re
 import sys
 import urllib.parse
 
-from . import check, config, log, stop
+from . import config, log, stop
 from .btf import BtfError
-from .check import UsageError
+from .errors import StartupError, UsageError
 from .duration import parse_duration
 from .event import MAX_SNAPLEN
 from .execd import SIGNALS
@@ -310,7 +310,7 @@ def main(argv=None):
         # Each command is the module of its name, with run(args) -> exit code,
         # imported when it runs: trace's imports are not the monitor's.
         return importlib.import_module(f".{args.command}", __package__).run(args)
-    except (check.StartupError, ProbeError, BtfError, SymbolsUnavailable, LibbpfError) as e:
+    except (StartupError, ProbeError, BtfError, SymbolsUnavailable, LibbpfError) as e:
         log.error(str(e))
         return 1
     except UsageError as e:

@@ -7,7 +7,7 @@ import os
 import time
 
 from . import log
-from .check import UsageError
+from .errors import UsageError
 from .emit import Backoff, Gauge, PointBuffer, encode, retry_after_seconds
 from .outputs import TOKEN_ENV
 

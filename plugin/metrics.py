@@ -8,7 +8,7 @@ space runs per drop.
 import sys
 import time
 
-from . import check, log
+from . import host, log
 from .emit import Gauge, Point, TagSet
 from .event import (COUNTER_LISTEN_UNTRACKED, COUNTER_LOST, COUNTER_OVERFLOW_BYTES, COUNTER_OVERFLOW_DROPS,
                     COUNTER_RATELIMITED, COUNTER_STACKS_LOST, EPHEMERAL_DPORT, EPHEMERAL_SPORT,
@@ -181,18 +181,18 @@ class Collector:
 
 def run(args):
     output = make_output(args)
-    reasons = check.drop_reasons(check.libbpf())
+    reasons = host.drop_reasons(host.libbpf())
     probe_settings = counting_config(args, reasons, events=int(args.stacks),
                                      stacks=int(args.stacks), events_per_sec=STACK_SAMPLES)
     # Telegraf adds the host tag to what it reads from stdout.
-    host = None if args.output == "stdout" else this_host_name()
+    host_tag = None if args.output == "stdout" else this_host_name()
     with open_probe(args, probe_settings, max_keys=args.max_keys) as probe:
         names = NetnsNames(probe.netns_tasks)
-        netstat = NetstatPoints(names, host) if args.netns_counters else None
+        netstat = NetstatPoints(names, host_tag) if args.netns_counters else None
         collector = Collector(probe, reasons, loaded_symbols(), probe_settings.port_tags,
                               netns_tags=args.netns_tags, netns_names=names, netstat=netstat,
-                              stats_enabled=check.bpf_stats_enabled, output_health=output.health,
-                              host=host)
+                              stats_enabled=host.bpf_stats_enabled, output_health=output.health,
+                              host=host_tag)
         if args.stacks:
             probe.on_event(collector.on_event)
         Execd(collector.collect, output, args.interval, args.signal,

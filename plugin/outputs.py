@@ -16,7 +16,7 @@ OUTPUTS = {  # --output NAME: (module, class)
 
 
 def make_output(args):
-    """The output --output names, made from its options; check.UsageError if they
+    """The output --output names, made from its options; errors.UsageError if they
     cannot work. Its module is imported only when chosen: the InfluxDB client's
     imports are not stdout's."""
     module, name = OUTPUTS[args.output]

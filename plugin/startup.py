@@ -1,8 +1,8 @@
 """What every command does before its own work: the probe's settings from
 the options, then the probe loaded and attached on a host checked for it.
 
-An option that cannot work is check.UsageError (exit 2); a host that cannot
-run the probe, check.StartupError, or the loader's ProbeError, BtfError,
+An option that cannot work is errors.UsageError (exit 2); a host that cannot
+run the probe, errors.StartupError, or the loader's ProbeError, BtfError,
 SymbolsUnavailable, LibbpfError (exit 1): cli.main makes each one `E! ` line.
 """
 import ctypes
@@ -11,8 +11,9 @@ import os
 import socket
 import time
 
-from . import check, log
+from . import host, log
 from .bcc_loader import BccLoader
+from .errors import StartupError, UsageError
 from .event import (PORT_TAGS_ALL, PORT_TAGS_BUCKETED, PORT_TAGS_NONE, REASON_OURS_FIRST,
                     REASON_UNKNOWN, ProbeConfig)
 from .names import OWN_REASONS
@@ -32,7 +33,7 @@ def reason_numbers(names, reasons):
         try:
             numbers.add(reasons.number(name))
         except KeyError:
-            raise check.StartupError(f"unknown drop reason {name!r}: `telegraf-tcpdrop reasons` "
+            raise StartupError(f"unknown drop reason {name!r}: `telegraf-tcpdrop reasons` "
                                      "lists the ones this kernel has") from None
     return numbers
 
@@ -47,7 +48,7 @@ def probe_config(args, reasons, **mode):
     if args.reason:
         wanted = reason_numbers(args.reason, reasons)
         if any(256 <= value < REASON_OURS_FIRST for value in wanted):
-            raise check.StartupError("drop reasons above 255 cannot be selected with --reason")
+            raise StartupError("drop reasons above 255 cannot be selected with --reason")
     else:
         wanted = set(ALL_REASONS)
     wanted -= reason_numbers(exclude, reasons)
@@ -84,46 +85,46 @@ def mount_tracefs():
     """Mounts tracefs where it is not: the classic tracepoint hook, listen(2)'s
     tracepoint and the bcc backend read it when they attach (tp_btf and fentry
     do not). StartupError if it cannot. `check` only says whether it is."""
-    if check.tracefs_mounted():
+    if host.tracefs_mounted():
         return
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    if libc.mount(b"nodev", check.TRACEFS.encode(), b"tracefs", 0, None) != 0:
-        raise check.StartupError(f"tracefs is not mounted and mounting it failed "
+    if libc.mount(b"nodev", host.TRACEFS.encode(), b"tracefs", 0, None) != 0:
+        raise StartupError(f"tracefs is not mounted and mounting it failed "
                                  f"({os.strerror(ctypes.get_errno())}): mount -t tracefs nodev "
-                                 f"{check.TRACEFS}")
+                                 f"{host.TRACEFS}")
 
 
 def open_probe(args, config, mount=True, **probe_options):
     """Checks the host, mounts tracefs where it is not (unless mount is False:
     `check` changes nothing), then loads and attaches the probe; StartupError
     if it cannot."""
-    check.libbpf()  # both backends load through it: a missing one is a StartupError
-    backend, _ = check.backend(args.backend)
+    host.libbpf()  # both backends load through it: a missing one is a StartupError
+    backend, _ = host.backend(args.backend)
     hooks = (CoreLoader if backend == "core" else BccLoader).hooks
     if args.hook != "auto":
         if args.hook not in hooks:
-            raise check.UsageError(f"--hook {args.hook} needs kernel BTF, which the bcc backend is "
+            raise UsageError(f"--hook {args.hook} needs kernel BTF, which the bcc backend is "
                              "for the lack of: use --backend core")
         hooks = (args.hook,)
-    check.privileges()
+    host.privileges()
     tracefs_problem = ""
     try:
         if mount:
             mount_tracefs()
-    except check.StartupError as e:
+    except StartupError as e:
         tracefs_problem = f"; also, {e}"
     if backend == "core":
-        loader = CoreLoader(check.probe_object(), verbose=args.verbose)
-        check.kernel_btf()
+        loader = CoreLoader(host.probe_object(), verbose=args.verbose)
+        host.kernel_btf()
     else:
-        check.bcc()
-        check.kernel_headers()
-        loader = BccLoader(check.format_file(), verbose=args.verbose)
+        host.bcc()
+        host.kernel_headers()
+        loader = BccLoader(host.format_file(), verbose=args.verbose)
     started = time.monotonic()
     try:
         probe = Probe(loader, config, hooks, **probe_options)
     except ProbeError as e:
-        raise check.StartupError(f"{e}{tracefs_problem}") from None
+        raise StartupError(f"{e}{tracefs_problem}") from None
     log.info(f"attached to {HOOKS[probe.hook][1]} ({backend}) in "
              f"{(time.monotonic() - started) * 1000:.0f} ms; listen-queue drops: {probe.listen}")
     if probe.unseen:

@@ -5,7 +5,7 @@ packets of at most STATSD_MAX_PACKET bytes over UDP or TCP.
 import socket
 
 from . import log
-from .check import UsageError
+from .errors import UsageError
 from .emit import Gauge
 
 

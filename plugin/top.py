@@ -17,8 +17,8 @@ import time
 from contextlib import contextmanager
 from datetime import datetime
 
-from . import check, stop
-from .check import StartupError, UsageError
+from . import host, stop
+from .errors import StartupError, UsageError
 from .event import PORT_TAGS_NONE
 from .metrics import Collector
 from .startup import counting_config, loaded_symbols, open_probe
@@ -272,7 +272,7 @@ def run(args):
             raise UsageError("top draws on a terminal, and stdout is not one: --once prints the "
                              "table once, as plain text")
         check_terminal()
-    reasons = check.drop_reasons(check.libbpf())
+    reasons = host.drop_reasons(host.libbpf())
     settings = counting_config(args, reasons)
     with open_probe(args, settings, max_keys=args.max_keys) as probe:
         collector = Collector(probe, reasons, loaded_symbols(), settings.port_tags,

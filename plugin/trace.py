@@ -12,8 +12,8 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
-from . import check, log, stop
-from .check import UsageError
+from . import host, log, stop
+from .errors import UsageError
 from .event import COUNTER_LOST, COUNTER_RATELIMITED, COUNTER_STACKS_LOST
 from .names import flags_tag, state_name
 from .netns import NetnsNames
@@ -185,7 +185,7 @@ def pcap_output(args):
 def run(args):
     pcap_file = pcap_output(args) if args.pcap else None
     lines = args.pcap != "-"
-    reasons = check.drop_reasons(check.libbpf())
+    reasons = host.drop_reasons(host.libbpf())
     config = probe_config(args, reasons, events=1, stacks=int(args.stack and lines),
                           events_per_sec=args.rate_limit,
                           snaplen=args.snaplen if pcap_file else 0)

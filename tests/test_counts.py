@@ -66,12 +66,12 @@ def test_stacks_give_each_tag_set_an_example(netns, metrics):
 
 
 def probe_on_port(port, **settings):
-    from telegraf_tcpdrop import check
+    from telegraf_tcpdrop import host
     from telegraf_tcpdrop.event import ProbeConfig
     from telegraf_tcpdrop.probe import CoreLoader, Probe
     config = ProbeConfig(aggregate=1, other_reasons=1, port=port, **settings)
     config.reason_mask[:] = [2**64 - 1] * 4
-    return Probe(CoreLoader(check.probe_object()), config, ("tp_btf",))
+    return Probe(CoreLoader(host.probe_object()), config, ("tp_btf",))
 
 
 def test_more_tag_sets_than_one_batch_are_taken_whole_and_summed_over_cpus(netns):

@@ -6,7 +6,7 @@ import pytest
 
 from telegraf_tcpdrop import libbpf
 from telegraf_tcpdrop.btf import Btf
-from telegraf_tcpdrop.check import KFREE_SKB_FORMAT
+from telegraf_tcpdrop.host import KFREE_SKB_FORMAT
 from telegraf_tcpdrop.startup import mount_tracefs
 from telegraf_tcpdrop.event import REASON_LISTEN_OVERFLOW, REASON_SYN_QUEUE_FULL, REASON_UNKNOWN
 from telegraf_tcpdrop.names import OWN_REASONS, DropReasons, flag_names, state_name

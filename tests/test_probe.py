@@ -4,7 +4,7 @@ import ctypes
 import pytest
 
 from conftest import eventually
-from telegraf_tcpdrop import check, libbpf
+from telegraf_tcpdrop import host, libbpf
 from telegraf_tcpdrop.btf import Btf, BtfError
 from telegraf_tcpdrop.startup import mount_tracefs
 from telegraf_tcpdrop.event import COUNTER_LOST, COUNTER_RATELIMITED, COUNTER_STACKS_LOST, ProbeConfig
@@ -24,7 +24,7 @@ class Capture:
 
     def __init__(self, ns, hooks=("tp_btf",), **config):
         self.ns, self.events = ns, []
-        self.probe = Probe(CoreLoader(check.probe_object()), event_config(**config), hooks)
+        self.probe = Probe(CoreLoader(host.probe_object()), event_config(**config), hooks)
         self.probe.on_event(self._on_event)
 
     def _on_event(self, e):
@@ -104,7 +104,7 @@ def test_tcp_drop_gets_its_kprobe_where_no_tracepoint_sees_its_drops(tmp_path, r
 
 def test_a_global_the_object_lacks_is_a_one_line_error():
     """What the loader asks of the object's BTF (its settings global), when it is not there."""
-    with Btf.parse(libbpf.load(), check.probe_object()) as btf:
+    with Btf.parse(libbpf.load(), host.probe_object()) as btf:
         assert btf.datasec_offset(".rodata", "cfg") >= 0
         with pytest.raises(BtfError) as missing:
             btf.datasec_offset(".rodata", "no_such_global")
@@ -123,7 +123,7 @@ def test_kprobe_hook_fails_clearly_where_tcp_drop_cannot_be_probed():
         if any(line.split()[2] == "tcp_drop" for line in f):
             pytest.skip("this kernel has tcp_drop(): the kprobe may attach")
     with pytest.raises(ProbeError, match="kprobe/tcp_drop"):
-        Probe(CoreLoader(check.probe_object()), event_config(), hooks=("kprobe",))
+        Probe(CoreLoader(host.probe_object()), event_config(), hooks=("kprobe",))
 
 
 def test_port_filter_matches_either_side(netns, capture):
