@@ -61,8 +61,10 @@ class StatsdUDP:
     """Datagrams of whole lines, each within max_packet bytes unless one line alone is longer."""
 
     def __init__(self, host, port, max_packet):
-        family, _, _, _, self.address = socket.getaddrinfo(host, port, socket.AF_INET,
-                                                           socket.SOCK_DGRAM)[0]
+        addresses = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_DGRAM)
+        # IPv4 first where a name has both: StatsD servers often listen on it
+        # alone (Etsy statsd's default), and a datagram to ::1 is lost unseen.
+        family, _, _, _, self.address = min(addresses, key=lambda a: a[0] != socket.AF_INET)
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         self.sock.setblocking(False)  # a full socket buffer is an error, not a wait
         self.max_packet = max_packet

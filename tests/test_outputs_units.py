@@ -162,6 +162,17 @@ def test_statsd_levels_are_gauges():
                                                                 "tcpdrop_agent.events_lost:0|c"]
 
 
+@pytest.mark.parametrize("family, host", [(socket.AF_INET6, "::1"), (socket.AF_INET, "localhost")])
+def test_statsd_over_udp_reaches_an_ipv6_address_and_prefers_ipv4_for_a_name(family, host):
+    receiver = socket.socket(family, socket.SOCK_DGRAM)
+    receiver.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
+    receiver.settimeout(5)
+    out = StatsdOutput(host, receiver.getsockname()[1])
+    out.write([Point("tcpdrop", {"reason": "NO_SOCKET"}, {"drops": 3}, 1)])
+    assert receiver.recv(65535) == b"tcpdrop.drops,reason=NO_SOCKET:3|c"
+    out.close()
+
+
 def test_statsd_packets_are_utf8_whole_lines_within_the_limit():
     receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     receiver.bind(("127.0.0.1", 0))
