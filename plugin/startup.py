@@ -34,7 +34,7 @@ def reason_numbers(names, reasons):
             numbers.add(reasons.number(name))
         except KeyError:
             raise StartupError(f"unknown drop reason {name!r}: `telegraf-tcpdrop reasons` "
-                                     "lists the ones this kernel has") from None
+                               "lists the ones this kernel has") from None
     return numbers
 
 
@@ -90,8 +90,8 @@ def mount_tracefs():
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     if libc.mount(b"nodev", host.TRACEFS.encode(), b"tracefs", 0, None) != 0:
         raise StartupError(f"tracefs is not mounted and mounting it failed "
-                                 f"({os.strerror(ctypes.get_errno())}): mount -t tracefs nodev "
-                                 f"{host.TRACEFS}")
+                           f"({os.strerror(ctypes.get_errno())}): mount -t tracefs nodev "
+                           f"{host.TRACEFS}")
 
 
 def open_probe(args, config, mount=True, **probe_options):
