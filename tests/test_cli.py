@@ -53,13 +53,13 @@ def test_help_ends_with_examples():
     assert "examples:" in result.stdout and "telegraf-tcpdrop trace --json" in result.stdout
 
 
-def test_unprivileged_user():
+def test_an_unprivileged_user_is_one_error_line_naming_the_capabilities():
     require_root()
     assert_one_error_line(run("trace", prefix=as_nobody_with()), 1,
                           "E! not allowed to load BPF programs", "CAP_BPF", "CAP_PERFMON")
 
 
-def test_no_kernel_btf():
+def test_a_kernel_without_btf_is_one_error_line_naming_both_ways_out():
     require_root()
     hide_btf = in_mount_namespace("mount -t tmpfs none /sys/kernel/btf")
     # auto looks for the bcc backend next, which lacks this kernel's headers
@@ -67,7 +67,7 @@ def test_no_kernel_btf():
                           "or the bcc backend; no headers for kernel", "linux-headers-")
 
 
-def test_no_libbpf():
+def test_a_host_without_libbpf_is_one_error_line_naming_the_package():
     require_root()
     libbpf = subprocess.run(["sh", "-c", "ldconfig -p | awk '/libbpf.so.1 /{print $NF; exit}'"],
                             capture_output=True, text=True).stdout.strip()

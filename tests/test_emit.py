@@ -11,7 +11,7 @@ ODD_LINE = ('tcp\\ drop\\,x,a\\=b=x\\ y,frame=a\\ b\\,c\\=d\\e,z\\ key=v '
             'drops=3i,f\\,x=1.5,ok=true,stack="say \\"hi\\"\\\\now",n\\=1=-2i 1700000000000000000')
 
 
-def test_the_issue_example():
+def test_a_point_is_one_line_with_its_tags_sorted_and_ints_marked():
     point = Point("tcpdrop", {"reason": "NO_SOCKET", "state": "NONE", "sport": "ephemeral",
                               "dport": "443", "family": "4", "flags": "SYN", "frame": "tcp_v4_rcv"},
                   {"drops": 3, "bytes": 180}, 1795463949475646894)

@@ -116,7 +116,7 @@ def warnings(tracer):
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_crafted_frame(tracer, metrics, pair, name):
+def test_a_crafted_frame_is_shown_and_counted_as_it_really_is(tracer, metrics, pair, name):
     """COUNT frames of a case: each drop in trace and metrics exactly as the
     packet was (ports, flags, IP length held), as many as the kernel counted."""
     case, sport = CASES[name], SPORTS[name]

@@ -68,7 +68,7 @@ def test_backoff_stays_at_its_cap_through_a_days_long_outage():
     assert b.until == 300.0
 
 
-def test_retry_after_header():
+def test_retry_after_is_read_in_seconds_or_as_an_http_date():
     assert retry_after_seconds("120") == 120.0
     assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
     assert retry_after_seconds(None) is None and retry_after_seconds("soon") is None

@@ -7,7 +7,6 @@ SYN the kernel made itself is compared with what tcpdump captured on the
 server's veth as it came in.
 """
 import subprocess
-import time
 
 import pytest
 
@@ -60,6 +59,15 @@ def tcpdump_bytes(path, sport, link_header=0):
     return [dumps[int(p["frame.number"]) - 1][link_header:] for p in tshark(path, sport)]
 
 
+def captured(path, sport):
+    """The witness's packets from sport, once the file holds them; None while
+    tcpdump is still writing one."""
+    try:
+        return tcpdump_bytes(path, sport, link_header=14)
+    except subprocess.CalledProcessError:
+        return None
+
+
 def traced(tmp_path, *args):
     path = tmp_path / "drops.pcapng"
     return Tracer("--no-stack", "--rate-limit", "0", "--pcap", str(path), *args), path
@@ -107,7 +115,7 @@ def test_a_kernel_made_syn_is_what_tcpdump_saw_arrive(tmp_path, pair, family):
     sport = int(client.traffic("syn", host, DPORT, 0)["sport"])
     assert drops_from(tracer, sport, 1)
     assert tracer.stop() == 0
-    time.sleep(0.2)
+    assert eventually(lambda: captured(witness_path, sport))  # tcpdump has written it
     witness.terminate()
     witness.wait(timeout=5)
 
