@@ -154,9 +154,10 @@ PANELS = [
     Panel("Monitor health",
           "What the monitor could not count in full, per interval (tcpdrop_agent): all should "
           "be 0. map_portless_drops: counted without their ports (ports 'overflow'); "
-          "map_overflow_drops: without any tag (raise --max-keys); probe_misses: BPF "
-          "runs the kernel skipped; listen_untracked: SYNs in a namespace first seen late; "
-          "events_*/stacks_lost: stack samples (--stacks).", "timeseries",
+          "map_overflow_drops: without any tag (raise --max-keys); probe_misses: drops "
+          "whose handling interrupted another's on that CPU; listen_untracked: SYNs in a "
+          "namespace first seen late; events_*/stacks_lost: stack samples (--stacks).",
+          "timeseries",
           "SELECT " + ", ".join(f'sum("{f}") AS "{f}"' for f in HEALTH_FIELDS)
           + ' FROM "tcpdrop_agent" WHERE $timeFilter' + influxql_filter("host")
           + " GROUP BY time($__interval)",

@@ -46,4 +46,5 @@ def run(args):
     with open_probe(options, ProbeConfig(), mount=False) as probe:
         print(f"ok    hook: {HOOKS[probe.hook][1]} attaches", flush=True)
         print(f"ok    listen-queue drops: {probe.listen}", flush=True)
+        print(f"ok    nested runs: {probe.nested_runs}", flush=True)
     return 0

@@ -24,7 +24,7 @@ PORT_TAGS_BUCKETED, PORT_TAGS_ALL, PORT_TAGS_NONE = 0, 1, 2
 
 # enum counter
 (COUNTER_LOST, COUNTER_RATELIMITED, COUNTER_OVERFLOW_DROPS, COUNTER_OVERFLOW_BYTES,
- COUNTER_LISTEN_UNTRACKED, COUNTER_STACKS_LOST, COUNTER_MAX) = range(7)
+ COUNTER_LISTEN_UNTRACKED, COUNTER_STACKS_LOST, COUNTER_NESTED, COUNTER_MAX) = range(8)
 
 
 class DropKey(ctypes.Structure):
@@ -113,7 +113,8 @@ class ProbeConfig(ctypes.Structure):
         ("key_netns", ctypes.c_uint8),
         ("direct_loads", ctypes.c_uint8),
         ("stacks", ctypes.c_uint8),
-        ("pad", ctypes.c_uint8 * 5),
+        ("guard_nesting", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 4),
         ("conn_request", ctypes.c_uint64),
         ("syn_site", ctypes.c_uint64),
         ("syn_site_len", ctypes.c_uint64),

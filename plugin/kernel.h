@@ -40,6 +40,7 @@ enum bpf_map_type {
 #define ETH_P_IP	0x0800
 #define ETH_P_IPV6	0x86DD
 #define IPPROTO_TCP	6
+#define E2BIG		7
 #define EEXIST		17
 #define TCP_LISTEN	10	/* include/net/tcp_states.h */
 #define NSEC_PER_SEC	1000000000ULL

@@ -10,8 +10,9 @@ import time
 
 from . import host, log
 from .emit import Gauge, Point, TagSet
-from .event import (COUNTER_LISTEN_UNTRACKED, COUNTER_LOST, COUNTER_OVERFLOW_BYTES, COUNTER_OVERFLOW_DROPS,
-                    COUNTER_RATELIMITED, COUNTER_STACKS_LOST, EPHEMERAL_DPORT, EPHEMERAL_SPORT,
+from .event import (COUNTER_LISTEN_UNTRACKED, COUNTER_LOST, COUNTER_NESTED, COUNTER_OVERFLOW_BYTES,
+                    COUNTER_OVERFLOW_DROPS, COUNTER_RATELIMITED, COUNTER_STACKS_LOST, EPHEMERAL_DPORT,
+                    EPHEMERAL_SPORT,
                     MARK_NO_PORTS, MARK_PORTS_OVERFLOW, PORT_TAGS_NONE, DropKey)
 from .execd import Execd
 from .names import flags_tag, state_name
@@ -171,7 +172,7 @@ class Collector:
         }
         fields.update(self.output_health())
         runs, run_time, misses = self.probe.run_stats()
-        fields["probe_misses"] = misses - self._runs[2]
+        fields["probe_misses"] = misses - self._runs[2] + delta[COUNTER_NESTED]
         if self.stats_enabled():
             fields["probe_runs"] = runs - self._runs[0]
             fields["probe_run_time_ns"] = run_time - self._runs[1]

@@ -33,7 +33,7 @@ ENOENT = 2
 GENERATIONS = ("a", "b")  # of the drops, overflow and hot-slot maps (tcpdrop.c)
 MAPS = ("drops_a", "drops_b", "hot_a", "hot_b", "overflow_a", "overflow_b", "drops_now", "hot_now",
         "overflow_now", "events", "counters")
-CORE_MAPS = (*MAPS, "listen_drops")
+CORE_MAPS = (*MAPS, "listen_drops", "running")
 
 # Program name in tcpdrop.c -> what it attaches to, in order of preference.
 HOOKS = {
@@ -103,6 +103,15 @@ class Probe:
             raise
         self._zero_slots = (HotSlot * self.ncpus)()
         self._batch = None  # (keys, values) buffers of _take_map, made at its first call
+
+    @property
+    def nested_runs(self):
+        """Who skips a kfree_skb run that would start inside another on its
+        CPU (counted in tcpdrop_agent.probe_misses): the kernel, for tp_btf
+        from 6.1 and for the classic tracepoint and kprobe always; the probe,
+        for tp_btf before (tcpdrop.c, enter_once)."""
+        return "skipped by the probe" if self.hook == "tp_btf" and self.config.guard_nesting \
+            else "skipped by the kernel"
 
     def _attach_first(self, hooks):
         failures = []
@@ -334,6 +343,9 @@ class CoreLoader:
         listen-queue drops to try, best first (listen.settings)."""
         with Btf.vmlinux(self._lib) as btf:
             config.direct_loads = btf.function_id("bpf_rdonly_cast") is not None
+            # 6.1+: the kernel skips a nested tp_btf run itself (tcpdrop.c, enter_once)
+            config.guard_nesting = (config.guard_nesting or
+                                    btf.function_id("bpf_prog_inc_misses_counter") is None)
             return listen.settings(config, btf, DropReasons.from_btf(btf) or DropReasons({}),
                                    lb.check_int(self._lib.libbpf_num_possible_cpus(), "possible CPUs"),
                                    lambda btf_id: lb.fentry_attaches(self._lib, btf_id))

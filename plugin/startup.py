@@ -126,7 +126,8 @@ def open_probe(args, config, mount=True, **probe_options):
     except ProbeError as e:
         raise StartupError(f"{e}{tracefs_problem}") from None
     log.info(f"attached to {HOOKS[probe.hook][1]} ({backend}) in "
-             f"{(time.monotonic() - started) * 1000:.0f} ms; listen-queue drops: {probe.listen}")
+             f"{(time.monotonic() - started) * 1000:.0f} ms; listen-queue drops: {probe.listen}; "
+             f"nested runs: {probe.nested_runs}")
     if probe.unseen:
         log.warn(probe.unseen)
     return probe

@@ -114,6 +114,14 @@ struct {
 	__type(value, struct budget);
 } budgets SEC(".maps");
 
+/* 1 while kfree_skb_btf counts a drop on this CPU (cfg.guard_nesting). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} running SEC(".maps");
+
 /* Each map operation the handler does, in libbpf's terms (bcc's below). */
 static __always_inline void *drops_current(__u32 *zero)
 {
@@ -364,7 +372,11 @@ static __always_inline __u32 hot_index(const struct drop_key *key)
 
 /* Adds one drop to @key's count in @map, the key added if it is not there;
  * false if it is not and the map is full. */
-static __always_inline bool count_in(void *map, struct drop_key *key, __u32 bytes)
+/* Counts a drop under @key in @map: 0, or why not: -E2BIG, the map is full;
+ * -EBUSY, this run interrupted another of the probe's inside an update of
+ * the same map on this CPU, which holds its lock (never full: counted in
+ * COUNTER_NESTED). */
+static __always_inline long count_in(void *map, struct drop_key *key, __u32 bytes)
 {
 	struct drop_count *c = bpf_map_lookup_elem(map, key);
 
@@ -372,17 +384,16 @@ static __always_inline bool count_in(void *map, struct drop_key *key, __u32 byte
 		struct drop_count first = { .drops = 1, .bytes = bytes };
 		long err = bpf_map_update_elem(map, key, &first, BPF_NOEXIST);
 
-		if (!err)
-			return true;
-		/* -EEXIST: another CPU added the key first; else the map is full */
-		if (err == -EEXIST)
-			c = bpf_map_lookup_elem(map, key);
+		/* -EEXIST: another CPU added the key first */
+		if (err != -EEXIST)
+			return err;
+		c = bpf_map_lookup_elem(map, key);
 		if (!c)
-			return false;
+			return -E2BIG;
 	}
 	c->drops += 1;
 	c->bytes += bytes;
-	return true;
+	return 0;
 }
 
 /* Lets @hot, a free slot, count @key from now on. Only a key its map holds
@@ -405,6 +416,7 @@ static __noinline void count_overflow(struct drop_key *key, __u32 bytes, void *h
 	void *overflow = overflow_current(&zero);
 	struct drop_key portless = *key;
 	struct hot_slot *hot = NULL;
+	long err;
 
 	portless.sport = portless.dport = 0;
 	portless.marks = (key->marks & ~(EPHEMERAL_SPORT | EPHEMERAL_DPORT)) | MARK_PORTS_OVERFLOW;
@@ -417,20 +429,23 @@ static __noinline void count_overflow(struct drop_key *key, __u32 bytes, void *h
 			return;
 		}
 	}
-	if (overflow && count_in(overflow, &portless, bytes)) {
+	err = overflow ? count_in(overflow, &portless, bytes) : -E2BIG;
+	if (!err) {
 		if (hot && !hot->claimed)
 			claim(hot, &portless);
-		return;
+	} else if (err == -E2BIG) {
+		count(COUNTER_OVERFLOW_DROPS, 1);
+		count(COUNTER_OVERFLOW_BYTES, bytes);
+	} else {
+		count(COUNTER_NESTED, 1);
 	}
-	count(COUNTER_OVERFLOW_DROPS, 1);
-	count(COUNTER_OVERFLOW_BYTES, bytes);
 }
 
 /* Counts one drop under @key in the current generation. @hot_ok: the caller
  * may use the hot slots; only the kfree_skb handlers do, which never run
- * nested on one CPU (the kernel skips a program's nested runs), so a slot
- * is never half written when read. The listen-queue handlers, which may
- * interrupt them, count in the maps only, under keys of their own.
+ * nested on one CPU (the kernel or enter_once() skips a nested run), so a
+ * slot is never half written when read. The listen-queue handlers, which
+ * may interrupt them, count in the maps only, under keys of their own.
  *
  * Once the drops map is full, which it stays until the next generation,
  * HOT_FULL says so: a key not in it goes straight to count_overflow(), and
@@ -441,6 +456,7 @@ static __always_inline void count_drop(struct drop_key *key, __u32 bytes, bool h
 	void *drops, *hot_slots = NULL;
 	struct hot_slot *hot = NULL, *full = NULL;
 	struct drop_count *c;
+	long err;
 
 	if (hot_ok) {
 		hot_slots = hot_current(&zero);
@@ -466,10 +482,15 @@ static __always_inline void count_drop(struct drop_key *key, __u32 bytes, bool h
 		}
 		return;
 	}
-	if (!count_in(drops, key, bytes)) {
+	err = count_in(drops, key, bytes);
+	if (err == -E2BIG) {
 		if (full)
 			full->claimed = 1;
 		count_overflow(key, bytes, hot_slots);
+		return;
+	}
+	if (err) {
+		count(COUNTER_NESTED, 1);
 		return;
 	}
 	if (hot && !hot->claimed)
@@ -1153,11 +1174,36 @@ int netns_tasks(struct bpf_iter__task *ctx)
 #endif
 
 #ifndef TCPDROP_BCC	/* tp_btf needs BTF, which is why bcc is here */
+/*
+ * From 6.1 the kernel skips a tp_btf program's run that would start while
+ * the same program runs on that CPU (a drop in a softirq that interrupted
+ * the handling of a drop in process context), and counts it in the
+ * program's recursion_misses. Before, it runs it nested, and a nested run
+ * would race the outer one's hot slot and per-CPU counts: a lost increment,
+ * or a key torn into a tag set no packet had. There (cfg.guard_nesting) the
+ * probe skips that run itself, and counts it the same way.
+ */
+static __always_inline __u32 *enter_once(void)
+{
+	__u32 zero = 0, *run = bpf_map_lookup_elem(&running, &zero);
+
+	if (!run)
+		return NULL;
+	if (*run) {
+		count(COUNTER_NESTED, 1);
+		return NULL;
+	}
+	*run = 1;
+	barrier();	/* set before any count: what interrupts from here on sees it */
+	return run;
+}
+
 SEC("tp_btf/kfree_skb")
 int BPF_PROG(kfree_skb_btf, struct sk_buff *skb, void *location)
 {
 	__u32 reason = REASON_UNKNOWN;
 	struct sock *rx_sk = NULL;
+	__u32 *run;
 
 	/* ctx[2] exists from 5.17 (reason), ctx[3] from 6.11 (rx_sk): the
 	 * checks fold to constants at load, so older kernels never see the
@@ -1169,7 +1215,14 @@ int BPF_PROG(kfree_skb_btf, struct sk_buff *skb, void *location)
 	/* LISTEN_CHAIN runs only where rx_sk is (6.11+): a listener is charged there. */
 	if (cfg.listen == LISTEN_CHAIN && rx_sk && rx_sk->__sk_common.skc_state == TCP_LISTEN)
 		listen_absorb(rx_sk->__sk_common.skc_net.net);
-	return handle_drop(ctx, skb, rx_sk, (__u64)location, reason, true);
+	if (!cfg.guard_nesting)
+		return handle_drop(ctx, skb, rx_sk, (__u64)location, reason, true);
+	if (!(run = enter_once()))
+		return 0;
+	handle_drop(ctx, skb, rx_sk, (__u64)location, reason, true);
+	barrier();
+	*run = 0;
+	return 0;
 }
 #endif
 

@@ -126,6 +126,7 @@ enum counter {
 	COUNTER_OVERFLOW_BYTES,
 	COUNTER_LISTEN_UNTRACKED,	/* SYNs not told dropped or not: no "before" (tcpdrop.c) */
 	COUNTER_STACKS_LOST,	/* an event sent without its stack */
+	COUNTER_NESTED,		/* a kfree_skb run the probe skipped (tcpdrop.c, enter_once) */
 	COUNTER_MAX,
 };
 
@@ -145,7 +146,8 @@ struct probe_config {
 	__u8 key_netns;		/* count per network namespace too (drop_key.netns) */
 	__u8 direct_loads;	/* the kernel has bpf_rdonly_cast() (6.2+): headers by direct loads */
 	__u8 stacks;		/* events carry the kernel stack */
-	__u8 pad[5];
+	__u8 guard_nesting;	/* the kernel runs tp_btf nested (before 6.1): skip it (tcpdrop.c) */
+	__u8 pad[4];
 	/* Listen-queue drops: kernel addresses (kallsyms) and numbers (BTF). */
 	__u64 conn_request;	/* tcp_conn_request: the drop site of the SYNs it refuses */
 	__u64 syn_site;		/* tcp_rcv_state_process: where a listener consumes a SYN */

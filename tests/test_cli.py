@@ -160,10 +160,11 @@ def test_check_passes_on_this_host():
     require_root()
     result = run("check")
     assert result.returncode == 0, result
-    assert result.stdout.count("\nok ") + result.stdout.startswith("ok ") == 10, result.stdout
+    assert result.stdout.count("\nok ") + result.stdout.startswith("ok ") == 11, result.stdout
     assert result.stdout.startswith("ok    backend: core (the kernel has BTF and libbpf is installed)")
     assert "ok    hook: tp_btf/kfree_skb attaches" in result.stdout
     assert "ok    listen-queue drops: tracepoints skb:consume_skb, skb:kfree_skb and syscalls:sys_enter_listen" in result.stdout
+    assert "ok    nested runs: skipped by the kernel\n" in result.stdout
 
 
 def test_bcc_backend_without_kernel_headers():

@@ -113,6 +113,37 @@ def test_hot_slots_count_exactly_and_are_emptied_when_taken(netns):
         assert sorted(probe.take_counts().values()) == [(5, 5 * 40)] * 2
 
 
+def test_a_drop_whose_handling_interrupts_another_is_counted_as_a_miss_where_the_probe_guards(netns):
+    """Before 6.1 the kernel runs tp_btf nested: a drop in a softirq that
+    interrupted the handling of another on its CPU. The probe then guards
+    itself (forced on here, where the kernel would not nest): a drop that
+    finds the guard held, as that softirq's would, is not counted by tag set,
+    whose counts the interrupted run is writing, but as a skipped run; once
+    released, drops count by tag set again."""
+    import ctypes
+    from telegraf_tcpdrop.event import COUNTER_NESTED
+
+    def hold(probe, value):  # a per-CPU __u32 takes 8 bytes a CPU from user space
+        values, zero = (ctypes.c_uint64 * probe.ncpus)(*[value] * probe.ncpus), ctypes.c_uint32(0)
+        assert probe._lib.bpf_map_update_elem(probe._fds["running"], ctypes.byref(zero), values, 0) == 0
+
+    with probe_on_port(7306, guard_nesting=1, ephemeral_low=32768, ephemeral_high=60999) as probe:
+        assert probe.nested_runs == "skipped by the probe"
+        hold(probe, 1)
+        netns.traffic("raw-syns", 7306, 5)  # each SYN and the RST|ACK refusing it: 10 drops
+        assert (probe.take_counts(), probe.counters()[COUNTER_NESTED]) == ({}, 10)
+        hold(probe, 0)
+        netns.traffic("raw-syns", 7306, 5)
+        assert sorted(probe.take_counts().values()) == [(5, 5 * 40)] * 2
+        assert probe.counters()[COUNTER_NESTED] == 10
+
+
+def test_the_kernel_skips_nested_runs_itself_from_6_1(netns):
+    """This kernel has bpf_prog_inc_misses_counter (6.1+): no guard in the probe."""
+    with probe_on_port(7307) as probe:
+        assert (probe.config.guard_nesting, probe.nested_runs) == (0, "skipped by the kernel")
+
+
 STRESS_SECONDS = float(os.environ.get("TCPDROP_STRESS_SECONDS", "60"))
 
 

@@ -1,7 +1,7 @@
 """From the kernel's totals per tag set to each interval's points, without a kernel."""
 from telegraf_tcpdrop.emit import encode
 from telegraf_tcpdrop.statsd_output import statsd_lines
-from telegraf_tcpdrop.event import (COUNTER_MAX, EPHEMERAL_SPORT, MARK_FRAGMENT, MARK_NO_PORTS,
+from telegraf_tcpdrop.event import (COUNTER_MAX, COUNTER_NESTED, EPHEMERAL_SPORT, MARK_FRAGMENT, MARK_NO_PORTS,
                                     MARK_TRUNCATED, PORT_TAGS_ALL, PORT_TAGS_BUCKETED, PORT_TAGS_NONE,
                                     DropEvent, DropKey)
 from telegraf_tcpdrop.metrics import Collector
@@ -54,7 +54,7 @@ def test_points_of_an_interval():
     probe = StubProbe()
     c = collector(probe)
     probe.counts = {key(): (3, 180)}
-    probe.counters_ = [1, 0, 4, 240, 0, 0]
+    probe.counters_ = [1, 0, 4, 240, 0, 0, 0]
     points = c.collect()
     assert [encode(p) for p in points] == [
         "tcpdrop,dport=443,family=4,flags=SYN,frame=tcp_v4_rcv,reason=NO_SOCKET,sport=ephemeral,"
@@ -110,6 +110,9 @@ def test_probe_misses_are_reported_as_deltas_whether_or_not_stats_are_on():
     assert c.collect()[-1].fields["probe_misses"] == 7
     probe.run_stats = lambda: (100, 5000, 9)
     assert c.collect()[-1].fields["probe_misses"] == 2
+    # and the runs the probe skipped itself (tcpdrop.c, enter_once)
+    probe.counters_[COUNTER_NESTED] = 3
+    assert c.collect()[-1].fields["probe_misses"] == 3
 
 
 def test_a_sampled_event_gives_its_tag_set_a_folded_stack():
