@@ -7,9 +7,7 @@ namespace). Then each counter that covers a kind of drop is printed beside
 what the monitor saw of that kind; a pair that disagrees is marked.
 """
 import json
-import signal
 import sys
-import threading
 from dataclasses import dataclass
 
 from . import host, log, stop
@@ -104,11 +102,7 @@ def report(probe, reasons, seconds, as_json=False, out=sys.stdout):
     audit = Audit(probe, reasons, Namespaces(probe.netns_tasks))
     start = audit.snapshot()
     log.info(f"auditing for {seconds:g} s (Ctrl-C ends it sooner)")
-    done = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
-    if not stop.requested():
-        done.wait(seconds)
+    stop.wait(seconds)
     audit.namespaces = Namespaces(probe.netns_tasks)  # namespaces made meanwhile too
     rows = audit.rows(start, audit.snapshot())
     if as_json:

@@ -23,18 +23,12 @@ class Execd:
         """collect() -> points; events: the probe, if it sends events (--stacks)."""
         self.collect, self.output, self.interval = collect, output, interval
         self.signal_mode, self.events, self.stdin_fd = signal_mode, events, stdin_fd
-        self._stop = False
-
-    def _on_signal(self, *_):
-        self._stop = True
+        self._stdin_closed = False
 
     def _watch_stdin(self):
         return self.signal_mode == "STDIN" or stat.S_ISFIFO(os.fstat(self.stdin_fd).st_mode)
 
     def run(self):
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
-        self._stop = self._stop or stop.requested()
         # A signal must end the wait: Python retries an interrupted poll().
         wakeup, signal_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(signal_fd)
@@ -46,7 +40,7 @@ class Execd:
             poller.register(self.events.events_fd(), select.POLLIN)
         next_emit = time.monotonic() + self.interval
         try:
-            while not self._stop:
+            while not (self._stdin_closed or stop.requested()):
                 wait = None  # STDIN: until a line, a signal or an event
                 if self.signal_mode == "none":
                     wait = max(0.0, next_emit - time.monotonic()) * 1000
@@ -56,7 +50,7 @@ class Execd:
                     elif fd == self.stdin_fd:
                         lines = os.read(fd, 4096)
                         if not lines:  # EOF: Telegraf is stopping
-                            self._stop = True
+                            self._stdin_closed = True
                         elif self.signal_mode == "STDIN" and b"\n" in lines:
                             self.output.write(self.collect())
                     else:

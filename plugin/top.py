@@ -10,9 +10,7 @@ cli.py imports this module for SORTS, the choices of --sort: curses (6 ms
 of start-up) is imported only where a screen is drawn.
 """
 import os
-import signal
 import sys
-import threading
 import time
 from contextlib import contextmanager
 from datetime import datetime
@@ -197,9 +195,9 @@ def stderr_held():
 class Screen:
     """The curses loop: takes the counts every interval, draws, reads keys."""
 
-    def __init__(self, collector, table, interval, sort, stopping):
+    def __init__(self, collector, table, interval, sort):
         self.collector, self.table, self.interval = collector, table, interval
-        self.sort, self.stopping = sort, stopping
+        self.sort = sort
 
     def run(self, window):
         import curses
@@ -209,7 +207,7 @@ class Screen:
         except curses.error:  # a terminal that cannot hide its cursor
             pass
         next_take = time.monotonic() + self.interval
-        while not self.stopping.is_set():
+        while not stop.requested():
             self.draw(window)
             # getch() waits until the next take, or returns at a key, a
             # resize (KEY_RESIZE) or a signal (ERR): each is looked at.
@@ -247,22 +245,17 @@ def show(collector, interval, sort, once=False, out=sys.stdout):
     the table as plain text; else the live screen until q, SIGINT or SIGTERM."""
     table = Table(collector.probe.max_keys, ports=collector.port_tags != PORT_TAGS_NONE,
                   netns=collector.netns_tags != "none")
-    stopping = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stopping.set())
-    if stop.requested():
-        stopping.set()
     if once:
-        stopping.wait(interval)
+        stop.wait(interval)
         table.add(collector.collect())
         lines = header(table, interval, sort, datetime.now()) + table_lines(table, sort)
         out.write("\n".join(lines) + "\n")
         return 0
-    if not stopping.is_set():
+    if not stop.requested():
         import curses
 
         with stderr_held():
-            curses.wrapper(Screen(collector, table, interval, sort, stopping).run)
+            curses.wrapper(Screen(collector, table, interval, sort).run)
     return 0
 
 

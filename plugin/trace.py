@@ -6,7 +6,6 @@ A drop travels: kernel -> ring buffer -> DropEvent -> Drop (decoded) -> line.
 """
 import ipaddress
 import json
-import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -110,7 +109,6 @@ class Tracer:
         self._wall_offset_ns = time.time_ns() - time.monotonic_ns()
         self.printed = 0
         self._not_shown = [0, 0, 0]  # lost, over the rate limit, stacks lost, as last reported
-        self._stop = False
 
     def on_event(self, event):
         netns_name = self.netns_names.name(event.netns)
@@ -146,19 +144,13 @@ class Tracer:
                      "not take it)")
         self._not_shown = now
 
-    def stop(self, *_):
-        self._stop = True
-
     def run(self):
-        signal.signal(signal.SIGINT, self.stop)
-        signal.signal(signal.SIGTERM, self.stop)
-        self._stop = self._stop or stop.requested()
         self.probe.on_event(self.on_event)
         if self.out and not self.as_json:
             self.out.write(HEADER + "\n")
             self.out.flush()
         next_check = time.monotonic() + COUNTER_CHECK_SECONDS
-        while not self._stop:
+        while not stop.requested():
             self.probe.poll(100)
             if time.monotonic() >= next_check:
                 self.report_not_shown()
