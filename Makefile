@@ -81,7 +81,8 @@ DEB_BUILD := $(if $(CROSS),build/$(ARCH)/deb,build/deb)
 DEB_PACKAGES := debhelper dh-python python3-all python3-setuptools python3-pip dpkg-dev \
 	fakeroot lintian clang llvm libbpf-dev build-essential \
 	$(if $(CROSS),crossbuild-essential-$(DEB_ARCH) libc6-dev:$(DEB_ARCH))
-VERSION = $(shell $(PYTHON) -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
+# The package is HEAD's tree (git archive): its version is HEAD's too.
+VERSION = $(shell git show HEAD:pyproject.toml | $(PYTHON) -c 'import sys, tomllib; print(tomllib.loads(sys.stdin.read())["project"]["version"])')
 
 deb:
 	@if dpkg-query -W -f='$${Status}\n' $(DEB_PACKAGES) 2>&1 | grep -qv 'install ok installed'; then \
@@ -89,7 +90,8 @@ deb:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -qq --no-install-recommends $(DEB_PACKAGES); fi
 	rm -rf $(DEB_BUILD) && mkdir -p $(DEB_BUILD)/src
-	git ls-files -z | tar --null -T - -cf - | tar -xf - -C $(DEB_BUILD)/src
+	@git diff --quiet HEAD -- || echo "W! the package is HEAD ($$(git rev-parse --short HEAD)): uncommitted changes are not in it"
+	git archive --format=tar HEAD | tar -xf - -C $(DEB_BUILD)/src
 	cp -r packaging/deb/debian $(DEB_BUILD)/src/debian
 	cp conf/systemd/telegraf-tcpdrop.service $(DEB_BUILD)/src/debian/telegraf-tcpdrop.service
 	printf 'telegraf-tcpdrop (%s) unstable; urgency=medium\n\n  * Release %s.\n\n -- telegraf-tcpdrop developers <dev@telegraf-tcpdrop.invalid>  %s\n' \

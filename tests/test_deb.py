@@ -40,6 +40,9 @@ def newer_deb(tmp_path_factory):
     major, minor, patch = re.search(r'^version = "(\d+)\.(\d+)\.(\d+)"', text, re.M).groups()
     pyproject.write_text(text.replace(f'version = "{major}.{minor}.{patch}"',
                                       f'version = "{major}.{minor}.{int(patch) + 1}"'))
+    # committed: `make deb` packages HEAD
+    subprocess.run(["git", "-C", str(tree), "-c", "user.name=test", "-c", "user.email=test@invalid",
+                    "commit", "-q", "-am", "version + 0.0.1"], check=True)
     return build_deb(tree)[0]
 
 

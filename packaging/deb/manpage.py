@@ -9,9 +9,9 @@ from datetime import datetime, timezone
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # The source directory is plugin/; the package is telegraf_tcpdrop.
-_link_dir = tempfile.mkdtemp()
-os.symlink(os.path.join(ROOT, "plugin"), os.path.join(_link_dir, "telegraf_tcpdrop"))
-sys.path.insert(0, _link_dir)
+_link_dir = tempfile.TemporaryDirectory()  # removed when the interpreter exits
+os.symlink(os.path.join(ROOT, "plugin"), os.path.join(_link_dir.name, "telegraf_tcpdrop"))
+sys.path.insert(0, _link_dir.name)
 
 from telegraf_tcpdrop import cli  # noqa: E402
 
