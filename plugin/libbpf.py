@@ -5,8 +5,10 @@ Every function returning a pointer returns None on failure with errno set
 errno. `check_ptr` and `check_int` turn both into LibbpfError.
 """
 import ctypes
-import ctypes.util
+import functools
 import os
+
+from .libc import LIBC
 
 LIBBPF_SONAME = "libbpf.so.1"
 
@@ -121,8 +123,9 @@ _SIGNATURES = {
 }
 
 
+@functools.cache
 def load():
-    """The system libbpf with our signatures declared; OSError if absent."""
+    """The system libbpf with our signatures declared, loaded once; OSError if absent."""
     lib = ctypes.CDLL(LIBBPF_SONAME, use_errno=True)
     for name, (restype, argtypes) in _SIGNATURES.items():
         fn = getattr(lib, name)
@@ -181,15 +184,12 @@ def give_back_memory():
     """libbpf parses the kernel's BTF (MiBs) at every object load and frees it;
     glibc keeps freed memory in the heap unless asked: give it back, so the
     monitor's resident size stays what it uses (~10 MiB less)."""
-    _libc.malloc_trim(0)
+    LIBC.malloc_trim(0)
 
 
 def vformat(fmt, va_list):
     """Format a libbpf log line (printf format + va_list) with libc."""
     buf = ctypes.create_string_buffer(1 << 20)  # the verifier log comes as one message
-    _libc.vsnprintf(buf, len(buf), fmt, va_list)
+    LIBC.vsnprintf(buf, len(buf), fmt, va_list)
     return buf.value.decode(errors="replace")
 
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c"))
-_libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]

@@ -11,6 +11,7 @@ import os
 import threading
 
 from .emit import Point
+from .libc import LIBC
 from .netns import listdir
 
 # Each kernel counter (as nstat names it) and the drops it counts: the drop
@@ -38,7 +39,6 @@ DROP_COUNTERS = {
     "TcpInCsumErrors": ("TCP_CSUM",),
 }
 CLONE_NEWNET = 0x40000000
-LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 class Namespaces:

@@ -6,7 +6,6 @@ run the probe, errors.StartupError, or the loader's ProbeError, BtfError,
 SymbolsUnavailable, LibbpfError (exit 1): cli.main makes each one `E! ` line.
 """
 import ctypes
-import ctypes.util
 import os
 import socket
 import time
@@ -16,6 +15,7 @@ from .bcc_loader import BccLoader
 from .errors import StartupError, UsageError
 from .event import (PORT_TAGS_ALL, PORT_TAGS_BUCKETED, PORT_TAGS_NONE, REASON_OURS_FIRST,
                     REASON_UNKNOWN, ProbeConfig)
+from .libc import LIBC
 from .names import OWN_REASONS
 from .probe import HOOKS, CoreLoader, Probe, ProbeError
 from .symbols import KernelSymbols
@@ -87,25 +87,25 @@ def mount_tracefs():
     do not). StartupError if it cannot. `check` only says whether it is."""
     if host.tracefs_mounted():
         return
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    if libc.mount(b"nodev", host.TRACEFS.encode(), b"tracefs", 0, None) != 0:
+    if LIBC.mount(b"nodev", host.TRACEFS.encode(), b"tracefs", 0, None) != 0:
         raise StartupError(f"tracefs is not mounted and mounting it failed "
                            f"({os.strerror(ctypes.get_errno())}): mount -t tracefs nodev "
                            f"{host.TRACEFS}")
 
 
-def open_probe(args, config, mount=True, **probe_options):
+def open_probe(config, backend="auto", hook="auto", verbose=False, mount=True, **probe_options):
     """Checks the host, mounts tracefs where it is not (unless mount is False:
-    `check` changes nothing), then loads and attaches the probe; StartupError
-    if it cannot."""
+    `check` changes nothing), then loads and attaches the probe with the
+    backend and hook asked for (--backend, --hook; "auto": the first that
+    works); StartupError if it cannot."""
     host.libbpf()  # both backends load through it: a missing one is a StartupError
-    backend, _ = host.backend(args.backend)
+    backend, _ = host.backend(backend)
     hooks = (CoreLoader if backend == "core" else BccLoader).hooks
-    if args.hook != "auto":
-        if args.hook not in hooks:
-            raise UsageError(f"--hook {args.hook} needs kernel BTF, which the bcc backend is "
+    if hook != "auto":
+        if hook not in hooks:
+            raise UsageError(f"--hook {hook} needs kernel BTF, which the bcc backend is "
                              "for the lack of: use --backend core")
-        hooks = (args.hook,)
+        hooks = (hook,)
     host.privileges()
     tracefs_problem = ""
     try:
@@ -114,12 +114,12 @@ def open_probe(args, config, mount=True, **probe_options):
     except StartupError as e:
         tracefs_problem = f"; also, {e}"
     if backend == "core":
-        loader = CoreLoader(host.probe_object(), verbose=args.verbose)
+        loader = CoreLoader(host.probe_object(), verbose=verbose)
         host.kernel_btf()
     else:
         host.bcc()
         host.kernel_headers()
-        loader = BccLoader(host.format_file(), verbose=args.verbose)
+        loader = BccLoader(host.format_file(), verbose=verbose)
     started = time.monotonic()
     try:
         probe = Probe(loader, config, hooks, **probe_options)
