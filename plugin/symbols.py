@@ -10,6 +10,9 @@ functions, where lists of ints and strings took 25 MiB).
 """
 import array
 import bisect
+import time
+
+MODULES_CHECK_SECONDS = 1.0  # /proc/modules is read at most this often
 
 
 class SymbolsUnavailable(Exception):
@@ -64,6 +67,7 @@ class KernelSymbols:
         self._addrs = self._starts = self._ends = self._names = None
         self._modules = None
         self._cache = {}
+        self._next_modules_check = 0.0
 
     def _loaded_modules(self):
         """{(name, base address)} of the loaded modules."""
@@ -105,11 +109,17 @@ class KernelSymbols:
         return len(self._addrs)
 
     def resolve(self, addr):
-        """(name, offset) of the function holding addr, or (None, 0)."""
+        """(name, offset) of the function holding addr, or (None, 0). Names
+        cached before a module came or went are not trusted after it."""
+        now = time.monotonic()
+        if now >= self._next_modules_check:
+            self._next_modules_check = now + MODULES_CHECK_SECONDS
+            if self._addrs is not None and self._loaded_modules() != self._modules:
+                self._addrs = None
+        if self._addrs is None:
+            self._load()
         if addr in self._cache:
             return self._cache[addr]
-        if self._addrs is None or self._loaded_modules() != self._modules:
-            self._load()
         i = bisect.bisect_right(self._addrs, addr) - 1
         found = (self._name(i), addr - self._addrs[i]) if i >= 0 else (None, 0)
         self._cache[addr] = found

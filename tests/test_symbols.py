@@ -20,9 +20,12 @@ def symbols(tmp_path):
     return KernelSymbols(path, tmp_path / "modules")
 
 
-def test_a_module_loaded_later_is_read_when_it_shows_up(tmp_path):
+def test_a_module_loaded_later_is_read_when_it_shows_up(tmp_path, monkeypatch):
     """The first nft rule loads nf_tables after start-up: its addresses must
-    not resolve to the last symbol of the modules known before."""
+    not resolve to the last symbol of the modules known before, even one
+    already resolved (cached) then. /proc/modules is looked at once a second
+    at most: here at every call."""
+    monkeypatch.setattr("telegraf_tcpdrop.symbols.MODULES_CHECK_SECONDS", 0)
     kallsyms, modules = tmp_path / "kallsyms", tmp_path / "modules"
     kallsyms.write_text(KALLSYMS)
     modules.write_text("nf_tables 356352 0 - Live 0xffffffffc0000000\n")
@@ -33,6 +36,7 @@ def test_a_module_loaded_later_is_read_when_it_shows_up(tmp_path):
     assert symbols.format(0xFFFFFFFFC0100020) == "nft_do_chain+0x100020"
     modules.write_text("nf_tables 356352 0 - Live 0xffffffffc0000000\n"
                        "ip_tables 32768 0 - Live 0xffffffffc0100000\n")
+    assert symbols.format(0xFFFFFFFFC0100020) == "ipt_do_table+0x20"  # cached as nft_do_chain's before
     assert symbols.format(0xFFFFFFFFC0100018) == "ipt_do_table+0x18"
     assert symbols.count() == 6
 
