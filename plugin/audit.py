@@ -115,6 +115,5 @@ def report(probe, reasons, seconds, as_json=False, out=sys.stdout):
 
 
 def run(args):
-    args.hook = "auto"
-    with open_probe(args, per_namespace_config()) as probe:
+    with open_probe(per_namespace_config(), args.backend, verbose=args.verbose) as probe:
         return report(probe, host.drop_reasons(host.libbpf()), args.duration, as_json=args.json)

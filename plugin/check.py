@@ -1,7 +1,5 @@
 """`telegraf-tcpdrop check`: each of host.py's checks on a line, then the
 probe loaded and attached for real."""
-import argparse
-
 from .errors import StartupError
 from .event import ProbeConfig
 from .host import backend, bcc, drop_reasons, kernel_btf, kernel_headers, libbpf, privileges, \
@@ -42,8 +40,7 @@ def run(args):
             failed += 1
     if failed:
         return 1
-    options = argparse.Namespace(backend=chosen, hook="auto", verbose=False)
-    with open_probe(options, ProbeConfig(), mount=False) as probe:
+    with open_probe(ProbeConfig(), chosen, mount=False) as probe:
         print(f"ok    hook: {HOOKS[probe.hook][1]} attaches", flush=True)
         print(f"ok    listen-queue drops: {probe.listen}", flush=True)
         print(f"ok    nested runs: {probe.nested_runs}", flush=True)

@@ -187,7 +187,8 @@ def run(args):
                                      stacks=int(args.stacks), events_per_sec=STACK_SAMPLES)
     # Telegraf adds the host tag to what it reads from stdout.
     host_tag = None if args.output == "stdout" else this_host_name()
-    with open_probe(args, probe_settings, max_keys=args.max_keys) as probe:
+    with open_probe(probe_settings, args.backend, args.hook, args.verbose,
+                    max_keys=args.max_keys) as probe:
         names = NetnsNames(probe.netns_tasks)
         netstat = NetstatPoints(names, host_tag) if args.netns_counters else None
         collector = Collector(probe, reasons, loaded_symbols(), probe_settings.port_tags,
