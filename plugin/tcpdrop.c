@@ -894,7 +894,10 @@ static __always_inline struct listen_stash *stash_here(void)
 	return stash;
 }
 
-/* The namespace's listen counters (struct linux_mib) of the CPU @offset leads to. */
+/* The namespace's listen counters (struct linux_mib) of the CPU @offset leads
+ * to, read by probe reads: LISTEN_BRACKET runs where bpf_rdonly_cast() may be
+ * missing (5.x), and the start-up walk once. listen_rise(), which runs on
+ * 6.11+ only and at every SYN, loads them directly. */
 static __always_inline unsigned long *listen_mibs(struct net *net, __u64 offset)
 {
 	return (unsigned long *)((__u64)BPF_CORE_READ(net, mib.net_statistics) + offset);
@@ -1057,6 +1060,8 @@ static __always_inline bool listen_rise(struct net *net, struct listen_mib *befo
 
 	if (!stash)
 		return false;
+	/* Through the stash, the pointer comes back a number, to which the
+	 * offset can be added: the verifier allows no arithmetic on it. */
 	stash->number = (__u64)net->mib.net_statistics;
 	mib = rdonly_cast(struct linux_mib, *(volatile __u64 *)&stash->number + stash->cpu_offset);
 	after->drops = mib->mibs[cfg.mib_listen_drops];
