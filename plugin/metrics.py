@@ -75,7 +75,13 @@ class Collector:
             tags["netns"] = self.netns_tag(key.netns)
         if key.marks & MARK_PORTS_OVERFLOW:
             tags["sport"] = tags["dport"] = OVERFLOW
-        elif self.port_tags != PORT_TAGS_NONE and not key.marks & MARK_NO_PORTS:
+        elif self.port_tags == PORT_TAGS_NONE:
+            pass
+        elif key.marks & MARK_NO_PORTS:
+            # No value, not a made-up one: line protocol leaves the tags out,
+            # and Graphite-style StatsD names keep their place ("-").
+            tags["sport"] = tags["dport"] = ""
+        else:
             tags["sport"] = "ephemeral" if key.marks & EPHEMERAL_SPORT else str(key.sport)
             tags["dport"] = "ephemeral" if key.marks & EPHEMERAL_DPORT else str(key.dport)
         return tags

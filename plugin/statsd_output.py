@@ -3,6 +3,7 @@ a Gauge), tagged in one of three styles, sent as UTF-8 lines packed into
 packets of at most STATSD_MAX_PACKET bytes over UDP or TCP.
 """
 import socket
+import time
 
 from . import log
 from .errors import UsageError
@@ -19,8 +20,11 @@ def statsd_safe(text):
 
 def statsd_lines(point, tag_style):
     """The StatsD lines of one point: a counter per integer field (a gauge for
-    a Gauge), tags in the chosen style. Strings (stack) have no StatsD form."""
-    tags = sorted((statsd_safe(k), statsd_safe(v)) for k, v in point.tags.items() if v != "")
+    a Gauge), tags in the chosen style. Strings (stack) have no StatsD form.
+    A tag without a value ("") is left out, but for its level in the
+    Graphite-style name, "-": each level stays the same tag."""
+    every_tag = sorted((statsd_safe(k), statsd_safe(v)) for k, v in point.tags.items())
+    tags = [(k, v) for k, v in every_tag if v]
     lines = []
     for field, value in point.fields.items():
         if not isinstance(value, int) or isinstance(value, bool):
@@ -34,7 +38,8 @@ def statsd_lines(point, tag_style):
             lines.append(f"{point.measurement}.{field}:{value}|{kind}{suffix}")
         else:  # tag values folded into the dotted name, in tag-key order; their dots
             # (do_softirq.part.0, a host's domain) would add levels: made _
-            name = ".".join([point.measurement, *(v.replace(".", "_") for _, v in tags), field])
+            name = ".".join([point.measurement, *(v.replace(".", "_") or "-" for _, v in every_tag),
+                             field])
             lines.append(f"{name}:{value}|{kind}")
     return lines
 
@@ -57,26 +62,45 @@ def statsd_packets(lines, max_bytes):
         yield packet
 
 
+# A name is looked up again this often: a StatsD server that moved (a
+# container started again, a DNS change) gets the datagrams within a minute.
+RESOLVE_SECONDS = 60.0
+
+
 class StatsdUDP:
     """Datagrams of whole lines, each within max_packet bytes unless one line alone is longer."""
 
     def __init__(self, host, port, max_packet):
-        addresses = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_DGRAM)
+        """OSError if host cannot be resolved now."""
+        self.host, self.port, self.max_packet = host, port, max_packet
+        self.sock = None
+        self._resolve()
+
+    def _resolve(self):
+        addresses = socket.getaddrinfo(self.host, self.port, socket.AF_UNSPEC, socket.SOCK_DGRAM)
         # IPv4 first where a name has both: StatsD servers often listen on it
         # alone (Etsy statsd's default), and a datagram to ::1 is lost unseen.
         family, _, _, _, self.address = min(addresses, key=lambda a: a[0] != socket.AF_INET)
-        self.sock = socket.socket(family, socket.SOCK_DGRAM)
-        self.sock.setblocking(False)  # a full socket buffer is an error, not a wait
-        self.max_packet = max_packet
+        if self.sock is None or self.sock.family != family:
+            self.close()
+            self.sock = socket.socket(family, socket.SOCK_DGRAM)
+            self.sock.setblocking(False)  # a full socket buffer is an error, not a wait
+        self._resolve_at = time.monotonic() + RESOLVE_SECONDS
 
     def frames(self, lines):
         return statsd_packets(lines, self.max_packet)
 
     def send(self, frame):
+        if time.monotonic() >= self._resolve_at:
+            try:
+                self._resolve()
+            except OSError:  # the resolver down: the last address, until the next look
+                self._resolve_at = time.monotonic() + RESOLVE_SECONDS
         self.sock.sendto(frame, self.address)
 
     def close(self):
-        self.sock.close()
+        if self.sock:
+            self.sock.close()
 
 
 class StatsdTCP:

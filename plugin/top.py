@@ -38,7 +38,7 @@ def port_order(row):
     """By the row's lower numbered port (the service's, either way the packet
     went); then the rows with "ephemeral" ports only; then those without ports."""
     def order(port):
-        if port is None:
+        if not port:
             return (2, 0)
         return (0, int(port)) if port.isdigit() else (1, 0)
     return min(order(row.tags.get("sport")), order(row.tags.get("dport")))
@@ -62,7 +62,7 @@ class Column:
 
 
 def tag(name):
-    return lambda row: row.tags.get(name, NO_VALUE)
+    return lambda row: row.tags.get(name) or NO_VALUE
 
 
 RATE = Column("DROPS/S", lambda row: f"{row.rate:.1f}", number=True)

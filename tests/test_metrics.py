@@ -129,13 +129,26 @@ def test_a_sampled_event_gives_its_tag_set_a_folded_stack():
 
 
 def test_what_the_packet_did_not_hold_is_not_tagged():
+    """Ports the packet does not hold have no value: no tag in line protocol,
+    a "-" level in Graphite-style StatsD names, whose levels stay in place."""
     probe = StubProbe()
     probe.counts = {key(marks=MARK_TRUNCATED, flags=0, sport=40000): (1, 44),
                     key(marks=MARK_TRUNCATED | MARK_NO_PORTS, flags=0, dport=0): (1, 22),
                     key(marks=MARK_FRAGMENT | MARK_NO_PORTS, flags=0, dport=0): (1, 60)}
     points = collector(probe, PORT_TAGS_ALL).collect()[:-1]
-    assert [(p.tags["flags"], p.tags.get("sport"), p.tags.get("dport")) for p in points] == [
-        ("TRUNCATED", "40000", "443"), ("TRUNCATED", None, None), ("FRAGMENT", None, None)]
+    assert [encode(p).split(" ")[0] for p in points] == [
+        "tcpdrop,dport=443,family=4,flags=TRUNCATED,frame=tcp_v4_rcv,reason=NO_SOCKET,sport=40000,state=NONE",
+        "tcpdrop,family=4,flags=TRUNCATED,frame=tcp_v4_rcv,reason=NO_SOCKET,state=NONE",
+        "tcpdrop,family=4,flags=FRAGMENT,frame=tcp_v4_rcv,reason=NO_SOCKET,state=NONE"]
+    assert [statsd_lines(p, "none")[0] for p in points] == [
+        "tcpdrop.443.4.TRUNCATED.tcp_v4_rcv.NO_SOCKET.40000.NONE.drops:1|c",
+        "tcpdrop.-.4.TRUNCATED.tcp_v4_rcv.NO_SOCKET.-.NONE.drops:1|c",
+        "tcpdrop.-.4.FRAGMENT.tcp_v4_rcv.NO_SOCKET.-.NONE.drops:1|c"]
+    probe.counts = {key(marks=MARK_TRUNCATED | MARK_NO_PORTS, flags=0, dport=0): (1, 22)}
+    [point, _] = collector(probe, PORT_TAGS_NONE).collect()  # no ports tagged: no levels
+    assert statsd_lines(point, "none")[0] == "tcpdrop.4.TRUNCATED.tcp_v4_rcv.NO_SOCKET.NONE.drops:1|c"
+    assert statsd_lines(points[1], "influx")[0] == \
+        "tcpdrop.drops,family=4,flags=TRUNCATED,frame=tcp_v4_rcv,reason=NO_SOCKET,state=NONE:1|c"
 
 
 def test_the_tags_of_idle_tag_sets_are_let_go():

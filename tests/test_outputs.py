@@ -3,6 +3,7 @@ write API), InfluxDB 1.x behind Telegraf, Telegraf's statsd input, Etsy statsd."
 import os
 import random
 import re
+import socket
 import string
 import subprocess
 import sys
@@ -347,6 +348,38 @@ def test_a_non_ascii_host_name_reaches_etsy_statsd(servers, metrics, netns, host
     # Etsy statsd keeps only [A-Za-z0-9_.;=-] of a name: café-1 is caf-1 there.
     name = ETSY_NAMES["dogstatsd"].replace("7901", "7903").format(host=seen, netns=netns.name)
     assert eventually(lambda: etsy.counters().get(name) == 13, timeout=10), etsy.counters()
+
+
+MOVE_STATSD = """
+import sys, time
+from pathlib import Path
+from telegraf_tcpdrop import statsd_output
+from telegraf_tcpdrop.emit import Point
+
+statsd_output.RESOLVE_SECONDS = 0.2
+out = statsd_output.StatsdOutput("statsd.test", int(sys.argv[2]))
+out.write([Point("tcpdrop", {}, {"drops": 1}, 1)])
+Path(sys.argv[1]).write_text("127.0.0.2 statsd.test\\n")  # the server moved
+time.sleep(0.3)
+out.write([Point("tcpdrop", {}, {"drops": 2}, 1)])
+"""
+
+
+def test_statsd_over_udp_follows_its_server_to_a_new_address(tmp_path):
+    """The name is looked up again (every RESOLVE_SECONDS; 0.2 s here): the
+    datagrams follow a server that moved. The real resolver, reading an
+    /etc/hosts of the sender's own (a mount namespace)."""
+    require_root()
+    port = free_port()
+    old, new = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2))
+    for receiver, address in ((old, "127.0.0.1"), (new, "127.0.0.2")):
+        receiver.bind((address, port))
+        receiver.settimeout(10)
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 statsd.test\n")
+    subprocess.run(["unshare", "-m", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts),
+                    sys.executable, "-c", MOVE_STATSD, str(hosts), str(port)], check=True, timeout=30)
+    assert (old.recv(100), new.recv(100)) == (b"tcpdrop.drops:1|c", b"tcpdrop.drops:2|c")
 
 
 def test_statsd_down_then_up_over_tcp(servers, metrics, netns, tmp_path):
