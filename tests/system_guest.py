@@ -76,19 +76,38 @@ def monitor_of(telegraf_pid):
     return None
 
 
-def journal(name, since):
-    """[(PRIORITY, MESSAGE)] of a unit's journal entries since a cursor-free time."""
-    out = sh("journalctl", "-u", name, "--since", since, "-o", "json", "--no-pager").stdout
+def journal(name, cursor):
+    """[(PRIORITY, MESSAGE)] of a unit's journal entries after cursor (now())."""
+    out = sh("journalctl", "-u", name, "--after-cursor", cursor, "-o", "json", "--no-pager").stdout
     return [(int(e.get("PRIORITY", -1)), e.get("MESSAGE", "")) for e in map(json.loads, out.splitlines())
             if isinstance(e.get("MESSAGE"), str)]
 
 
-def vm_total(name, **labels):
+def vm_series(name, **labels):
     urllib.request.urlopen(f"{VM_URL}/internal/force_flush").read()
     query = urllib.parse.urlencode({"match[]": f'{{__name__="{name}"}}'}).encode()
     out = urllib.request.urlopen(f"{VM_URL}/api/v1/export", data=query).read().decode()
-    return sum(sum(s["values"]) for s in map(json.loads, out.splitlines())
-               if all(s["metric"].get(k) == v for k, v in labels.items()))
+    return [s for s in map(json.loads, out.splitlines())
+            if all(s["metric"].get(k) == v for k, v in labels.items())]
+
+
+def vm_total(name, **labels):
+    return sum(sum(s["values"]) for s in vm_series(name, **labels))
+
+
+def intervals_pass(count, emitted):
+    """Waits until the monitor has emitted count more intervals (emitted():
+    how many so far): what a drop counted before would have shown by then."""
+    start = emitted()
+    return eventually(lambda: emitted() >= start + count, 60)
+
+
+def telegraf_intervals():
+    return len(points("tcpdrop_agent"))
+
+
+def service_intervals():
+    return sum(len(s["values"]) for s in vm_series("tcpdrop_agent_interval_ns"))
 
 
 def step(name):
@@ -98,10 +117,9 @@ def step(name):
 
 
 def now():
-    """A time journalctl --since takes, after which this phase's lines come."""
-    moment = time.strftime("%Y-%m-%d %H:%M:%S")
-    time.sleep(1.1)
-    return moment
+    """The journal's cursor now: this phase's lines come after it."""
+    out = sh("journalctl", "-n", "1", "--show-cursor", "-o", "cat", "--no-pager").stdout
+    return out.rsplit("-- cursor: ", 1)[1].strip()
 
 
 step("our package before Telegraf")
@@ -117,6 +135,7 @@ outsider = sh("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", 
 results["outsider"] = {"exit": outsider.returncode, "stderr": outsider.stderr}
 
 step("Telegraf, packaged with its upstream scripts and unit")
+first_telegraf = now()
 sh("dpkg", "-i", f"{JOB}/telegraf.deb")
 Path("/etc/telegraf/telegraf.conf").write_text((JOB / "telegraf.conf").read_text())
 results["telegraf_enabled"] = sh("systemctl", "is-enabled", "telegraf", check=False).stdout.strip()
@@ -130,7 +149,7 @@ results["monitor_user"], results["monitor_caps"] = user, capabilities(monitor)
 results["bpf_attempt"] = sorted({m["fields"]["errno"] for m in points("bpf_attempt")})
 syns("sys1", 7960, 25)
 eventually(lambda: telegraf_drops(7960) >= 25, 60)
-time.sleep(3)  # no more than sent arrives later
+intervals_pass(2, telegraf_intervals)  # no more than sent arrives later
 results["drops_7960"] = telegraf_drops(7960)
 
 step("our package again: its postinst restarts Telegraf")
@@ -141,17 +160,15 @@ results["restarted_by_postinst"] = before != unit("telegraf", "InvocationID") an
     unit("telegraf", "ActiveState") == "active"
 
 step("Telegraf restarted while drops flow")
-eventually(lambda: monitor_of(int(unit("telegraf", "MainPID"))), 60)
-time.sleep(2)  # the monitor attached (Telegraf logs it)
+intervals_pass(1, telegraf_intervals)  # the monitor Telegraf started again has attached
 syns("sys1", 7961, 30)
 sh("systemctl", "restart", "telegraf")  # within the interval the 30 fell in
-eventually(lambda: monitor_of(int(unit("telegraf", "MainPID"))), 60)
-time.sleep(3)
+intervals_pass(1, telegraf_intervals)
 syns("sys1", 7961, 20)
 eventually(lambda: telegraf_drops(7961) >= 50, 60)
-time.sleep(3)
+intervals_pass(2, telegraf_intervals)
 results["drops_7961"] = telegraf_drops(7961)
-results["telegraf_journal"] = [(p, m) for p, m in journal("telegraf", "-10min")
+results["telegraf_journal"] = [(p, m) for p, m in journal("telegraf", first_telegraf)
                                if "[inputs.execd]" in m][-5:]
 
 step("telegraf-tcpdrop.service, writing to VictoriaMetrics")
@@ -181,9 +198,31 @@ results["service_user"] = sh("ps", "-o", "user=", "-p", str(service), check=Fals
 results["service_caps"] = capabilities(service) if service else None
 syns("sys2", 7962, 40)
 eventually(lambda: vm_total("tcpdrop_drops", dport="7962") >= 40, 60)
-time.sleep(3)
+intervals_pass(2, service_intervals)
 results["vm_drops_7962"] = vm_total("tcpdrop_drops", dport="7962")
-sh("systemctl", "stop", "telegraf-tcpdrop")
+
+step("our package again, the service enabled and running: dpkg's upgrade path")
+# A reinstall runs what an upgrade runs (prerm upgrade, preinst upgrade,
+# postinst configure with the old version): the unit is restarted, still
+# enabled, and the launcher keeps its capabilities.
+sh("systemctl", "enable", "telegraf-tcpdrop")
+before = unit("telegraf-tcpdrop", "InvocationID")
+sh("apt-get", "install", "-y", "-q", "--reinstall", f"{JOB}/telegraf-tcpdrop.deb",
+   env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+restarted = now()
+service = int(unit("telegraf-tcpdrop", "MainPID"))
+results["service_upgrade"] = {
+    "restarted": before != unit("telegraf-tcpdrop", "InvocationID"),
+    "active": unit("telegraf-tcpdrop", "ActiveState"),
+    "enabled": sh("systemctl", "is-enabled", "telegraf-tcpdrop", check=False).stdout.strip(),
+    "launcher_caps": sh("getcap", LAUNCHER).stdout.strip(),
+    "service_caps": capabilities(service) if service else None}
+eventually(lambda: any(m.startswith("I! attached") for _, m in journal("telegraf-tcpdrop", restarted)), 180)
+syns("sys2", 7963, 15)
+eventually(lambda: vm_total("tcpdrop_drops", dport="7963") >= 15, 60)
+intervals_pass(2, service_intervals)
+results["service_upgrade"]["vm_drops_7963"] = vm_total("tcpdrop_drops", dport="7963")
+sh("systemctl", "disable", "--now", "telegraf-tcpdrop")
 results["service_journal"] = journal("telegraf-tcpdrop", since)
 results["security"] = sh("systemd-analyze", "security", "--no-pager", "telegraf-tcpdrop",
                          check=False).stdout.strip().splitlines()[-1]
@@ -191,7 +230,9 @@ results["security"] = sh("systemd-analyze", "security", "--no-pager", "telegraf-
 step("apt remove: Telegraf keeps running")
 sh("apt-get", "remove", "-y", "-q", "telegraf-tcpdrop",
    env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
-time.sleep(5)
+# the postrm restarts Telegraf without the input: active, no monitor
+eventually(lambda: unit("telegraf", "ActiveState") == "active" and
+           not monitor_of(int(unit("telegraf", "MainPID") or 0)), 60)
 results["after_remove"] = {"telegraf": unit("telegraf", "ActiveState"),
                            "monitor": monitor_of(int(unit("telegraf", "MainPID") or 0))}
 

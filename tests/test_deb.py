@@ -331,6 +331,8 @@ def test_reinstall_and_upgrade_keep_an_edited_conffile(deb, newer_deb, suite, tm
         assert "conffile" not in upgrade.stdout.lower()  # no prompt: the shipped file is unchanged
         version = root.run("dpkg-query", "-W", "-f", "${Version}", "telegraf-tcpdrop").stdout
         assert version == newer_deb.name.split("_")[1]
+        caps = root.run("getcap", LAUNCHER).stdout.split()[1]  # the new launcher's, set again
+        assert set(caps.removesuffix("=p").split(",")) == {"cap_bpf", "cap_perfmon", "cap_syslog"}
         assert root.run("dpkg", "--audit").stdout == ""
     finally:
         root.destroy()

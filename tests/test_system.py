@@ -145,6 +145,15 @@ def test_the_direct_service_delivers_exact_counts_with_its_lines_at_their_levels
     assert levels == {"E": {3}, "W": {4}, "I": {6}}, system["service_journal"]
 
 
+def test_an_upgrade_restarts_the_enabled_service_which_keeps_its_capabilities_and_counts(system):
+    upgrade = system["service_upgrade"]
+    assert (upgrade["restarted"], upgrade["active"], upgrade["enabled"]) == (True, "active", "enabled")
+    _, caps = upgrade["launcher_caps"].split()
+    assert set(caps.removesuffix("=p").split(",")) == {"cap_bpf", "cap_perfmon", "cap_syslog"}
+    assert upgrade["service_caps"]["CapEff"] == MONITOR_CAPS
+    assert upgrade["vm_drops_7963"] == 15
+
+
 def test_systemd_rates_the_direct_service_and_the_readme_says_so(system):
     found = re.search(r"Overall exposure level for telegraf-tcpdrop\.service: (\d+\.\d+) (\w+)",
                       system["security"])

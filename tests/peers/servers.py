@@ -10,10 +10,11 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
+
+from conftest import eventually
 
 CACHE = Path(os.environ.get("TELEGRAF_CACHE", Path.home() / ".cache" / "telegraf-tcpdrop"))
 ETSY_STATSD_VERSION = "0.9.0"
@@ -26,15 +27,15 @@ def free_port(kind=socket.SOCK_STREAM):
 
 
 def wait_until(condition, timeout=20.0, what="server"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """conftest.eventually, for a server coming up: refused connections
+    (OSError) are "not yet", and never coming up is an error."""
+    def up():
         try:
-            if condition():
-                return
+            return condition()
         except OSError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{what} did not come up in {timeout} s")
+            return False
+    if not eventually(up, timeout, interval=0.1):
+        raise TimeoutError(f"{what} did not come up in {timeout} s")
 
 
 def http(url, data=None, method=None, headers=None):
