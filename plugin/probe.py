@@ -107,9 +107,10 @@ class Probe:
     @property
     def nested_runs(self):
         """Who skips a kfree_skb run that would start inside another on its
-        CPU (counted in tcpdrop_agent.probe_misses): the kernel, for tp_btf
-        from 6.1 and for the classic tracepoint and kprobe always; the probe,
-        for tp_btf before (tcpdrop.c, enter_once)."""
+        CPU: the kernel, for tp_btf from 6.1 and for the classic tracepoint
+        and kprobe always (in tcpdrop_agent.probe_misses from 6.1 and 6.7:
+        recursion_misses); the probe, for tp_btf and the kprobe beside it
+        before 6.1 (tcpdrop.c, enter_once; in probe_misses too)."""
         return "skipped by the probe" if self.hook == "tp_btf" and self.config.guard_nesting \
             else "skipped by the kernel"
 

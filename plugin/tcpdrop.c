@@ -373,9 +373,9 @@ static __always_inline __u32 hot_index(const struct drop_key *key)
 /* Adds one drop to @key's count in @map, the key added if it is not there;
  * false if it is not and the map is full. */
 /* Counts a drop under @key in @map: 0, or why not: -E2BIG, the map is full;
- * -EBUSY, this run interrupted another of the probe's inside an update of
- * the same map on this CPU, which holds its lock (never full: counted in
- * COUNTER_NESTED). */
+ * any other error (-EBUSY, or what newer kernels' bucket locks return): this
+ * run interrupted another of the probe's inside an update of the same map on
+ * this CPU, which holds the bucket (never full: counted in COUNTER_NESTED). */
 static __always_inline long count_in(void *map, struct drop_key *key, __u32 bytes)
 {
 	struct drop_count *c = bpf_map_lookup_elem(map, key);
@@ -1186,7 +1186,8 @@ int netns_tasks(struct bpf_iter__task *ctx)
  * program's recursion_misses. Before, it runs it nested, and a nested run
  * would race the outer one's hot slot and per-CPU counts: a lost increment,
  * or a key torn into a tag set no packet had. There (cfg.guard_nesting) the
- * probe skips that run itself, and counts it the same way.
+ * probe skips that run itself, and counts it the same way; the tcp_drop
+ * kprobe, which runs beside tp_btf before 5.18, takes the same guard.
  */
 static __always_inline __u32 *enter_once(void)
 {
@@ -1285,6 +1286,18 @@ int tcp_drop(struct pt_regs *ctx, struct sock *sk, struct sk_buff *skb)
 	caller = PT_REGS_RET(ctx);
 #else
 	bpf_probe_read_kernel(&caller, sizeof(caller), (void *)PT_REGS_SP(ctx));
+#endif
+#ifndef TCPDROP_BCC	/* beside tp_btf (before 5.18): the two may interrupt each other */
+	if (cfg.guard_nesting) {
+		__u32 *run = enter_once();
+
+		if (!run)
+			return 0;
+		handle_drop(ctx, skb, sk, caller, REASON_UNKNOWN, false);
+		barrier();
+		*run = 0;
+		return 0;
+	}
 #endif
 	return handle_drop(ctx, skb, sk, caller, REASON_UNKNOWN, false);
 }
