@@ -9,7 +9,6 @@
 """
 import os
 import select
-import signal
 import stat
 import time
 
@@ -30,10 +29,8 @@ class Execd:
 
     def run(self):
         # A signal must end the wait: Python retries an interrupted poll().
-        wakeup, signal_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(signal_fd)
         poller = select.poll()
-        poller.register(wakeup, select.POLLIN)
+        poller.register(stop.fileno(), select.POLLIN)
         if self._watch_stdin():
             poller.register(self.stdin_fd, select.POLLIN)
         if self.events:
@@ -45,9 +42,9 @@ class Execd:
                 if self.signal_mode == "none":
                     wait = max(0.0, next_emit - time.monotonic()) * 1000
                 for fd, _ in poller.poll(wait):
-                    if fd == wakeup:
-                        os.read(wakeup, 512)
-                    elif fd == self.stdin_fd:
+                    if fd == stop.fileno():
+                        break  # the loop's condition ends it
+                    if fd == self.stdin_fd:
                         lines = os.read(fd, 4096)
                         if not lines:  # EOF: Telegraf is stopping
                             self._stdin_closed = True
@@ -62,7 +59,4 @@ class Execd:
                         next_emit = time.monotonic() + self.interval
             self.output.write(self.collect())
         finally:
-            signal.set_wakeup_fd(-1)
-            os.close(wakeup)
-            os.close(signal_fd)
             self.output.close()

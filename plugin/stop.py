@@ -1,22 +1,44 @@
 """SIGTERM and SIGINT, for every command: one pair of handlers, installed
 before the probe loads (seconds, reading kallsyms too), so a signal then is
-kept, not lost. Each command's loop asks requested() or wait()s on it, ends
-at once, and the counts made meanwhile still go out."""
-import signal
-import threading
+kept, not lost. Each command's loop asks requested(), wait()s, or polls
+fileno(), ends at once, and the counts made meanwhile still go out.
 
-_stopping = threading.Event()
+The handler only sets a flag and writes a byte to a pipe: a lock taken in a
+handler (threading.Event.set) deadlocks when the signal lands while the main
+thread holds it."""
+import os
+import select
+import signal
+
+_requested = False
+_wake_read, _wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
 
 def catch():
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: _stopping.set())
+        signal.signal(sig, _request)
+
+
+def _request(*_):
+    global _requested
+    _requested = True
+    try:
+        os.write(_wake_write, b"!")
+    except BlockingIOError:  # the pipe full of earlier signals: readable already
+        pass
 
 
 def requested():
-    return _stopping.is_set()
+    return _requested
+
+
+def fileno():
+    """Readable once a signal came: for a poll() that must end at one."""
+    return _wake_read
 
 
 def wait(seconds):
     """Sleeps for seconds, or less at a signal; True if one came."""
-    return _stopping.wait(seconds)
+    if not _requested:
+        select.select([_wake_read], [], [], seconds)
+    return _requested
