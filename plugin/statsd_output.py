@@ -77,14 +77,18 @@ class StatsdUDP:
         self._resolve()
 
     def _resolve(self):
+        """The name's address now, and a socket of its family; OSError leaves
+        both as they were."""
         addresses = socket.getaddrinfo(self.host, self.port, socket.AF_UNSPEC, socket.SOCK_DGRAM)
         # IPv4 first where a name has both: StatsD servers often listen on it
         # alone (Etsy statsd's default), and a datagram to ::1 is lost unseen.
-        family, _, _, _, self.address = min(addresses, key=lambda a: a[0] != socket.AF_INET)
+        family, _, _, _, address = min(addresses, key=lambda a: a[0] != socket.AF_INET)
         if self.sock is None or self.sock.family != family:
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.setblocking(False)  # a full socket buffer is an error, not a wait
             self.close()
-            self.sock = socket.socket(family, socket.SOCK_DGRAM)
-            self.sock.setblocking(False)  # a full socket buffer is an error, not a wait
+            self.sock = sock
+        self.address = address
         self._resolve_at = time.monotonic() + RESOLVE_SECONDS
 
     def frames(self, lines):
