@@ -73,10 +73,10 @@ class Collector:
         }
         if self.netns_tags != "none":
             tags["netns"] = self.netns_tag(key.netns)
-        if key.marks & MARK_PORTS_OVERFLOW:
+        if self.port_tags == PORT_TAGS_NONE:
+            pass  # not even "overflow": each Graphite level stays the same tag
+        elif key.marks & MARK_PORTS_OVERFLOW:
             tags["sport"] = tags["dport"] = OVERFLOW
-        elif self.port_tags == PORT_TAGS_NONE:
-            pass
         elif key.marks & MARK_NO_PORTS:
             # No value, not a made-up one: line protocol leaves the tags out,
             # and Graphite-style StatsD names keep their place ("-").

@@ -1,9 +1,9 @@
 """From the kernel's totals per tag set to each interval's points, without a kernel."""
 from telegraf_tcpdrop.emit import encode
 from telegraf_tcpdrop.statsd_output import statsd_lines
-from telegraf_tcpdrop.event import (COUNTER_MAX, COUNTER_NESTED, EPHEMERAL_SPORT, MARK_FRAGMENT, MARK_NO_PORTS,
-                                    MARK_TRUNCATED, PORT_TAGS_ALL, PORT_TAGS_BUCKETED, PORT_TAGS_NONE,
-                                    DropEvent, DropKey)
+from telegraf_tcpdrop.event import (COUNTER_MAX, COUNTER_NESTED, EPHEMERAL_SPORT, MARK_FRAGMENT,
+                                    MARK_NO_PORTS, MARK_PORTS_OVERFLOW, MARK_TRUNCATED, PORT_TAGS_ALL,
+                                    PORT_TAGS_BUCKETED, PORT_TAGS_NONE, DropEvent, DropKey)
 from telegraf_tcpdrop.metrics import Collector
 from telegraf_tcpdrop.names import DropReasons
 from telegraf_tcpdrop.netns import RESCAN_SECONDS, NetnsNames
@@ -144,9 +144,12 @@ def test_what_the_packet_did_not_hold_is_not_tagged():
         "tcpdrop.443.4.TRUNCATED.tcp_v4_rcv.NO_SOCKET.40000.NONE.drops:1|c",
         "tcpdrop.-.4.TRUNCATED.tcp_v4_rcv.NO_SOCKET.-.NONE.drops:1|c",
         "tcpdrop.-.4.FRAGMENT.tcp_v4_rcv.NO_SOCKET.-.NONE.drops:1|c"]
-    probe.counts = {key(marks=MARK_TRUNCATED | MARK_NO_PORTS, flags=0, dport=0): (1, 22)}
-    [point, _] = collector(probe, PORT_TAGS_NONE).collect()  # no ports tagged: no levels
-    assert statsd_lines(point, "none")[0] == "tcpdrop.4.TRUNCATED.tcp_v4_rcv.NO_SOCKET.NONE.drops:1|c"
+    probe.counts = {key(marks=MARK_TRUNCATED | MARK_NO_PORTS, flags=0, dport=0): (1, 22),
+                    key(marks=MARK_PORTS_OVERFLOW, dport=0): (1, 60)}
+    unported = collector(probe, PORT_TAGS_NONE).collect()[:-1]  # no ports tagged: no levels
+    assert [statsd_lines(p, "none")[0] for p in unported] == [
+        "tcpdrop.4.TRUNCATED.tcp_v4_rcv.NO_SOCKET.NONE.drops:1|c",
+        "tcpdrop.4.SYN.tcp_v4_rcv.NO_SOCKET.NONE.drops:1|c"]
     assert statsd_lines(points[1], "influx")[0] == \
         "tcpdrop.drops,family=4,flags=TRUNCATED,frame=tcp_v4_rcv,reason=NO_SOCKET,state=NONE:1|c"
 
