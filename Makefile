@@ -92,11 +92,11 @@ deb:
 	rm -rf $(DEB_BUILD) && mkdir -p $(DEB_BUILD)/src
 	@git diff --quiet HEAD -- || echo "W! the package is HEAD ($$(git rev-parse --short HEAD)): uncommitted changes are not in it"
 	git archive --format=tar HEAD | tar -xf - -C $(DEB_BUILD)/src
-	cp -r packaging/deb/debian $(DEB_BUILD)/src/debian
-	cp conf/systemd/telegraf-tcpdrop.service $(DEB_BUILD)/src/debian/telegraf-tcpdrop.service
+	cp -r $(DEB_BUILD)/src/packaging/deb/debian $(DEB_BUILD)/src/debian
+	cp $(DEB_BUILD)/src/conf/systemd/telegraf-tcpdrop.service $(DEB_BUILD)/src/debian/telegraf-tcpdrop.service
 	printf 'telegraf-tcpdrop (%s) unstable; urgency=medium\n\n  * Release %s.\n\n -- telegraf-tcpdrop developers <dev@telegraf-tcpdrop.invalid>  %s\n' \
 		'$(VERSION)' '$(VERSION)' "$$(date -R -d @$$(git log -1 --format=%ct))" > $(DEB_BUILD)/src/debian/changelog
-	$(PYTHON) -m pip download -q --no-deps --require-hashes -r packaging/deb/vendor.txt \
+	$(PYTHON) -m pip download -q --no-deps --require-hashes -r $(DEB_BUILD)/src/packaging/deb/vendor.txt \
 		-d $(DEB_BUILD)/src/vendor-wheels
 	# MAKEFLAGS: this make's variables (ARCH) stay out of the package's build.
 	# nocheck: dh warns that a cross build cannot run tests (debian/rules runs none).
