@@ -207,9 +207,9 @@ step("our package again, the service enabled and running: dpkg's upgrade path")
 # enabled, and the launcher keeps its capabilities.
 sh("systemctl", "enable", "telegraf-tcpdrop")
 before = unit("telegraf-tcpdrop", "InvocationID")
+restarted = now()  # before apt: the postinst restarts the service
 sh("apt-get", "install", "-y", "-q", "--reinstall", f"{JOB}/telegraf-tcpdrop.deb",
    env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
-restarted = now()
 service = int(unit("telegraf-tcpdrop", "MainPID"))
 results["service_upgrade"] = {
     "restarted": before != unit("telegraf-tcpdrop", "InvocationID"),
@@ -217,7 +217,8 @@ results["service_upgrade"] = {
     "enabled": sh("systemctl", "is-enabled", "telegraf-tcpdrop", check=False).stdout.strip(),
     "launcher_caps": sh("getcap", LAUNCHER).stdout.strip(),
     "service_caps": capabilities(service) if service else None}
-eventually(lambda: any(m.startswith("I! attached") for _, m in journal("telegraf-tcpdrop", restarted)), 180)
+results["service_upgrade"]["attached"] = eventually(
+    lambda: any(m.startswith("I! attached") for _, m in journal("telegraf-tcpdrop", restarted)), 180)
 syns("sys2", 7963, 15)
 eventually(lambda: vm_total("tcpdrop_drops", dport="7963") >= 15, 60)
 intervals_pass(2, service_intervals)

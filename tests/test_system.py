@@ -147,7 +147,8 @@ def test_the_direct_service_delivers_exact_counts_with_its_lines_at_their_levels
 
 def test_an_upgrade_restarts_the_enabled_service_which_keeps_its_capabilities_and_counts(system):
     upgrade = system["service_upgrade"]
-    assert (upgrade["restarted"], upgrade["active"], upgrade["enabled"]) == (True, "active", "enabled")
+    assert (upgrade["restarted"], upgrade["active"], upgrade["enabled"], upgrade["attached"]) == \
+        (True, "active", "enabled", True)
     _, caps = upgrade["launcher_caps"].split()
     assert set(caps.removesuffix("=p").split(",")) == {"cap_bpf", "cap_perfmon", "cap_syslog"}
     assert upgrade["service_caps"]["CapEff"] == MONITOR_CAPS
