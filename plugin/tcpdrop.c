@@ -797,6 +797,54 @@ static __always_inline int handle_drop(void *ctx, struct sk_buff *skb,
 	return 0;
 }
 
+#ifndef TCPDROP_BCC
+/*
+ * From 6.1 the kernel skips a tp_btf program's run that would start while
+ * the same program runs on that CPU (a drop in a softirq that interrupted
+ * the handling of a drop in process context), and counts it in the
+ * program's recursion_misses. Before, it runs it nested, and a nested run
+ * would race the outer one's hot slot and per-CPU counts: a lost increment,
+ * or a key torn into a tag set no packet had. There (cfg.guard_nesting) the
+ * probe skips that run itself, and counts it the same way: every kfree_skb
+ * hook takes the guard (the tcp_drop kprobe runs beside tp_btf before 5.18).
+ */
+static __always_inline __u32 *enter_once(void)
+{
+	__u32 zero = 0, *run = bpf_map_lookup_elem(&running, &zero);
+
+	if (!run)
+		return NULL;
+	if (*run) {
+		count(COUNTER_NESTED, 1);
+		return NULL;
+	}
+	*run = 1;
+	barrier();	/* set before any count: what interrupts from here on sees it */
+	return run;
+}
+#endif
+
+/* handle_drop(), where the kernel would run it nested (cfg.guard_nesting)
+ * only once enter_once() lets it. */
+static __always_inline int handle_drop_once(void *ctx, struct sk_buff *skb,
+					    struct sock *charged, __u64 location,
+					    __u32 reason, bool btf)
+{
+#ifndef TCPDROP_BCC	/* bcc has tracepoint and kprobe hooks only, which the kernel keeps apart */
+	__u32 *run;
+
+	if (cfg.guard_nesting) {
+		if (!(run = enter_once()))
+			return 0;
+		handle_drop(ctx, skb, charged, location, reason, btf);
+		barrier();
+		*run = 0;
+		return 0;
+	}
+#endif
+	return handle_drop(ctx, skb, charged, location, reason, btf);
+}
+
 /*
  * Listen-queue drops. A SYN that a listener cannot take (accept queue full,
  * SYN queue full without syncookies, no memory, no route) is refused in
@@ -1179,37 +1227,11 @@ int netns_tasks(struct bpf_iter__task *ctx)
 #endif
 
 #ifndef TCPDROP_BCC	/* tp_btf needs BTF, which is why bcc is here */
-/*
- * From 6.1 the kernel skips a tp_btf program's run that would start while
- * the same program runs on that CPU (a drop in a softirq that interrupted
- * the handling of a drop in process context), and counts it in the
- * program's recursion_misses. Before, it runs it nested, and a nested run
- * would race the outer one's hot slot and per-CPU counts: a lost increment,
- * or a key torn into a tag set no packet had. There (cfg.guard_nesting) the
- * probe skips that run itself, and counts it the same way; the tcp_drop
- * kprobe, which runs beside tp_btf before 5.18, takes the same guard.
- */
-static __always_inline __u32 *enter_once(void)
-{
-	__u32 zero = 0, *run = bpf_map_lookup_elem(&running, &zero);
-
-	if (!run)
-		return NULL;
-	if (*run) {
-		count(COUNTER_NESTED, 1);
-		return NULL;
-	}
-	*run = 1;
-	barrier();	/* set before any count: what interrupts from here on sees it */
-	return run;
-}
-
 SEC("tp_btf/kfree_skb")
 int BPF_PROG(kfree_skb_btf, struct sk_buff *skb, void *location)
 {
 	__u32 reason = REASON_UNKNOWN;
 	struct sock *rx_sk = NULL;
-	__u32 *run;
 
 	/* ctx[2] exists from 5.17 (reason), ctx[3] from 6.11 (rx_sk): the
 	 * checks fold to constants at load, so older kernels never see the
@@ -1221,14 +1243,7 @@ int BPF_PROG(kfree_skb_btf, struct sk_buff *skb, void *location)
 	/* LISTEN_CHAIN runs only where rx_sk is (6.11+): a listener is charged there. */
 	if (cfg.listen == LISTEN_CHAIN && rx_sk && rx_sk->__sk_common.skc_state == TCP_LISTEN)
 		listen_absorb(rx_sk->__sk_common.skc_net.net);
-	if (!cfg.guard_nesting)
-		return handle_drop(ctx, skb, rx_sk, (__u64)location, reason, true);
-	if (!(run = enter_once()))
-		return 0;
-	handle_drop(ctx, skb, rx_sk, (__u64)location, reason, true);
-	barrier();
-	*run = 0;
-	return 0;
+	return handle_drop_once(ctx, skb, rx_sk, (__u64)location, reason, true);
 }
 #endif
 
@@ -1265,7 +1280,7 @@ int kfree_skb_tp(struct trace_event_raw_kfree_skb *args)
 	if (cfg.listen == LISTEN_CHAIN && rx_sk && BPF_CORE_READ(rx_sk, __sk_common.skc_state) == TCP_LISTEN)
 		listen_absorb(rdonly_cast(struct net, BPF_CORE_READ(rx_sk, __sk_common.skc_net.net)));
 #endif
-	return handle_drop(args, skb, rx_sk, (__u64)args->location, TP_REASON(args), false);
+	return handle_drop_once(args, skb, rx_sk, (__u64)args->location, TP_REASON(args), false);
 }
 #endif
 
@@ -1287,18 +1302,6 @@ int tcp_drop(struct pt_regs *ctx, struct sock *sk, struct sk_buff *skb)
 #else
 	bpf_probe_read_kernel(&caller, sizeof(caller), (void *)PT_REGS_SP(ctx));
 #endif
-#ifndef TCPDROP_BCC	/* beside tp_btf (before 5.18): the two may interrupt each other */
-	if (cfg.guard_nesting) {
-		__u32 *run = enter_once();
-
-		if (!run)
-			return 0;
-		handle_drop(ctx, skb, sk, caller, REASON_UNKNOWN, false);
-		barrier();
-		*run = 0;
-		return 0;
-	}
-#endif
-	return handle_drop(ctx, skb, sk, caller, REASON_UNKNOWN, false);
+	return handle_drop_once(ctx, skb, sk, caller, REASON_UNKNOWN, false);
 }
 #endif
