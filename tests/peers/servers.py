@@ -10,11 +10,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
-
-from conftest import eventually
 
 CACHE = Path(os.environ.get("TELEGRAF_CACHE", Path.home() / ".cache" / "telegraf-tcpdrop"))
 ETSY_STATSD_VERSION = "0.9.0"
@@ -27,15 +26,18 @@ def free_port(kind=socket.SOCK_STREAM):
 
 
 def wait_until(condition, timeout=20.0, what="server"):
-    """conftest.eventually, for a server coming up: refused connections
-    (OSError) are "not yet", and never coming up is an error."""
-    def up():
+    """Until a server comes up: refused connections (OSError) are "not yet".
+    Its own loop, not conftest.eventually: the peers are imported without the
+    test harness too (bench/run.py reaches kernel_vm through here)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         try:
-            return condition()
+            if condition():
+                return
         except OSError:
-            return False
-    if not eventually(up, timeout, interval=0.1):
-        raise TimeoutError(f"{what} did not come up in {timeout} s")
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} did not come up in {timeout} s")
 
 
 def http(url, data=None, method=None, headers=None):
