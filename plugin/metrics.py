@@ -12,8 +12,7 @@ from . import host, log
 from .emit import Gauge, Point, TagSet
 from .event import (COUNTER_LISTEN_UNTRACKED, COUNTER_LOST, COUNTER_NESTED, COUNTER_OVERFLOW_BYTES,
                     COUNTER_OVERFLOW_DROPS, COUNTER_RATELIMITED, COUNTER_STACKS_LOST, EPHEMERAL_DPORT,
-                    EPHEMERAL_SPORT,
-                    MARK_NO_PORTS, MARK_PORTS_OVERFLOW, PORT_TAGS_NONE, DropKey)
+                    EPHEMERAL_SPORT, MARK_NO_PORTS, MARK_PORTS_OVERFLOW, PORT_TAGS_NONE, DropKey)
 from .execd import Execd
 from .names import flags_tag, state_name
 from .netns import UNKNOWN, NetnsNames

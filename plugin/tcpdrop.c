@@ -114,7 +114,7 @@ struct {
 	__type(value, struct budget);
 } budgets SEC(".maps");
 
-/* 1 while kfree_skb_btf counts a drop on this CPU (cfg.guard_nesting). */
+/* 1 while a kfree_skb hook counts a drop on this CPU (cfg.guard_nesting, enter_once). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
@@ -370,12 +370,11 @@ static __always_inline __u32 hot_index(const struct drop_key *key)
 	return ((x[0] ^ x[1] ^ x[2]) * 0x9E3779B97F4A7C15ULL) >> (64 - HOT_SLOT_BITS);
 }
 
-/* Adds one drop to @key's count in @map, the key added if it is not there;
- * false if it is not and the map is full. */
-/* Counts a drop under @key in @map: 0, or why not: -E2BIG, the map is full;
- * any other error (-EBUSY, or what newer kernels' bucket locks return): this
- * run interrupted another of the probe's inside an update of the same map on
- * this CPU, which holds the bucket (never full: counted in COUNTER_NESTED). */
+/* Counts a drop under @key in @map, the key added if it is not there: 0,
+ * or why not: -E2BIG, the map is full; any other error (-EBUSY, or what newer
+ * kernels' bucket locks return): this run interrupted another of the probe's
+ * inside an update of the same map on this CPU, which holds the bucket (never
+ * full: counted in COUNTER_NESTED). */
 static __always_inline long count_in(void *map, struct drop_key *key, __u32 bytes)
 {
 	struct drop_count *c = bpf_map_lookup_elem(map, key);
