@@ -51,7 +51,8 @@ from servers import CACHE
 HOME = CACHE / "arm64"
 SUITE = "bookworm"
 SERIES = "6.1"
-HOST_PACKAGES = ("qemu-system-arm", "debootstrap", "kmod", "e2fsprogs")
+# ipxe-qemu: the ROM of the default NIC (efi-virtio.rom), which qemu will not start without
+HOST_PACKAGES = ("qemu-system-arm", "ipxe-qemu", "debootstrap", "kmod", "e2fsprogs")
 # In the initramfs: what mounts the root and the shares, and the host's
 # randomness (virtio-rng).
 INITRD_MODULES = ("virtio_pci", "virtio_blk", "ext4", "9pnet_virtio", "9p", "virtio_rng")

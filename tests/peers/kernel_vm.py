@@ -12,9 +12,9 @@ under QEMU (software emulation, TCG: no /dev/kvm) with virtme-ng.
         same mirrors, through a private apt list and state (the host's apt
         is left alone). Needs root and the network; raises KernelVmError.
 
-    run(kernel, command, timeout=600, outdir=None) -> (exit_code, output)
+    run(kernel, command, timeout=600, outdir=None, smp="2") -> (exit_code, output)
         Boots that kernel (the newest cached one; prepare()s it if none is)
-        with 2 CPUs and 2 GiB, and runs the shell string `command` as root
+        with 2 CPUs (qemu's -smp: smp) and 2 GiB, and runs the shell string `command` as root
         inside. The host's / is the guest's, read-only over 9p (/tmp, /var,
         /etc... are throwaway overlays); `outdir` (default CACHE/vm-out) is
         shared read-write at the same path. output is stdout and stderr
@@ -71,14 +71,15 @@ def prepare(kernel):
     return root
 
 
-def run(kernel, command, timeout=600, outdir=None):
-    """(exit code, output) of the shell string `command`, run as root in a VM."""
+def run(kernel, command, timeout=600, outdir=None, smp="2"):
+    """(exit code, output) of the shell string `command`, run as root in a VM;
+    smp: qemu's -smp ("16": 16 CPUs; under TCG 16 is the most a guest boots with)."""
     root = _cached(kernel) or prepare(kernel)
     version = root.name
     outdir = Path(outdir or CACHE / "vm-out")
     outdir.mkdir(parents=True, exist_ok=True)
     args = [str(VENV / "bin" / "vng"), "--run", str(root / "boot" / f"vmlinuz-{version}"),
-            "--disable-kvm", "--force-9p", "--memory", "2G", "--cpus", "2",
+            "--disable-kvm", "--force-9p", "--memory", "2G", "--cpus", smp,
             "--append", " ".join(["modprobe.blacklist=" + ",".join(BLACKLIST), *APPEND.get(kernel, [])]),
             f"--rwdir={outdir}", "--exec", command]
     env = {**os.environ, "PATH": f"{VENV / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}"}

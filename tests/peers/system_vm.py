@@ -32,7 +32,8 @@ from servers import CACHE
 
 HOME = CACHE / "system-vm"
 SUITE = "trixie"
-HOST_PACKAGES = ("qemu-system-x86", "debootstrap", "e2fsprogs")
+# ipxe-qemu: the ROM of the default NIC (efi-virtio.rom), which qemu will not start without
+HOST_PACKAGES = ("qemu-system-x86", "ipxe-qemu", "debootstrap", "e2fsprogs")
 SYSTEM = ("systemd-sysv", "udev", "dbus", "linux-image-amd64", "kmod", "iproute2", "procps",
           "python3")
 ROOT_SIZE = "4G"  # sparse
