@@ -46,8 +46,8 @@ ALL = "*"
 INFLUXDB_VARIABLE_PREFIX = "tcpdrop_"
 
 # The counts the monitor keeps of its own shortfalls (README, tcpdrop_agent).
-HEALTH_FIELDS = ("map_portless_drops", "map_overflow_drops", "probe_misses", "listen_untracked",
-                 "events_lost", "events_ratelimited", "stacks_lost")
+HEALTH_FIELDS = ("map_portless_drops", "map_overflow_drops", "probe_misses", "unreadable",
+                 "listen_misses", "listen_untracked", "events_lost", "events_ratelimited", "stacks_lost")
 
 
 @dataclass
@@ -155,7 +155,9 @@ PANELS = [
           "What the monitor could not count in full, per interval (tcpdrop_agent): all should "
           "be 0. map_portless_drops: counted without their ports (ports 'overflow'); "
           "map_overflow_drops: without any tag (raise --max-keys); probe_misses: drops "
-          "whose handling interrupted another's on that CPU; listen_untracked: SYNs in a "
+          "whose handling interrupted another's on that CPU; unreadable: IP packets whose "
+          "headers could not be read (TCP or not?); listen_misses: skipped runs of the "
+          "listen-queue programs (mostly packets freed as normal); listen_untracked: SYNs in a "
           "namespace first seen late; events_*/stacks_lost: stack samples (--stacks).",
           "timeseries",
           "SELECT " + ", ".join(f'sum("{f}") AS "{f}"' for f in HEALTH_FIELDS)

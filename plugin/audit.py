@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from . import host, log, stop
 from .event import PORT_TAGS_NONE, DropKey, ProbeConfig
 from .netns import NetnsNames
-from .netstat import DROP_COUNTERS, LISTEN, Namespaces
+from .netstat import DROP_COUNTERS, LISTEN_RISES, Namespaces
 from .startup import ALL_REASONS, open_probe, want_reasons
 
 
@@ -41,15 +41,15 @@ class Audit:
         self._seen = {}  # inode -> {reason name: drops}, since the start
 
     def monitor(self):
-        """{inode: {reason name, or LISTEN: drops}} seen so far."""
+        """{inode: {reason name, or a LISTEN_RISES name: drops}} seen so far."""
         for raw, (drops, _) in self.probe.take_counts().items():
             key = DropKey.from_buffer_copy(raw)
             by_reason = self._seen.setdefault(key.netns, {})
             name = self.reasons.name(key.reason)
             by_reason[name] = by_reason.get(name, 0) + drops
         seen = {inode: dict(by_reason) for inode, by_reason in self._seen.items()}
-        for inode, rises in self.probe.listen_drops().items():
-            seen.setdefault(inode, {})[LISTEN] = rises
+        for inode, rises in self.probe.listen_rises().items():
+            seen.setdefault(inode, {}).update(zip(LISTEN_RISES.values(), rises))
         return seen
 
     def snapshot(self):
@@ -115,5 +115,6 @@ def report(probe, reasons, seconds, as_json=False, out=sys.stdout):
 
 
 def run(args):
-    with open_probe(per_namespace_config(), args.backend, verbose=args.verbose) as probe:
+    with open_probe(per_namespace_config(), args.backend, verbose=args.verbose,
+                    listen_drops=args.listen_drops) as probe:
         return report(probe, host.drop_reasons(host.libbpf()), args.duration, as_json=args.json)

@@ -6,7 +6,6 @@ that CoreLoader writes into .rodata are compiled in here as a C initializer,
 and the tracepoint's fields are read from its format file instead of BTF.
 Compiling takes a second or two on a real machine (minutes under emulation).
 """
-import ctypes
 import os
 import time
 
@@ -14,9 +13,10 @@ from . import log
 from .event import ProbeConfig
 from .netns import proc_tasks
 from .host import PACKAGE_DIR
-from .probe import HOOKS, MAPS, HookError
+from .names import DropReasons
+from .probe import HOOKS, MAPS, HookError, tcp_drop_needs_kprobe
+from .symbols import symbol_spans
 
-TRACEPOINT_FUNCTION = "tracepoint__skb__kfree_skb"  # the name bcc generates the record's struct for
 
 
 def config_initializer(config):
@@ -50,6 +50,8 @@ class BccLoader:
         """tracepoint_format: the text of skb/kfree_skb's format file."""
         self.fields = format_fields(tracepoint_format)
         self.verbose = verbose
+        self.kprobe, self.unseen = tcp_drop_needs_kprobe(DropReasons.from_format(tracepoint_format),
+                                                         symbol_spans(["tcp_drop"]))
         self._bpf = None
 
     def cflags(self, hooks, config, sizes):
@@ -62,12 +64,13 @@ class BccLoader:
         flags += [f"-DTP_HAS_{field.upper()}" for field in ("reason", "rx_sk") if field in self.fields]
         return flags
 
-    def load(self, hook, config, sizes, also_kprobe=False):
-        """(program fds, {map name: fd}) of the source compiled, loaded and
-        attached at hook (and kprobe/tcp_drop if also_kprobe)."""
+    def load(self, hook, config, sizes, before_attach=lambda fds: None):
+        """({program name: fd}, {map name: fd}) of the source compiled, loaded and
+        attached at hook (and kprobe/tcp_drop beside it where the kernel
+        needs it); before_attach({map name: fd}) runs between the two."""
         from bcc import BPF  # loads LLVM: only when this backend is used
 
-        hooks = (hook, "kprobe") if also_kprobe else (hook,)
+        hooks = (hook, "kprobe") if self.kprobe and hook != "kprobe" else (hook,)
         flags = self.cflags(hooks, config, sizes)
         if self.verbose:
             log.debug("bcc cflags: " + " ".join(flags))
@@ -75,23 +78,23 @@ class BccLoader:
             source = f.read()
         started = time.monotonic()
         try:
-            # Compiles, loads, and attaches the tracepoint program (bcc does
-            # that itself for functions named tracepoint__*).
+            # Compiles and loads; no program is named for bcc to attach it
+            # itself (tracepoint__*, kprobe__*): the maps are set first.
             self._bpf = BPF(text=source, cflags=flags)
-            if "kprobe" in hooks:
-                self._bpf.attach_kprobe(event="tcp_drop", fn_name=HOOKS["kprobe"][0])
-            functions = [TRACEPOINT_FUNCTION if h == "tracepoint" else HOOKS["kprobe"][0] for h in hooks]
-            prog_fds = [self._bpf.funcs[function.encode()].fd for function in functions]
+            functions = [HOOKS[h][0] for h in hooks]
+            programs = {name: self._bpf.load_func(name.encode(), BPF.KPROBE if name == HOOKS["kprobe"][0]
+                                                  else BPF.TRACEPOINT) for name in functions}
             fds = {name: self._bpf[name].map_fd for name in MAPS}
-            # libbpf fills the *_now maps at load (tcpdrop.c); bcc leaves them
-            # empty, and the handler counts nothing until they are set.
-            for outer, inner in (("drops_now", "drops_a"), ("hot_now", "hot_a"),
-                                 ("overflow_now", "overflow_a")):
-                self._bpf[outer][0] = ctypes.c_int(fds[inner])
+            before_attach(fds)
+            for name in functions:
+                if name == HOOKS["kprobe"][0]:
+                    self._bpf.attach_kprobe(event="tcp_drop", fn_name=name)
+                else:
+                    self._bpf.attach_tracepoint(tp="skb:kfree_skb", fn_name=name)
         except Exception as e:  # bcc raises bare Exception for every failure
             raise HookError(str(e)) from None
         log.info(f"bcc compiled and loaded the probe in {time.monotonic() - started:.1f} s")
-        return prog_fds, fds
+        return {name: program.fd for name, program in programs.items()}, fds
 
     @staticmethod
     def netns_tasks():

@@ -48,6 +48,9 @@ examples:
 
 
 BACKENDS = ("auto", "core", "bcc")
+LISTEN_DROPS = ("auto", "fentry", "tracepoints", "off")
+LISTEN_DROPS_HELP = ("how to see the SYNs listeners refuse: auto = the best way the kernel allows "
+                     "(default); fentry, tracepoints: that way or an error; off: not at all")
 NETNS_TAGS = ("name", "inode", "none")
 NOT_GIVEN = object()  # an option the command line did not give (parse_args)
 
@@ -109,6 +112,8 @@ def build_parsers():
                        help="core: the CO-RE object (needs kernel BTF); bcc: compile here with "
                             "bcc (needs python3-bpfcc and kernel headers); default: auto = core "
                             "where the kernel has BTF, else bcc")
+    probe.add_argument("--listen-drops", choices=LISTEN_DROPS, default="auto",
+                       help=LISTEN_DROPS_HELP)
     probe.add_argument("-v", "--verbose", action="store_true", help="show libbpf's log")
 
     counting = argparse.ArgumentParser(add_help=False)  # of metrics and top: the tag sets
@@ -219,6 +224,8 @@ def build_parsers():
     audit_command.add_argument("--json", action="store_true", help="one JSON object per pair")
     audit_command.add_argument("--backend", choices=BACKENDS, default="auto",
                                help="as for trace and metrics")
+    audit_command.add_argument("--listen-drops", choices=LISTEN_DROPS, default="auto",
+                               help=LISTEN_DROPS_HELP)
     audit_command.add_argument("-v", "--verbose", action="store_true", help="show libbpf's log")
 
     commands.add_parser("reasons", help="list the drop reasons of the running kernel")

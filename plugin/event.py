@@ -24,7 +24,8 @@ PORT_TAGS_BUCKETED, PORT_TAGS_ALL, PORT_TAGS_NONE = 0, 1, 2
 
 # enum counter
 (COUNTER_LOST, COUNTER_RATELIMITED, COUNTER_OVERFLOW_DROPS, COUNTER_OVERFLOW_BYTES,
- COUNTER_LISTEN_UNTRACKED, COUNTER_STACKS_LOST, COUNTER_NESTED, COUNTER_MAX) = range(8)
+ COUNTER_LISTEN_UNTRACKED, COUNTER_STACKS_LOST, COUNTER_NESTED, COUNTER_UNREADABLE,
+ COUNTER_MAX) = range(9)
 
 
 class DropKey(ctypes.Structure):
@@ -80,12 +81,16 @@ class DropCount(ctypes.Structure):
     _fields_ = [("drops", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
 
 
+class ListenMib(ctypes.Structure):
+    _fields_ = [("drops", ctypes.c_uint64), ("overflows", ctypes.c_uint64), ("synq_full", ctypes.c_uint64)]
+
+
 class NetnsTask(ctypes.Structure):
     _fields_ = [("pid", ctypes.c_uint32), ("netns", ctypes.c_uint32)]
 
 
 HOT_SLOTS = 64
-HOT_FULL = HOT_SLOTS  # the slot after them: the drops map was full (tcpdrop.h)
+HOT_GENERATION = HOT_SLOTS  # the slot after them: the map's generation, and "its drops map is full"
 
 
 class HotSlot(ctypes.Structure):
@@ -93,7 +98,7 @@ class HotSlot(ctypes.Structure):
         ("key", DropKey),
         ("count", DropCount),
         ("claimed", ctypes.c_uint32),
-        ("pad", ctypes.c_uint32),
+        ("generation", ctypes.c_uint32),
     ]
 
 
@@ -111,10 +116,9 @@ class ProbeConfig(ctypes.Structure):
         ("port_tags", ctypes.c_uint8),
         ("listen", ctypes.c_uint8),
         ("key_netns", ctypes.c_uint8),
-        ("direct_loads", ctypes.c_uint8),
         ("stacks", ctypes.c_uint8),
         ("guard_nesting", ctypes.c_uint8),
-        ("pad", ctypes.c_uint8 * 4),
+        ("pad", ctypes.c_uint8 * 5),
         ("conn_request", ctypes.c_uint64),
         ("syn_site", ctypes.c_uint64),
         ("syn_site_len", ctypes.c_uint64),
@@ -122,6 +126,8 @@ class ProbeConfig(ctypes.Structure):
         ("icmp_site_len", ctypes.c_uint64),
         ("icmp6_site", ctypes.c_uint64),
         ("icmp6_site_len", ctypes.c_uint64),
+        ("page_offset_base", ctypes.c_uint64),
+        ("vmemmap_base", ctypes.c_uint64),
         ("mib_listen_drops", ctypes.c_uint32),
         ("mib_listen_overflows", ctypes.c_uint32),
         ("mib_synq_full", ctypes.c_uint32),

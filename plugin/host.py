@@ -163,3 +163,15 @@ def bpf_stats_enabled():
             return f.read().strip() == "1"
     except OSError:
         return False
+
+
+def possible_cpus(path="/sys/devices/system/cpu/possible"):
+    """The ids of the CPUs this kernel may ever run ("0-3,8-11": a host's may
+    have gaps), in order."""
+    with open(path, "rb") as f:
+        ranges = f.read().decode("ascii").strip().split(",")
+    ids = []
+    for part in ranges:
+        first, _, last = part.partition("-")
+        ids += range(int(first), int(last or first) + 1)
+    return ids

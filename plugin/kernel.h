@@ -29,6 +29,7 @@ typedef _Bool bool;
 
 /* Constants (stable ABI, not relocated), as the kernel headers define them. */
 enum bpf_map_type {
+	BPF_MAP_TYPE_ARRAY = 2,
 	BPF_MAP_TYPE_PERCPU_HASH = 5,
 	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
 	BPF_MAP_TYPE_LRU_HASH = 9,
@@ -94,8 +95,38 @@ struct sk_buff {
 	__be16 protocol;
 	__u16 network_header;
 	unsigned int tail;	/* sk_buff_data_t: an offset from head on 64-bit */
+	unsigned int end;	/* the same: where struct skb_shared_info begins */
 	unsigned char *head;
 	unsigned char *data;
+};
+
+/* Only its size matters: the vmemmap's stride. */
+struct page {
+	unsigned long flags;
+};
+
+/* A fragment of a packet's data: struct skb_frag from 6.9 (netmem: a page
+ * pointer, or with bit 0 set a net_iov, device memory), struct bio_vec before. */
+struct skb_frag {
+	unsigned long netmem;
+	unsigned int len;
+	unsigned int offset;
+};
+
+struct bio_vec {
+	struct page *bv_page;
+	unsigned int bv_len;
+	unsigned int bv_offset;
+};
+
+struct skb_shared_info {
+	__u8 nr_frags;
+	struct skb_frag frags[1];
+};
+
+struct skb_shared_info___bio_vec {	/* before 6.9 */
+	__u8 nr_frags;
+	struct bio_vec frags[1];
 };
 
 /* Only the type's name matters to CO-RE: its values are read from BTF. */

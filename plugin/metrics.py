@@ -11,7 +11,7 @@ import time
 from . import host, log
 from .emit import Gauge, Point, TagSet
 from .event import (COUNTER_LISTEN_UNTRACKED, COUNTER_LOST, COUNTER_NESTED, COUNTER_OVERFLOW_BYTES,
-                    COUNTER_OVERFLOW_DROPS, COUNTER_RATELIMITED, COUNTER_STACKS_LOST, EPHEMERAL_DPORT,
+                    COUNTER_OVERFLOW_DROPS, COUNTER_RATELIMITED, COUNTER_STACKS_LOST, COUNTER_UNREADABLE, EPHEMERAL_DPORT,
                     EPHEMERAL_SPORT, MARK_NO_PORTS, MARK_PORTS_OVERFLOW, PORT_TAGS_NONE, DropKey)
 from .execd import Execd
 from .names import flags_tag, state_name
@@ -173,15 +173,17 @@ class Collector:
             "listen_untracked": delta[COUNTER_LISTEN_UNTRACKED],
             "keys": Gauge(keys),
             "stacks_lost": delta[COUNTER_STACKS_LOST],
+            "unreadable": delta[COUNTER_UNREADABLE],
             "interval_ns": now - self._last_time,
         }
         fields.update(self.output_health())
-        runs, run_time, misses = self.probe.run_stats()
-        fields["probe_misses"] = misses - self._runs[2] + delta[COUNTER_NESTED]
+        runs, last = self.probe.run_stats(), self._runs
+        fields["probe_misses"] = runs.drop_misses - last.drop_misses + delta[COUNTER_NESTED]
+        fields["listen_misses"] = runs.listen_misses - last.listen_misses
         if self.stats_enabled():
-            fields["probe_runs"] = runs - self._runs[0]
-            fields["probe_run_time_ns"] = run_time - self._runs[1]
-        self._runs = (runs, run_time, misses)
+            fields["probe_runs"] = runs.runs - last.runs
+            fields["probe_run_time_ns"] = runs.run_time_ns - last.run_time_ns
+        self._runs = runs
         return fields
 
 
@@ -192,7 +194,7 @@ def run(args):
                                      stacks=int(args.stacks), events_per_sec=STACK_SAMPLES)
     # Telegraf adds the host tag to what it reads from stdout.
     host_tag = None if args.output == "stdout" else this_host_name()
-    with open_probe(probe_settings, args.backend, args.hook, args.verbose,
+    with open_probe(probe_settings, args.backend, args.hook, args.verbose, args.listen_drops,
                     max_keys=args.max_keys) as probe:
         names = NetnsNames(probe.netns_tasks)
         netstat = NetstatPoints(names, host_tag) if args.netns_counters else None

@@ -18,13 +18,14 @@ from .netns import listdir
 # reasons whose documentation in the kernel's include/net/dropreason-core.h
 # names that counter ("corresponding to LINUX_MIB_..."), and two pairs read
 # off the code that raises both together (TCP_MINTTL, TCP_CSUM: tcp_v4_rcv(),
-# tcp_v6_rcv()). LISTEN is ours: every rise of ListenDrops the probe saw (the
-# SYNs a listener refused, and on 6.11+ the handshakes' last ACKs).
-LISTEN = "listen drops"
+# tcp_v6_rcv()). The listen counters are paired with their rises the probe
+# read (LISTEN_RISES, ours): each at a refused SYN, an ACK that found the
+# accept queue full (the handshake's last, or a cookie's), or an ICMP error
+# that aborted a request (tcpdrop.c, listen-queue drops).
+LISTEN_RISES = {counter: f"rises read ({counter.removeprefix('TcpExt')})"
+                for counter in ("TcpExtListenDrops", "TcpExtListenOverflows", "TcpExtTCPReqQFullDrop")}
 DROP_COUNTERS = {
-    "TcpExtListenDrops": (LISTEN,),
-    "TcpExtListenOverflows": ("TCP_LISTEN_OVERFLOW", "listen-overflow"),
-    "TcpExtTCPReqQFullDrop": ("syn-queue-full",),
+    **{counter: (rises,) for counter, rises in LISTEN_RISES.items()},
     "TcpExtTCPBacklogDrop": ("SOCKET_BACKLOG",),
     "TcpExtTCPZeroWindowDrop": ("TCP_ZEROWINDOW",),
     "TcpExtTCPOFOMerge": ("TCP_OFOMERGE",),

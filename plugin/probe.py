@@ -11,15 +11,15 @@ releases everything in reverse order and is safe to call twice.
 import ctypes
 import operator
 import os
-import re
+from typing import NamedTuple
 
 from . import libbpf as lb
-from . import listen, log
+from . import host, listen, log
 from .btf import Btf
-from .event import (COUNTER_MAX, HOT_FULL, HOT_SLOTS, LISTEN_CHAIN, LISTEN_OFF, DropEvent, DropKey,
-                    HotSlot, NetnsTask, ProbeConfig)
+from .event import (COUNTER_MAX, HOT_GENERATION, HOT_SLOTS, LISTEN_CHAIN, LISTEN_OFF, DropEvent, DropKey,
+                    HotSlot, ListenMib, NetnsTask, ProbeConfig)
 from .names import DropReasons
-from .symbols import function_spans
+from .symbols import FUNCTIONS, VARIABLES, symbol_spans
 
 DEFAULT_MAX_KEYS = 16384
 # The kernel preallocates each tag set's room, on every CPU, in two
@@ -28,12 +28,16 @@ DEFAULT_MAX_KEYS = 16384
 MAX_KEYS = 1 << 20
 RINGBUF_BYTES = 4 * 1024 * 1024  # ~1,500 events with their stacks and packets
 BATCH = 1024  # keys per bpf_map_lookup_and_delete_batch() call
-LISTEN_NETNS = 4096  # namespaces whose ListenDrops audit follows
+LISTEN_NETNS = 4096  # namespaces whose listen counters' rises audit follows
+# LISTEN_CHAIN's last readings of a namespace's counters, one per CPU (104
+# bytes each): room for this many namespaces on every possible CPU, within
+# these bounds (1.6 to 13 MiB): 4,096 namespaces up to 32 CPUs, 1,024 on 128.
+CHAIN_NETNS, CHAIN_READINGS = 4096, (16384, 131072)
 ENOENT = 2
 GENERATIONS = ("a", "b")  # of the drops, overflow and hot-slot maps (tcpdrop.c)
-MAPS = ("drops_a", "drops_b", "hot_a", "hot_b", "overflow_a", "overflow_b", "drops_now", "hot_now",
-        "overflow_now", "events", "counters")
-CORE_MAPS = (*MAPS, "listen_drops", "running")
+MAPS = ("drops_a", "drops_b", "hot_a", "hot_b", "overflow_a", "overflow_b", "hot_now", "drops_maps",
+        "overflow_maps", "events", "counters")
+CORE_MAPS = (*MAPS, "listen_rises", "running", "cpu_ids")
 
 # Program name in tcpdrop.c -> what it attaches to, in order of preference.
 HOOKS = {
@@ -41,22 +45,45 @@ HOOKS = {
     "tracepoint": ("kfree_skb_tp", "tracepoint/skb/kfree_skb"),
     "kprobe": ("tcp_drop", "kprobe/tcp_drop"),
 }
+DIRECT = "_direct"  # the twin of tp_btf's and tracepoint's programs that calls bpf_rdonly_cast()
+PROGRAMS = (*(prog for prog, _ in HOOKS.values()), *(HOOKS[hook][0] + DIRECT for hook in ("tp_btf", "tracepoint")))
+# x86-64: the variables that place the direct map and the struct pages (tcpdrop.c, first_frag)
+DIRECT_MAP = ("page_offset_base", "vmemmap_base")
 LISTEN_WALK = "listen_baselines_walk"  # LISTEN_CHAIN's, run once at start-up
 NETNS_TASKS = "netns_tasks"  # always loaded; run whenever netns.py looks for names
 KPROBE = HOOKS["kprobe"][0]
 
 
-def tcp_drop_needs_kprobe(release=None, kallsyms="/proc/kallsyms"):
-    """(whether the kfree_skb hooks need kprobe/tcp_drop beside them, why
-    not or what is not seen). Before 5.18, tcp_drop() freed with
-    __kfree_skb(), which fires no tracepoint; from 5.18 it frees with
-    kfree_skb_reason(), and from 6.0 it is gone."""
-    major, minor = map(int, re.match(r"(\d+)\.(\d+)", release or os.uname().release).groups())
-    if (major, minor) >= (5, 18):
+def tcp_drop_needs_kprobe(reasons, spans):
+    """(whether the kfree_skb hooks need kprobe/tcp_drop beside them, what is
+    not seen where they do but cannot have it), from the kernel's drop reasons
+    (a DropReasons) and its kallsyms ({name: span}). tcp_drop() freed with
+    __kfree_skb(), which fires no tracepoint, until the series that made it
+    free with kfree_skb_reason() (tcp_drop_reason(), 5.18), which also gave
+    TCP its own drop reasons: where the kernel has TCP_OFOMERGE, the
+    tracepoint sees those drops, and a kprobe would count each twice (a
+    vendor's older kernel with the series backported: RHEL 9's 5.14). Not
+    the version: 5.17 has reasons, but not these. 6.0 removed tcp_drop()."""
+    if "TCP_OFOMERGE" in reasons.names.values():
         return False, None
-    if "tcp_drop" in function_spans(["tcp_drop"], kallsyms):
+    if "tcp_drop" in spans:
         return True, None
     return False, "drops in tcp_drop() not seen: it frees with __kfree_skb(), and it is inlined"
+
+
+class RunStats(NamedTuple):
+    runs: int
+    run_time_ns: int
+    drop_misses: int  # kfree_skb runs the kernel skipped: drops not counted
+    listen_misses: int  # listen-queue runs skipped: a refused SYN unseen, or taken for another
+
+
+class ListenRises(NamedTuple):
+    """Rises of a namespace's listen counters: ListenDrops, ListenOverflows,
+    TCPReqQFullDrop (struct listen_mib)."""
+    drops: int
+    overflows: int
+    synq_full: int
 
 
 class ProbeError(Exception):
@@ -75,12 +102,13 @@ def overflow_keys(max_keys):
 
 def map_sizes(config, max_keys):
     """max_entries of the sized maps: those the mode does not use shrink to
-    their minimum (kernel memory)."""
+    their minimum (kernel memory). LISTEN_CHAIN's are sized at load, where
+    its mode is chosen (CoreLoader)."""
     drops = max_keys if config.aggregate else 1
     overflow = overflow_keys(max_keys) if config.aggregate else 1
     return {"drops_a": drops, "drops_b": drops, "overflow_a": overflow, "overflow_b": overflow,
             "events": RINGBUF_BYTES if config.events else os.sysconf("SC_PAGE_SIZE"),
-            "listen_drops": LISTEN_NETNS if config.key_netns else 1}
+            "listen_rises": LISTEN_NETNS if config.key_netns else 1}
 
 
 class Probe:
@@ -95,13 +123,13 @@ class Probe:
         self._lib = lb.load()
         self._loader = loader
         self._ringbuf = self._sample_cb = self._callback_error = None
+        self.ncpus = lb.check_int(self._lib.libbpf_num_possible_cpus(), "libbpf_num_possible_cpus")
+        self._zero_slots = (HotSlot * self.ncpus)()
         try:
             self._attach_first(hooks)
-            self.ncpus = lb.check_int(self._lib.libbpf_num_possible_cpus(), "libbpf_num_possible_cpus")
         except BaseException:  # no object left loaded by a failed start
             loader.close()
             raise
-        self._zero_slots = (HotSlot * self.ncpus)()
         self._batch = None  # (keys, values) buffers of _take_map, made at its first call
 
     @property
@@ -116,21 +144,19 @@ class Probe:
 
     def _attach_first(self, hooks):
         failures = []
-        also_kprobe, self.unseen = tcp_drop_needs_kprobe()
         for hook in hooks:
             try:
-                self._prog_fds, self._fds = self._loader.load(
+                self._programs, self._fds = self._loader.load(
                     hook, self.config, map_sizes(self.config, self.max_keys),
-                    also_kprobe and hook != "kprobe")
+                    before_attach=self._prepare_generations)
                 self.hook = hook
-                self.listen = self._loader.listen
+                self.listen, self.unseen = self._loader.listen, self._loader.unseen
                 return
             except HookError as e:
                 failures.append(f"{HOOKS[hook][1]}: {e}")
                 self._loader.close()
         raise ProbeError("no hook could be attached (" + "; ".join(failures) +
                          "); -v shows the loader's log")
-
 
     def on_event(self, callback):
         """Call callback(DropEvent) for each event from poll(). An exception
@@ -179,29 +205,47 @@ class Probe:
 
     def take_counts(self):
         """{DropKey bytes: (drops, bytes)} counted since the last take, summed
-        over CPUs: the drops and overflow maps' counts plus those in the hot slots. The
-        handler is moved to the other generation of maps first; the kernel
-        returns from each swap only once no program runs on the old maps
-        (tcpdrop.c), which are then read and emptied, quiet."""
-        old = GENERATIONS[self._generation]
+        over CPUs: the drops and overflow maps' counts plus those in the hot
+        slots. The handler is moved to the other generation first, by one
+        swap; the kernel returns from it only once no program runs on the old
+        generation (tcpdrop.c), whose maps are then read and emptied, quiet."""
+        old = self._generation
         self._generation ^= 1
-        new = GENERATIONS[self._generation]
-        # The hot slots last: a program between two swaps then sees the old
-        # slots with the new, empty drops map, whose "full" it cannot set,
-        # not the new slots with the old, maybe full, map, whose mark would
-        # send the next interval's new tag sets to the overflow map.
-        for outer, inner in (("drops_now", f"drops_{new}"), ("overflow_now", f"overflow_{new}"),
-                             ("hot_now", f"hot_{new}")):
-            zero, fd = ctypes.c_uint32(0), ctypes.c_uint32(self._fds[inner])
-            lb.check_int(self._lib.bpf_map_update_elem(self._fds[outer], ctypes.byref(zero),
-                                                       ctypes.byref(fd), 0), f"swap in {inner}")
+        self._set_map("hot_now", 0, self._fds[f"hot_{GENERATIONS[self._generation]}"])
         # Keys counted without their ports (MARK_PORTS_OVERFLOW) are not the drops map's.
-        counts = self._take_map(self._fds[f"drops_{old}"])
-        counts |= self._take_map(self._fds[f"overflow_{old}"])
-        for key, (drops, nbytes) in self._take_hot_slots(self._fds[f"hot_{old}"]).items():
+        counts = self._take_map(self._fds[f"drops_{GENERATIONS[old]}"])
+        counts |= self._take_map(self._fds[f"overflow_{GENERATIONS[old]}"])
+        for key, (drops, nbytes) in self._take_hot_slots(old).items():
             old_drops, old_bytes = counts.get(key, (0, 0))
             counts[key] = (old_drops + drops, old_bytes + nbytes)
         return counts
+
+    def _set_map(self, name, index, fd):
+        """Puts the map of file descriptor fd at index of the map-in-map name."""
+        key, value = ctypes.c_uint32(index), ctypes.c_uint32(fd)
+        lb.check_int(self._lib.bpf_map_update_elem(self._fds[name], ctypes.byref(key),
+                                                   ctypes.byref(value), 0), f"set {name}[{index}]")
+
+    def _prepare_generations(self, fds):
+        """Before the hooks attach: generation a current, each generation's
+        maps at its number (bcc leaves the map-in-maps empty; libbpf filled
+        them already), and each generation's hot slots naming it on every CPU
+        (slot HOT_GENERATION), as the handler finds its maps by that name."""
+        self._fds = fds
+        self._set_map("hot_now", 0, fds["hot_a"])
+        for number, generation in enumerate(GENERATIONS):
+            self._set_map("drops_maps", number, fds[f"drops_{generation}"])
+            self._set_map("overflow_maps", number, fds[f"overflow_{generation}"])
+            self._empty_generation_slot(number)
+
+    def _empty_generation_slot(self, number):
+        """Slot HOT_GENERATION of generation number's hot slots, on every CPU:
+        not full, and naming its generation."""
+        slots = (HotSlot * self.ncpus)(*[HotSlot(generation=number)] * self.ncpus)
+        index = ctypes.c_uint32(HOT_GENERATION)
+        lb.check_int(self._lib.bpf_map_update_elem(self._fds[f"hot_{GENERATIONS[number]}"],
+                                                   ctypes.byref(index), slots, 0),
+                     "name the generation's hot slots")
 
     def _take_map(self, fd):
         """{key: (drops, bytes)} of a quiet map, which is left empty. Read
@@ -233,17 +277,19 @@ class Probe:
                 return counts
             token.value, first = next_token.value, False
 
-    def _take_hot_slots(self, fd):
-        """{key: (drops, bytes)} of the claimed slots; each claimed one is
-        emptied, and HOT_FULL too: the generation's drops map is empty again."""
+    def _take_hot_slots(self, number):
+        """{key: (drops, bytes)} of the claimed slots of generation number;
+        each claimed one is emptied, and its "full" mark too: the
+        generation's drops map is empty again."""
         counts = {}
+        fd = self._fds[f"hot_{GENERATIONS[number]}"]
         slots = (HotSlot * self.ncpus)()
         for index in range(HOT_SLOTS):
             i = ctypes.c_uint32(index)
             lb.check_int(self._lib.bpf_map_lookup_elem(fd, ctypes.byref(i), slots), "read hot slots")
             claimed = [slot for slot in slots if slot.claimed]
-            # A slot claimed between the swaps, for a key counted in the new
-            # maps, has counted nothing here: no point of 0 drops.
+            # A slot claimed for a key whose drops all went to its map has
+            # counted nothing here: no point of 0 drops.
             for slot in (slot for slot in claimed if slot.count.drops):
                 key = bytes(slot.key)
                 drops, nbytes = counts.get(key, (0, 0))
@@ -251,39 +297,43 @@ class Probe:
             if claimed:
                 lb.check_int(self._lib.bpf_map_update_elem(fd, ctypes.byref(i), self._zero_slots, 0),
                              "empty hot slots")
-        full = ctypes.c_uint32(HOT_FULL)
-        lb.check_int(self._lib.bpf_map_update_elem(fd, ctypes.byref(full), self._zero_slots, 0),
-                     "empty the full mark")
+        self._empty_generation_slot(number)
         return counts
 
     def run_stats(self):
-        """(runs, run time in ns, runs the kernel skipped) of the attached
-        programs. Runs and run time stay 0 unless the sysctl
-        kernel.bpf_stats_enabled is 1; skipped runs (recursion_misses: a
-        program already running on that CPU, 5.12+) are always counted."""
-        totals = [0, 0, 0]
-        for fd in self._prog_fds:
+        """RunStats of the attached programs. Runs and run time stay 0 unless
+        the sysctl kernel.bpf_stats_enabled is 1; skipped runs
+        (recursion_misses: a program already running on that CPU, 5.12+)
+        are always counted, apart for what a skip costs: a drop not counted
+        (the kfree_skb hooks), or a refused SYN not seen or taken for
+        another (the listen-queue programs, most of whose runs are packets
+        freed as normal: consume_skb)."""
+        totals = dict.fromkeys(RunStats._fields, 0)
+        for name, fd in self._programs.items():
             info = lb.BpfProgInfo()
             size = ctypes.c_uint32(ctypes.sizeof(info))
             lb.check_int(self._lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)),
                          "program info")
-            for i, value in enumerate((info.run_cnt, info.run_time_ns, info.recursion_misses)):
-                totals[i] += value
-        return tuple(totals)
+            totals["runs"] += info.run_cnt
+            totals["run_time_ns"] += info.run_time_ns
+            totals["listen_misses" if name in listen.PROGRAMS else "drop_misses"] += info.recursion_misses
+        return RunStats(**totals)
 
-    def listen_drops(self):
-        """{network namespace inode: rises of its ListenDrops seen}, summed over CPUs."""
-        fd = self._fds.get("listen_drops")
+    def listen_rises(self):
+        """{network namespace inode: ListenRises} of the listen counters' rises
+        the probe read, summed over CPUs."""
+        fd = self._fds.get("listen_rises")
         if fd is None:
             return {}
-        counts, key, next_key = {}, ctypes.c_uint32(), ctypes.c_uint32()
-        values = (ctypes.c_uint64 * self.ncpus)()
+        rises, key, next_key = {}, ctypes.c_uint32(), ctypes.c_uint32()
+        values = (ListenMib * self.ncpus)()
         previous = None
         while self._lib.bpf_map_get_next_key(fd, previous, ctypes.byref(next_key)) == 0:
             key.value, previous = next_key.value, ctypes.byref(key)
             if self._lib.bpf_map_lookup_elem(fd, previous, values) == 0:
-                counts[key.value] = sum(values)
-        return counts
+                rises[key.value] = ListenRises(*(sum(getattr(v, field) for v in values)
+                                                 for field, _ in ListenMib._fields_))
+        return rises
 
     def netns_tasks(self):
         """[(pid, network namespace inode)] of every process on the host now."""
@@ -306,28 +356,34 @@ class CoreLoader:
     """The CO-RE object (tcpdrop.bpf.o), through the system libbpf."""
     hooks = tuple(HOOKS)
 
-    def __init__(self, object_path, verbose=False):
+    def __init__(self, object_path, verbose=False, listen_drops="auto", direct_loads=None):
+        """listen_drops: how to see listen-queue drops (auto: the best way that
+        loads; fentry, tracepoints: that way or a ProbeError; off);
+        direct_loads: load the programs that call bpf_rdonly_cast(); None:
+        where the kernel has it."""
         self.object_path = os.fspath(object_path)
         self.verbose = verbose
+        self.listen_drops = listen_drops
+        self.direct_loads = direct_loads
         self.listen = None  # how listen-queue drops are seen, once loaded
+        self.kprobe = self.unseen = None  # kprobe/tcp_drop beside the hook, or what is not seen
         self._lib = lb.load()
         self._warnings = []
         self._obj = None
         self._links = []
 
-    def load(self, hook, config, sizes, also_kprobe=False):
-        """(program fds, {map name: fd}) of the object loaded and attached at
-        hook (and kprobe/tcp_drop if also_kprobe), with the best way of
-        seeing listen-queue drops that loads."""
+    def load(self, hook, config, sizes, before_attach=lambda fds: None):
+        """({program name: fd}, {map name: fd}) of the object loaded and attached at
+        hook (and kprobe/tcp_drop beside it where the kernel needs it), with
+        the best way of seeing listen-queue drops that loads;
+        before_attach({map name: fd}) runs between the two."""
         lb.set_log_handler(self._on_libbpf_log)
+        failure = ""
         try:
-            for mode, programs, why in self._kernel_settings(config):
+            for mode, programs, why in self._listen_ways(config):
                 config.listen = mode
                 try:
-                    loaded = self._load_and_attach(hook, config, sizes,
-                                                   (*programs, KPROBE) if also_kprobe else programs)
-                    self.listen = why
-                    return loaded
+                    loaded = self._load_and_attach(hook, config, sizes, programs, before_attach)
                 except lb.LibbpfError as e:
                     self.close()
                     failure = f"{e}{self._last_log()}"  # taken even unshown: the next try starts clean
@@ -335,21 +391,48 @@ class CoreLoader:
                         raise HookError(failure) from None
                     if self.verbose:
                         log.debug(f"listen-queue drops by {why}: {failure}")
+                    continue
+                if mode == LISTEN_OFF and self.listen_drops not in ("auto", "off"):
+                    self.close()  # the hook works; the way asked for does not
+                    raise ProbeError(f"--listen-drops {self.listen_drops}: {why or failure}; "
+                                     "--listen-drops auto takes the best way that works")
+                self.listen = why
+                return loaded
         finally:
             lb.set_log_handler(None)
             lb.give_back_memory()
 
+    def _listen_ways(self, config):
+        """The ways of seeing listen-queue drops to try, best first, as
+        --listen-drops asks: those of its mode, then off, which only tells
+        whether the hook itself works (its what: why the mode cannot be had,
+        or "" if it failed to load)."""
+        ways = self._kernel_settings(config)
+        if self.listen_drops == "off":
+            return [(LISTEN_OFF, (), "off (--listen-drops off)")]
+        if self.listen_drops == "auto":
+            return ways
+        asked = [way for way in ways if way[0] == listen.CHOICES[self.listen_drops]]
+        return asked + [(LISTEN_OFF, (), "" if asked else f"this kernel allows none ({ways[-1][2]})")]
+
     def _kernel_settings(self, config):
         """Fills in config what this kernel allows; the ways of seeing
         listen-queue drops to try, best first (listen.settings)."""
+        spans = symbol_spans([*listen.FUNCTIONS.values(), "tcp_drop", *DIRECT_MAP],
+                             kinds=FUNCTIONS + VARIABLES)
+        config.page_offset_base, config.vmemmap_base = (spans.get(name, (0, 0))[0] for name in DIRECT_MAP)
         with Btf.vmlinux(self._lib) as btf:
-            config.direct_loads = btf.function_id("bpf_rdonly_cast") is not None
+            if self.direct_loads is None:  # the *_direct programs call it (tcpdrop.c)
+                self.direct_loads = btf.function_id("bpf_rdonly_cast") is not None
             # 6.1+: the kernel skips a nested tp_btf run itself (tcpdrop.c, enter_once)
             config.guard_nesting = (config.guard_nesting or
                                     btf.function_id("bpf_prog_inc_misses_counter") is None)
-            return listen.settings(config, btf, DropReasons.from_btf(btf) or DropReasons({}),
+            reasons = DropReasons.from_btf(btf) or DropReasons({})
+            self.kprobe, self.unseen = tcp_drop_needs_kprobe(reasons, spans)
+            return listen.settings(config, btf, reasons, spans,
                                    lb.check_int(self._lib.libbpf_num_possible_cpus(), "possible CPUs"),
-                                   lambda btf_id: lb.fentry_attaches(self._lib, btf_id))
+                                   lambda btf_id: lb.fentry_attaches(self._lib, btf_id),
+                                   self.direct_loads)
 
     def _on_libbpf_log(self, level, line):
         """libbpf's log: all of it to stderr when verbose; warnings kept to
@@ -365,28 +448,38 @@ class CoreLoader:
         self._warnings.clear()
         return f" ({last})" if last else ""
 
-    def _load_and_attach(self, hook, config, sizes, more_programs):
+    def _load_and_attach(self, hook, config, sizes, listen_programs, before_attach):
         lib = self._lib
         self._obj = lb.check_ptr(lib.bpf_object__open_file(self.object_path.encode(), None),
                                  f"open {self.object_path}")
-        programs = [HOOKS[hook][0], *more_programs]
+        direct = self.direct_loads and hook != "kprobe"
+        programs = [HOOKS[hook][0] + (DIRECT if direct else ""), *listen_programs,
+                    *([KPROBE] if self.kprobe and hook != "kprobe" else [])]
         walk = config.listen == LISTEN_CHAIN
-        for name in (*(prog for prog, _ in HOOKS.values()), *listen.PROGRAMS, LISTEN_WALK):
+        for name in (*PROGRAMS, *listen.PROGRAMS, LISTEN_WALK):
             lib.bpf_program__set_autoload(self._program(name), name in programs or
                                           (walk and name == LISTEN_WALK))
         self._set_config(config)
-        if not walk:  # only LISTEN_CHAIN keeps "befores"
-            sizes = {**sizes, "listen_baselines": 1}
+        # Only LISTEN_CHAIN keeps "befores", on every CPU.
+        cpus = host.possible_cpus() if walk else []
+        least, most = CHAIN_READINGS
+        sizes = {**sizes, "listen_baselines": min(max(CHAIN_NETNS * len(cpus), least), most) if walk else 1,
+                 "cpu_ids": len(cpus) or 1}
         for name, size in sizes.items():
             lb.check_int(lib.bpf_map__set_max_entries(self._map(name), size), f"size map {name}")
         lb.check_int(lib.bpf_object__load(self._obj), "load")
+        fds = {name: lib.bpf_map__fd(self._map(name)) for name in CORE_MAPS}
+        for index, cpu in enumerate(cpus):  # before the hooks run: they walk them
+            key, value = ctypes.c_uint32(index), ctypes.c_uint32(cpu)
+            lb.check_int(lib.bpf_map_update_elem(fds["cpu_ids"], ctypes.byref(key), ctypes.byref(value), 0),
+                         "set cpu_ids")
+        before_attach(fds)
         for name in programs:
             self._links.append(lb.check_ptr(lib.bpf_program__attach(self._program(name)),
                                             f"attach {name}"))
         if walk:  # the hooks run: now the first "before" of every task's namespace
             self._read_iterator(LISTEN_WALK)
-        return ([lib.bpf_program__fd(self._program(name)) for name in programs],
-                {name: lib.bpf_map__fd(self._map(name)) for name in CORE_MAPS})
+        return {name: lib.bpf_program__fd(self._program(name)) for name in programs}, fds
 
     def netns_tasks(self):
         records = self._read_iterator(NETNS_TASKS)

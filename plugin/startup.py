@@ -93,11 +93,13 @@ def mount_tracefs():
                            f"{host.TRACEFS}")
 
 
-def open_probe(config, backend="auto", hook="auto", verbose=False, mount=True, **probe_options):
+def open_probe(config, backend="auto", hook="auto", verbose=False, listen_drops="auto", mount=True,
+               **probe_options):
     """Checks the host, mounts tracefs where it is not (unless mount is False:
     `check` changes nothing), then loads and attaches the probe with the
-    backend and hook asked for (--backend, --hook; "auto": the first that
-    works); StartupError if it cannot."""
+    backend, hook and way of seeing listen-queue drops asked for (--backend,
+    --hook, --listen-drops; "auto": the first that works); StartupError if it
+    cannot."""
     host.libbpf()  # both backends load through it: a missing one is a StartupError
     backend, _ = host.backend(backend)
     hooks = (CoreLoader if backend == "core" else BccLoader).hooks
@@ -106,6 +108,9 @@ def open_probe(config, backend="auto", hook="auto", verbose=False, mount=True, *
             raise UsageError(f"--hook {hook} needs kernel BTF, which the bcc backend is "
                              "for the lack of: use --backend core")
         hooks = (hook,)
+    if backend == "bcc" and listen_drops not in ("auto", "off"):
+        raise UsageError(f"--listen-drops {listen_drops} needs the CO-RE backend (the bcc "
+                         "backend sees no listen-queue drops): use --backend core")
     host.privileges()
     tracefs_problem = ""
     try:
@@ -114,7 +119,7 @@ def open_probe(config, backend="auto", hook="auto", verbose=False, mount=True, *
     except StartupError as e:
         tracefs_problem = f"; also, {e}"
     if backend == "core":
-        loader = CoreLoader(host.probe_object(), verbose=verbose)
+        loader = CoreLoader(host.probe_object(), verbose=verbose, listen_drops=listen_drops)
         host.kernel_btf()
     else:
         host.bcc()

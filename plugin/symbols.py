@@ -34,16 +34,21 @@ def open_kallsyms(path="/proc/kallsyms"):
             "runs the monitor, do not set ProtectKernelTunables= there (it hides this file)") from None
 
 
-def function_spans(names, path="/proc/kallsyms"):
-    """{name: (address, length)} of these kernel functions, where kallsyms
-    has them; the length runs to the next symbol above. kallsyms lists the
-    kernel's own symbols in address order (modules come after, each in its
-    own), so that is on one of the lines that follow."""
+FUNCTIONS = (b" T ", b" t ")  # kallsyms' kinds of symbol: text (code)
+VARIABLES = (b" D ", b" d ", b" B ", b" b ")  # data, and zeroed data
+
+
+def symbol_spans(names, path="/proc/kallsyms", kinds=FUNCTIONS):
+    """{name: (address, length)} of these kernel symbols of these kinds
+    (functions, by default), where kallsyms has them, in one read of it (a
+    few tens of ms); the length runs to the next symbol above. kallsyms
+    lists the kernel's own symbols in address order (modules come after,
+    each in its own), so that is on one of the lines that follow."""
     with open_kallsyms(path) as f:
         text = f.read()
     spans = {}
     for name in names:
-        for kind in (b" T ", b" t "):
+        for kind in kinds:
             at = text.find(kind + name.encode())
             while at >= 0 and text[at + 3 + len(name):at + 4 + len(name)] not in (b"\n", b"\t"):
                 at = text.find(kind + name.encode(), at + 1)  # a longer name that starts alike

@@ -47,18 +47,22 @@ const volatile struct probe_config cfg = {};
  * counted millions of times: their counts go to a slot of a per-CPU array
  * (an index and a compare) instead of a hash lookup each.
  *
- * Both come in two generations, a and b. The handler finds the current one
- * through drops_now and hot_now; each interval, user space swaps in the
- * other, empty generation, and the kernel returns from that map-in-map update
- * only once no program still runs on the old one (an RCU grace period). So
- * the old generation is read whole and quiet, then emptied: no count is read
- * twice or lost, and nothing is ever deleted from a map a program is
- * counting into. The loader sizes the maps for its mode (probe.py, map_sizes).
+ * Both come in two generations, a and b, and so do the overflow maps below.
+ * Each interval user space swaps the other, empty generation's hot slots into
+ * hot_now, the one switch: the slots name their generation (slot
+ * HOT_GENERATION), and through it the handler finds that generation's maps
+ * (drops_maps, overflow_maps). So a run of the handler sees one generation
+ * whole: its slots, its "full" mark and its maps. The kernel returns from
+ * that map-in-map update only once no program still runs on the old
+ * generation (an RCU grace period): the old one is then read whole and
+ * quiet, and emptied. No count is read twice or lost, and nothing is ever
+ * deleted from a map a program is counting into. The loader sizes the maps
+ * for its mode (probe.py, map_sizes).
  *
  * Where the drops map is full (a port scan), a drop is counted without its
- * ports, in room kept for that: the overflow maps, in generations too. A
- * scan's tag sets differ by their ports alone, so there it keeps its reason,
- * state, flags, drop site and namespace.
+ * ports, in room kept for that: the overflow maps. A scan's tag sets differ
+ * by their ports alone, so there it keeps its reason, state, flags, drop
+ * site and namespace.
  */
 struct drops_map {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
@@ -69,7 +73,7 @@ struct drops_map {
 
 struct hot_map {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, HOT_SLOTS + 1);	/* and HOT_FULL */
+	__uint(max_entries, HOT_SLOTS + 1);	/* and HOT_GENERATION */
 	__type(key, __u32);
 	__type(value, struct hot_slot);
 } hot_a SEC(".maps"), hot_b SEC(".maps");
@@ -78,22 +82,23 @@ struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__array(values, struct drops_map);
-} drops_now SEC(".maps") = { .values = { &drops_a } };
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
-	__uint(max_entries, 1);
-	__type(key, __u32);
 	__array(values, struct hot_map);
 } hot_now SEC(".maps") = { .values = { &hot_a } };
 
+/* Each generation's maps, by its number: never changed. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
 	__type(key, __u32);
 	__array(values, struct drops_map);
-} overflow_now SEC(".maps") = { .values = { &overflow_a } };
+} drops_maps SEC(".maps") = { .values = { &drops_a, &drops_b } };
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__array(values, struct drops_map);
+} overflow_maps SEC(".maps") = { .values = { &overflow_a, &overflow_b } };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -123,19 +128,19 @@ struct {
 } running SEC(".maps");
 
 /* Each map operation the handler does, in libbpf's terms (bcc's below). */
-static __always_inline void *drops_current(__u32 *zero)
-{
-	return bpf_map_lookup_elem(&drops_now, zero);
-}
-
 static __always_inline void *hot_current(__u32 *zero)
 {
 	return bpf_map_lookup_elem(&hot_now, zero);
 }
 
-static __always_inline void *overflow_current(__u32 *zero)
+static __always_inline void *drops_of(__u32 *generation)
 {
-	return bpf_map_lookup_elem(&overflow_now, zero);
+	return bpf_map_lookup_elem(&drops_maps, generation);
+}
+
+static __always_inline void *overflow_of(__u32 *generation)
+{
+	return bpf_map_lookup_elem(&overflow_maps, generation);
 }
 
 static __always_inline __u64 *counter(__u32 *slot)
@@ -164,28 +169,28 @@ BPF_PERCPU_HASH(overflow_a, struct drop_key, struct drop_count, TCPDROP_OVERFLOW
 BPF_PERCPU_HASH(overflow_b, struct drop_key, struct drop_count, TCPDROP_OVERFLOW_KEYS);
 BPF_PERCPU_ARRAY(hot_a, struct hot_slot, HOT_SLOTS + 1);
 BPF_PERCPU_ARRAY(hot_b, struct hot_slot, HOT_SLOTS + 1);
-BPF_ARRAY_OF_MAPS(drops_now, "drops_a", 1);	/* the loader sets [0] before attaching */
-BPF_ARRAY_OF_MAPS(hot_now, "hot_a", 1);
-BPF_ARRAY_OF_MAPS(overflow_now, "overflow_a", 1);
+BPF_ARRAY_OF_MAPS(hot_now, "hot_a", 1);	/* the loader sets them before attaching */
+BPF_ARRAY_OF_MAPS(drops_maps, "drops_a", 2);
+BPF_ARRAY_OF_MAPS(overflow_maps, "overflow_a", 2);
 BPF_RINGBUF_OUTPUT(events, TCPDROP_RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(counters, __u64, COUNTER_MAX);
 BPF_PERCPU_ARRAY(budgets, struct budget, 1);
 
 /* Functions, not macros: bcc rewrites map.lookup() only where it is written
  * out ("cannot use map function inside a macro"), and not &map in helpers. */
-static __always_inline void *drops_current(__u32 *zero)
-{
-	return drops_now.lookup(zero);
-}
-
 static __always_inline void *hot_current(__u32 *zero)
 {
 	return hot_now.lookup(zero);
 }
 
-static __always_inline void *overflow_current(__u32 *zero)
+static __always_inline void *drops_of(__u32 *generation)
 {
-	return overflow_now.lookup(zero);
+	return drops_maps.lookup(generation);
+}
+
+static __always_inline void *overflow_of(__u32 *generation)
+{
+	return overflow_maps.lookup(generation);
 }
 
 static __always_inline __u64 *counter(__u32 *slot)
@@ -219,10 +224,10 @@ static __always_inline struct drop_event *event_reserve(void)
 
 #ifndef TCPDROP_BCC
 /* bpf_rdonly_cast() (6.2+) turns an address into a typed pointer whose loads
- * are direct and fault-safe: a load each, not a helper call. Used where the
- * loader knows the kernel has it (cfg.direct_loads; LISTEN_CHAIN is 6.11+).
- * Weak: an object that cannot resolve it still loads, and there the calls
- * are never reached. */
+ * are direct and fault-safe: a load each, not a helper call. Only the
+ * programs the loader loads where the kernel has it call it (the hooks'
+ * *_direct twins, LISTEN_CHAIN's): weak, so that the object still opens
+ * where it cannot be resolved. */
 extern void *bpf_rdonly_cast(const void *obj__ign, __u32 btf_id) __ksym __weak;
 #define rdonly_cast(type, addr) ((type *)bpf_rdonly_cast((void *)(addr), bpf_core_type_id_kernel(type)))
 #endif
@@ -406,15 +411,17 @@ static __always_inline void claim(struct hot_slot *hot, struct drop_key *key)
 	hot->claimed = 1;
 }
 
-/* The drops map is full: @key's drop counted without its ports, or where the
- * overflow map is full too, without any tag (COUNTER_OVERFLOW_*). A scan's
- * drops share one portless key, which @hot_slots (if given) then counts. */
-static __noinline void count_overflow(struct drop_key *key, __u32 bytes, void *hot_slots)
+/* The drops map of @generation is full: @key's drop counted without its
+ * ports, or where the overflow map is full too, without any tag
+ * (COUNTER_OVERFLOW_*). A scan's drops share one portless key, which
+ * @hot_slots (if given) then counts. */
+static __noinline void count_overflow(struct drop_key *key, __u32 bytes, __u32 generation,
+				      void *hot_slots)
 {
-	__u32 zero = 0, index;
-	void *overflow = overflow_current(&zero);
+	void *overflow = overflow_of(&generation);
 	struct drop_key portless = *key;
 	struct hot_slot *hot = NULL;
+	__u32 index;
 	long err;
 
 	portless.sport = portless.dport = 0;
@@ -446,29 +453,38 @@ static __noinline void count_overflow(struct drop_key *key, __u32 bytes, void *h
  * slot is never half written when read. The listen-queue handlers, which
  * may interrupt them, count in the maps only, under keys of their own.
  *
- * Once the drops map is full, which it stays until the next generation,
- * HOT_FULL says so: a key not in it goes straight to count_overflow(), and
- * a scan's drop costs about what a hit does, not a failed insert each. */
+ * Once the generation's drops map is full, which it stays until it is
+ * swapped out, its slot HOT_GENERATION is claimed: a key not in the map goes
+ * straight to count_overflow(), and a scan's drop costs about what a hit
+ * does, not a failed insert each. */
 static __always_inline void count_drop(struct drop_key *key, __u32 bytes, bool hot_ok)
 {
-	__u32 zero = 0, index = hot_index(key), full_index = HOT_FULL;
-	void *drops, *hot_slots = NULL;
-	struct hot_slot *hot = NULL, *full = NULL;
+	__u32 zero = 0, index = hot_index(key), generation_index = HOT_GENERATION, generation;
+	void *drops, *hot_slots = hot_current(&zero);
+	struct hot_slot *hot = NULL, *full = NULL, *slot;
 	struct drop_count *c;
 	long err;
 
+	if (!hot_slots)
+		return;
 	if (hot_ok) {
-		hot_slots = hot_current(&zero);
-		hot = hot_slots ? bpf_map_lookup_elem(hot_slots, &index) : NULL;
+		hot = bpf_map_lookup_elem(hot_slots, &index);
 		if (hot && hot->claimed && same_key(&hot->key, key)) {
 			hot->count.drops += 1;
 			hot->count.bytes += bytes;
 			return;
 		}
-		/* past the hit: a storm's drops never look at the mark, nor the map */
-		full = hot_slots ? bpf_map_lookup_elem(hot_slots, &full_index) : NULL;
 	}
-	drops = drops_current(&zero);
+	/* past the hit: a storm's drops never look at the generation, nor the map */
+	slot = bpf_map_lookup_elem(hot_slots, &generation_index);
+	if (!slot)
+		return;
+	generation = slot->generation;
+	if (hot_ok)
+		full = slot;
+	else
+		hot_slots = NULL;
+	drops = drops_of(&generation);
 	if (!drops)
 		return;
 	if (full && full->claimed) {
@@ -477,7 +493,7 @@ static __always_inline void count_drop(struct drop_key *key, __u32 bytes, bool h
 			c->drops += 1;
 			c->bytes += bytes;
 		} else {
-			count_overflow(key, bytes, hot_slots);
+			count_overflow(key, bytes, generation, hot_slots);
 		}
 		return;
 	}
@@ -485,7 +501,7 @@ static __always_inline void count_drop(struct drop_key *key, __u32 bytes, bool h
 	if (err == -E2BIG) {
 		if (full)
 			full->claimed = 1;
-		count_overflow(key, bytes, hot_slots);
+		count_overflow(key, bytes, generation, hot_slots);
 		return;
 	}
 	if (err) {
@@ -508,12 +524,13 @@ struct drop {
 };
 
 /* Offset of the TCP header after the IPv6 header at @nh, of which @readable
- * bytes are the packet's: 0 if this is not a TCP packet, or its extension
- * headers are not all there. A non-first fragment has no TCP header: marked. */
-static __always_inline __u32 ipv6_tcp_offset(unsigned char *nh, __u8 nexthdr, __s64 readable,
+ * bytes are the packet's: 0 if this is not a TCP packet, -1 if that cannot
+ * be told (its extension headers are not all there). A non-first fragment
+ * has no TCP header: marked. */
+static __always_inline __s32 ipv6_tcp_offset(unsigned char *nh, __u8 nexthdr, __s64 readable,
 					     struct drop *d)
 {
-	__u32 off = sizeof(struct ipv6_head);
+	__s32 off = sizeof(struct ipv6_head);
 	struct { __u8 nexthdr; __u8 len; __be16 frag_off; } ext;
 
 	for (int i = 0; i <= MAX_IPV6_EXT; i++) {
@@ -527,7 +544,7 @@ static __always_inline __u32 ipv6_tcp_offset(unsigned char *nh, __u8 nexthdr, __
 			return 0;
 		/* every extension header is 8 bytes or more */
 		if (off + 8 > readable || bpf_probe_read_kernel(&ext, sizeof(ext), nh + off))
-			return 0;
+			return -1;
 		if (nexthdr == NEXTHDR_FRAGMENT) {
 			if (ext.frag_off & bpf_htons(0xfff8)) {
 				if (ext.nexthdr != IPPROTO_TCP)
@@ -580,8 +597,55 @@ static __always_inline void read_headers_direct(unsigned char *nh, struct drop *
 #endif
 }
 
+#ifndef TCPDROP_BCC
+/* Where the linear data ends at the IP header, the packet goes on in the
+ * pages of frags[]: some drivers hand over whole frames so (the GRO frags
+ * path, tun's IFF_NAPI_FRAGS), and IP pulls the headers in only after the
+ * checks that may drop it (ip_rcv_core(): not for this host). The first
+ * frag's address, and into @readable its length; NULL where it cannot be
+ * worked out: only x86-64's direct map is placed by variables kallsyms
+ * names (page_offset_base, vmemmap_base; with CONFIG_KALLSYMS_ALL), and a
+ * net_iov (device memory) is in no map. */
+static __always_inline unsigned char *first_frag(struct sk_buff *skb, unsigned char *head, bool btf,
+						 __s64 *readable)
+{
+	struct skb_shared_info *shinfo;
+	__u64 page, offset_base, vmemmap;
+	__u32 offset, len;
+	__u8 frags;
+
+	if (!cfg.page_offset_base || !cfg.vmemmap_base)
+		return NULL;
+	shinfo = (void *)(head + (btf ? skb->end : BPF_CORE_READ(skb, end)));
+	if (bpf_probe_read_kernel(&frags, sizeof(frags), &shinfo->nr_frags) || !frags)
+		return NULL;
+	if (bpf_core_field_exists(shinfo->frags[0].netmem)) {
+		if (bpf_probe_read_kernel(&page, sizeof(page), &shinfo->frags[0].netmem) ||
+		    bpf_probe_read_kernel(&offset, sizeof(offset), &shinfo->frags[0].offset) ||
+		    bpf_probe_read_kernel(&len, sizeof(len), &shinfo->frags[0].len) || (page & 1))
+			return NULL;
+	} else {
+		struct skb_shared_info___bio_vec *old = (void *)shinfo;
+
+		if (bpf_probe_read_kernel(&page, sizeof(page), &old->frags[0].bv_page) ||
+		    bpf_probe_read_kernel(&offset, sizeof(offset), &old->frags[0].bv_offset) ||
+		    bpf_probe_read_kernel(&len, sizeof(len), &old->frags[0].bv_len))
+			return NULL;
+	}
+	if (bpf_probe_read_kernel(&offset_base, sizeof(offset_base), (void *)cfg.page_offset_base) ||
+	    bpf_probe_read_kernel(&vmemmap, sizeof(vmemmap), (void *)cfg.vmemmap_base) ||
+	    page < vmemmap)
+		return NULL;
+	*readable = len;
+	/* page_address(): a page's index in the vmemmap is its frame's in the direct map */
+	return (unsigned char *)(offset_base + (page - vmemmap) / bpf_core_type_size(struct page) * 4096 +
+				 offset);
+}
+#endif
+
 /* Reads the packet's IP and TCP headers into @d: false if it is not a TCP
- * packet, or not of the family asked for. @btf and @direct are compile-time
+ * packet, or not of the family asked for, or if that cannot be told (its
+ * headers are not where they can be read: counted, COUNTER_UNREADABLE). @btf and @direct are compile-time
  * constants at each call site. @btf: the hook hands us BTF-typed pointers
  * (direct loads, which the verifier makes fault-safe), else plain addresses,
  * and each field costs a probe read. @direct: the headers too are read with
@@ -598,8 +662,9 @@ static __always_inline bool read_packet(struct sk_buff *skb, struct drop *d, boo
 	unsigned char *head, *data, *nh;
 	__be16 protocol;
 	__u16 network_header;
-	__u32 tail, len, ihl, tcp_off;
+	__u32 tail, len, ihl;
 	__s64 held, readable;
+	__s32 tcp_off;
 
 	/* Most drops are not TCP: decide that with as little work as possible. */
 	protocol = btf ? skb->protocol : BPF_CORE_READ(skb, protocol);
@@ -629,18 +694,23 @@ static __always_inline bool read_packet(struct sk_buff *skb, struct drop *d, boo
 	 * from skb->data); readable, those in the linear data. */
 	held = (__s64)len + (data - nh);
 	readable = (__s64)tail - network_header;
+#ifndef TCPDROP_BCC
+	if (readable <= 0 && held > 0 && !(nh = first_frag(skb, head, btf, &readable)))
+		goto unreadable;
+#endif
 	if (readable > held)
 		readable = held;
 	if (direct)
 		read_headers_direct(nh, d);
 	else if (bpf_probe_read_kernel(&d->pkt, sizeof(d->pkt), nh))
-		return false;
+		goto unreadable;
 
+	/* An IP header not all there: TCP or not cannot be told. */
 	if (d->key.family == 4) {
+		if (readable < (__s64)sizeof(struct ipv4_head))
+			goto unreadable;
 		ihl = (d->pkt.v4.ip.version_ihl & 0x0f) * 4;
-		/* an IP header not all there is not taken for TCP */
-		if (readable < (__s64)sizeof(struct ipv4_head) ||
-		    d->pkt.v4.ip.version_ihl >> 4 != 4 || d->pkt.v4.ip.protocol != IPPROTO_TCP ||
+		if (d->pkt.v4.ip.version_ihl >> 4 != 4 || d->pkt.v4.ip.protocol != IPPROTO_TCP ||
 		    ihl < sizeof(struct ipv4_head))
 			return false;
 		if (d->pkt.v4.ip.frag_off & bpf_htons(0x1fff))
@@ -648,9 +718,13 @@ static __always_inline bool read_packet(struct sk_buff *skb, struct drop *d, boo
 		tcp = &d->pkt.v4.tcp;
 		tcp_off = ihl;
 	} else {
-		if (readable < (__s64)sizeof(struct ipv6_head) || d->pkt.v6.ip.version_class >> 4 != 6)
+		if (readable < (__s64)sizeof(struct ipv6_head))
+			goto unreadable;
+		if (d->pkt.v6.ip.version_class >> 4 != 6)
 			return false;
 		tcp_off = ipv6_tcp_offset(nh, d->pkt.v6.ip.nexthdr, readable, d);
+		if (tcp_off < 0)
+			goto unreadable;
 		if (!tcp_off)
 			return false;
 		tcp = &d->pkt.v6.tcp;
@@ -670,7 +744,7 @@ static __always_inline bool read_packet(struct sk_buff *skb, struct drop *d, boo
 	/* After IP options or extension headers: not in the one read. */
 	if (tcp_off != (d->key.family == 4 ? sizeof(struct ipv4_head) : sizeof(struct ipv6_head))) {
 		if (bpf_probe_read_kernel(&after_options, sizeof(after_options), nh + tcp_off))
-			return false;
+			goto unreadable;
 		tcp = &after_options;
 	}
 	d->sport = bpf_ntohs(tcp->source);
@@ -678,6 +752,9 @@ static __always_inline bool read_packet(struct sk_buff *skb, struct drop *d, boo
 	if (!(d->key.marks & MARK_TRUNCATED))
 		d->key.flags = tcp->flags;
 	return true;
+unreadable:
+	count(COUNTER_UNREADABLE, 1);
+	return false;
 }
 
 /* The rarer half of a drop's details: only the event path reads them.
@@ -754,10 +831,11 @@ static __always_inline __u32 netns_inum(struct net *net, bool btf)
 }
 
 /* The handler of every kfree_skb hook: @charged is the socket the kernel
- * charged the drop to, where it says (rx_sk, 6.11+; tcp_drop()'s argument). */
+ * charged the drop to, where it says (rx_sk, 6.11+; tcp_drop()'s argument).
+ * @btf, @direct: as read_packet()'s. */
 static __always_inline int handle_drop(void *ctx, struct sk_buff *skb,
 				       struct sock *charged, __u64 location,
-				       __u32 reason, bool btf)
+				       __u32 reason, bool btf, bool direct)
 {
 	struct drop d;	/* read_packet() fills the rest: zeroing it all would cost every drop */
 	struct sock *sk = charged;
@@ -768,7 +846,7 @@ static __always_inline int handle_drop(void *ctx, struct sk_buff *skb,
 	d.key = (struct drop_key){ .location = location, .reason = reason };
 	d.sport = d.dport = 0;
 	d.netns = 0;
-	if (!read_packet(skb, &d, btf, btf && cfg.direct_loads))
+	if (!read_packet(skb, &d, btf, direct))
 		return 0;
 	if (!sk)	/* the packet's own socket: on receive, the sender's or none */
 		sk = btf ? skb->sk : BPF_CORE_READ(skb, sk);
@@ -827,7 +905,7 @@ static __always_inline __u32 *enter_once(void)
  * only once enter_once() lets it. */
 static __always_inline int handle_drop_once(void *ctx, struct sk_buff *skb,
 					    struct sock *charged, __u64 location,
-					    __u32 reason, bool btf)
+					    __u32 reason, bool btf, bool direct)
 {
 #ifndef TCPDROP_BCC	/* bcc has tracepoint and kprobe hooks only, which the kernel keeps apart */
 	__u32 *run;
@@ -835,13 +913,13 @@ static __always_inline int handle_drop_once(void *ctx, struct sk_buff *skb,
 	if (cfg.guard_nesting) {
 		if (!(run = enter_once()))
 			return 0;
-		handle_drop(ctx, skb, charged, location, reason, btf);
+		handle_drop(ctx, skb, charged, location, reason, btf, direct);
 		barrier();
 		*run = 0;
 		return 0;
 	}
 #endif
-	return handle_drop(ctx, skb, charged, location, reason, btf);
+	return handle_drop(ctx, skb, charged, location, reason, btf, direct);
 }
 
 /*
@@ -852,34 +930,58 @@ static __always_inline int handle_drop_once(void *ctx, struct sk_buff *skb,
  * (and ListenOverflows, TCPReqQFullDrop, which say why) are per-CPU counters
  * of the namespace, and a CPU handles one packet at a time, so a rise of this
  * CPU's ListenDrops across the listener's handling of one SYN is that SYN's
- * drop. Two ways to find "before" and "after":
+ * drop. ListenDrops also rises where no SYN is refused: the handshake's last
+ * ACK, or a cookie's, that finds the accept queue full (which kfree_skb()
+ * drops, and the drop hooks count), and an ICMP error that aborts a request
+ * (tcp_req_err). Each rise is read where it happens, so that none is taken
+ * for another's, and counted per namespace for `audit` (listen_rises). Two
+ * ways to find "before" and "after":
  *
- *   LISTEN_BRACKET  fentry/fexit on tcp_rcv_state_process(): right before and
- *                   after that one SYN (kernels with fentry).
+ *   LISTEN_BRACKET  fentry/fexit around each call that may raise them:
+ *                   tcp_rcv_state_process() (a SYN), tcp_check_req() (the
+ *                   handshake's last ACK), cookie_v4_check() and
+ *                   cookie_v6_check() (a cookie's ACK), tcp_req_err() (an
+ *                   ICMP error). A softirq may open one inside another's on
+ *                   this CPU (one around a listener's backlog, in process
+ *                   context): brackets stack, and what one inside took is
+ *                   taken from the one around it.
  *   LISTEN_CHAIN    tracepoints only (6.11+): "after" is the SYN's
  *                   consume_skb() in tcp_rcv_state_process(), "before" the
  *                   last time this CPU's counters of that namespace were read.
- *                   Every other rise is read where it happens, so that it is
- *                   not taken for the next SYN's: a kfree_skb() charged to a
- *                   listener (the handshake's last ACK on a full accept queue,
- *                   a drop seen already) and an ICMP error that aborted a
- *                   request (icmp_rcv). The first "before" of a namespace is
- *                   read on every CPU when a task in it calls listen(2) (no
- *                   SYN can be refused before; or as a socket starts
- *                   listening), and for the namespaces of all tasks at
- *                   start-up (listen_baselines_walk). A SYN with
- *                   no "before" (a namespace no task was in at start-up) only
- *                   gives one, and is counted in COUNTER_LISTEN_UNTRACKED.
+ *                   Every other rise is read where it happens: at a
+ *                   kfree_skb() charged to a listener (rx_sk: the ACKs above;
+ *                   the same 6.11 series that added rx_sk made the cookie
+ *                   checks pass it) and at an ICMP error's consume_skb() in
+ *                   icmp_rcv(), icmpv6_rcv(). The first "before" of a
+ *                   namespace is read on every CPU when a task in it calls
+ *                   listen(2) (no SYN can be refused before; or as a socket
+ *                   starts listening), and for the namespaces of all tasks at
+ *                   start-up (listen_baselines_walk). A SYN with no "before"
+ *                   (a namespace no task was in at start-up) only gives one,
+ *                   and is counted in COUNTER_LISTEN_UNTRACKED.
  */
 #ifndef TCPDROP_BCC	/* bcc: no listen-queue drops (no per-CPU offsets, no fentry) */
+#define BRACKETS 4	/* open at once on a CPU: process context and a softirq need 2 */
+
+/* LISTEN_BRACKET: a call that may raise the listen counters, under way. */
+struct bracket {
+	__u64 id;		/* its packet (its request, for tcp_req_err); 0 while being opened */
+	struct listen_mib before;	/* this CPU's counters at its entry, less what brackets
+					 * inside it took */
+	__u32 netns;		/* its namespace's inode */
+	__u32 pad;
+	struct drop d;		/* tcp_rcv_state_process(): the SYN, read at entry (it is
+				 * freed before the exit) */
+};
+
 struct listen_stash {
 	__u64 cpu_offset;	/* of this CPU's per-CPU memory; 0 until worked out */
 	__u64 number;		/* a pointer, stored here to be loaded back as a number */
 	__u64 cached_cookie;	/* LISTEN_CHAIN: the namespace whose "before" is here, */
 	struct listen_mib cached;	/* kept out of listen_baselines while it is */
-	__u64 skb;		/* LISTEN_BRACKET: the SYN being handled here, 0 if none, */
-	struct listen_mib before;	/* this CPU's counters before it, */
-	struct drop d;		/* and the SYN, read */
+	__u32 depth;		/* LISTEN_BRACKET: brackets open, */
+	__u32 pad;
+	struct bracket brackets[BRACKETS];	/* innermost last */
 };
 
 struct {
@@ -889,9 +991,10 @@ struct {
 	__type(value, struct listen_stash);
 } listen_stash SEC(".maps");
 
-/* LISTEN_CHAIN's "before" of each namespace and CPU. Least recently used
- * first out: namespaces come and go, and one pushed out only costs its next
- * SYN on that CPU a COUNTER_LISTEN_UNTRACKED. */
+/* LISTEN_CHAIN's "before" of each namespace and CPU, sized by the loader for
+ * so many namespaces on every possible CPU. Least recently used first out:
+ * namespaces come and go, and one pushed out only costs its next SYN on that
+ * CPU a COUNTER_LISTEN_UNTRACKED. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
@@ -899,14 +1002,23 @@ struct {
 	__type(value, struct listen_mib);
 } listen_baselines SEC(".maps");
 
-/* Rises of ListenDrops seen, per network namespace (inode): what the
- * kernel's counter covers, for `telegraf-tcpdrop audit`. */
+/* LISTEN_CHAIN: the ids of the possible CPUs, set by the loader (a host's may
+ * have gaps), one entry each. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} cpu_ids SEC(".maps");
+
+/* The rises of the listen counters read, per network namespace (inode): what
+ * the kernel's counters cover, for `telegraf-tcpdrop audit`. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 4096);
 	__type(key, __u32);
-	__type(value, __u64);
-} listen_drops SEC(".maps");
+	__type(value, struct listen_mib);
+} listen_rises SEC(".maps");
 
 /* The offset of a CPU's per-CPU memory, from @value, one of that CPU's
  * elements of our own per-CPU map `counters`: the element's address less its
@@ -962,26 +1074,35 @@ static __always_inline bool listen_mib_read(unsigned long *mibs, struct listen_m
 	       mib_read(mibs, cfg.mib_synq_full, &m->synq_full);
 }
 
-static __always_inline void count_listen_drops(__u32 netns, __u64 n)
+/* Atomic: the listen-queue programs may interrupt each other on a CPU. */
+static __always_inline void count_listen_rises(__u32 netns, struct listen_mib *rise)
 {
-	__u64 *value = bpf_map_lookup_elem(&listen_drops, &netns);
+	struct listen_mib *value;
 
-	/* -EEXIST: another CPU added the namespace first; n goes to its entry */
-	if (!value && bpf_map_update_elem(&listen_drops, &netns, &n, BPF_NOEXIST) == -EEXIST)
-		value = bpf_map_lookup_elem(&listen_drops, &netns);
-	if (value)
-		*value += n;
+	if (!cfg.key_netns)	/* audit's, and metrics' by namespace */
+		return;
+	value = bpf_map_lookup_elem(&listen_rises, &netns);
+	/* -EEXIST: another CPU added the namespace first; the rise goes to its entry */
+	if (!value && bpf_map_update_elem(&listen_rises, &netns, rise, BPF_NOEXIST) != -EEXIST)
+		return;
+	if (!value)
+		value = bpf_map_lookup_elem(&listen_rises, &netns);
+	if (!value)
+		return;
+	__sync_fetch_and_add(&value->drops, rise->drops);
+	__sync_fetch_and_add(&value->overflows, rise->overflows);
+	__sync_fetch_and_add(&value->synq_full, rise->synq_full);
 }
 
-/* A SYN the listener dropped, ListenDrops having risen from @before to
- * @after: why, from which counters rose with it, and where it was decided. */
-static __always_inline void listen_drop(void *ctx, struct drop *d, struct listen_mib *before,
-					struct listen_mib *after)
+/* A SYN the listener dropped, its namespace's counters having risen by
+ * @rise: why, from which counters rose with ListenDrops, and where it was
+ * decided. */
+static __always_inline void listen_drop(void *ctx, struct drop *d, struct listen_mib *rise)
 {
-	if (after->overflows != before->overflows) {
+	if (rise->overflows) {
 		d->key.reason = cfg.listen_overflow_reason;
 		d->key.location = cfg.conn_request;
-	} else if (after->synq_full != before->synq_full) {
+	} else if (rise->synq_full) {
 		d->key.reason = REASON_SYN_QUEUE_FULL;
 		d->key.location = cfg.conn_request;
 	} else {
@@ -992,24 +1113,106 @@ static __always_inline void listen_drop(void *ctx, struct drop *d, struct listen
 		account(ctx, d, false);
 }
 
+/* LISTEN_BRACKET: opens a bracket around the call handling @id in @net:
+ * this CPU's counters now. Its slot is taken first, so that a softirq that
+ * interrupts the opening opens the next one. */
+static __always_inline struct bracket *bracket_open(struct listen_stash *stash, struct net *net,
+						    __u64 id)
+{
+	__u32 depth = stash->depth;
+	struct bracket *b;
+
+	if (depth >= BRACKETS) {
+		count(COUNTER_LISTEN_UNTRACKED, 1);
+		return NULL;
+	}
+	stash->depth = depth + 1;
+	b = &stash->brackets[depth];
+	b->id = 0;
+	barrier();
+	if (!listen_mib_read(listen_mibs(net, stash->cpu_offset), &b->before)) {
+		stash->depth = depth;
+		return NULL;
+	}
+	b->netns = BPF_CORE_READ(net, ns.inum);
+	barrier();
+	b->id = id;
+	return b;
+}
+
+/* LISTEN_BRACKET: closes the bracket of the call handling @id, if it is
+ * open, into @rise: this CPU's counters now less those at its entry. The
+ * rise is counted for audit, and taken from the bracket around it (in the
+ * same namespace), whose call it is not. Returns its place on the stack,
+ * 1 for the outermost (0: @id has none), for bracket_pop() once the caller
+ * is done with it: a softirq that interrupts meanwhile opens one above it. */
+static __always_inline __u32 bracket_close(struct listen_stash *stash, struct net *net, __u64 id,
+					   struct listen_mib *rise)
+{
+	struct bracket *b = NULL, *outer;
+	struct listen_mib after;
+	__u32 depth = stash->depth, i;
+
+	for (i = BRACKETS; i > 0; i--) {
+		if (i <= depth && stash->brackets[i - 1].id == id) {
+			b = &stash->brackets[i - 1];
+			break;
+		}
+	}
+	if (!b)
+		return 0;
+	if (!listen_mib_read(listen_mibs(net, stash->cpu_offset), &after))
+		return i;
+	rise->drops = after.drops - b->before.drops;
+	rise->overflows = after.overflows - b->before.overflows;
+	rise->synq_full = after.synq_full - b->before.synq_full;
+	if (!rise->drops && !rise->overflows)
+		return i;
+	count_listen_rises(b->netns, rise);
+	if (i >= 2 && i - 2 < BRACKETS) {
+		outer = &stash->brackets[i - 2];
+		if (outer->id && outer->netns == b->netns) {
+			outer->before.drops += rise->drops;
+			outer->before.overflows += rise->overflows;
+			outer->before.synq_full += rise->synq_full;
+		}
+	}
+	return i;
+}
+
+/* Lets go of the bracket at @place and any left open above it (their exits
+ * skipped, as the kernel skips a program that would run inside itself). */
+static __always_inline void bracket_pop(struct listen_stash *stash, __u32 place)
+{
+	__u32 depth = stash->depth;
+
+	if (!place || place > depth)
+		return;
+	if (place < depth)
+		count(COUNTER_LISTEN_UNTRACKED, depth - place);
+	if (place - 1 < BRACKETS)
+		stash->brackets[place - 1].id = 0;
+	stash->depth = place - 1;
+}
+
+/* A listener's SYN (or any packet it is handed): the bracket, and the SYN. */
 SEC("fentry/tcp_rcv_state_process")
 int BPF_PROG(listen_enter, struct sock *sk, struct sk_buff *skb)
 {
 	struct listen_stash *stash;
-	struct net *net;
+	struct bracket *b;
 
 	if (sk->__sk_common.skc_state != TCP_LISTEN || !(stash = stash_here()))
 		return 0;
-	stash->skb = 0;
-	/* Read now: the SYN is freed before tcp_rcv_state_process() returns. */
-	__builtin_memset(&stash->d, 0, sizeof(stash->d));
-	stash->d.key.location = cfg.syn_site;
-	if (!read_packet(skb, &stash->d, true, false))
+	b = bracket_open(stash, sk->__sk_common.skc_net.net, (__u64)skb);
+	if (!b)
 		return 0;
-	net = sk->__sk_common.skc_net.net;
-	stash->d.netns = net->ns.inum;
-	if (listen_mib_read(listen_mibs(net, stash->cpu_offset), &stash->before))
-		stash->skb = (__u64)skb;
+	/* Read now: the SYN is freed before tcp_rcv_state_process() returns. */
+	__builtin_memset(&b->d, 0, sizeof(b->d));
+	b->d.key.location = cfg.syn_site;
+	if (!read_packet(skb, &b->d, true, false))
+		b->d.key.family = 0;	/* not a TCP packet we can tell: no drop to count */
+	b->d.netns = b->netns;
 	return 0;
 }
 
@@ -1017,18 +1220,98 @@ SEC("fexit/tcp_rcv_state_process")
 int BPF_PROG(listen_exit, struct sock *sk, struct sk_buff *skb, int ret)
 {
 	struct listen_stash *stash = stash_here();
-	struct listen_mib after;
+	struct listen_mib rise = {};
+	struct bracket *b;
+	__u32 place;
 
-	if (!stash || stash->skb != (__u64)skb)
+	if (!stash)
 		return 0;
-	stash->skb = 0;
-	stash->d.readable = 0;	/* the SYN is freed by now: no bytes of it to send */
-	if (!listen_mib_read(listen_mibs(sk->__sk_common.skc_net.net, stash->cpu_offset), &after) ||
-	    after.drops == stash->before.drops)
-		return 0;
-	if (cfg.key_netns)
-		count_listen_drops(stash->d.netns, after.drops - stash->before.drops);
-	listen_drop(ctx, &stash->d, &stash->before, &after);
+	place = bracket_close(stash, sk->__sk_common.skc_net.net, (__u64)skb, &rise);
+	if (rise.drops && place && place - 1 < BRACKETS) {
+		b = &stash->brackets[place - 1];
+		if (b->d.key.family) {
+			b->d.readable = 0;	/* the SYN is freed by now: no bytes of it to send */
+			listen_drop(ctx, &b->d, &rise);
+		}
+	}
+	bracket_pop(stash, place);
+	return 0;
+}
+
+/* The other calls that may raise them: their rises are only counted (the
+ * ACKs they refuse are dropped by kfree_skb(), and counted there). */
+static __always_inline void aside_enter(struct sock *sk, __u64 id)
+{
+	struct listen_stash *stash = stash_here();
+
+	if (stash)
+		bracket_open(stash, BPF_CORE_READ(sk, __sk_common.skc_net.net), id);
+}
+
+static __always_inline void aside_exit(struct sock *sk, __u64 id)
+{
+	struct listen_stash *stash = stash_here();
+	struct listen_mib rise;
+
+	if (stash)
+		bracket_pop(stash, bracket_close(stash, BPF_CORE_READ(sk, __sk_common.skc_net.net), id,
+						 &rise));
+}
+
+SEC("fentry/tcp_check_req")
+int BPF_PROG(check_req_enter, struct sock *sk, struct sk_buff *skb)
+{
+	aside_enter(sk, (__u64)skb);
+	return 0;
+}
+
+SEC("fexit/tcp_check_req")
+int BPF_PROG(check_req_exit, struct sock *sk, struct sk_buff *skb)
+{
+	aside_exit(sk, (__u64)skb);
+	return 0;
+}
+
+SEC("fentry/cookie_v4_check")
+int BPF_PROG(cookie_v4_enter, struct sock *sk, struct sk_buff *skb)
+{
+	aside_enter(sk, (__u64)skb);
+	return 0;
+}
+
+SEC("fexit/cookie_v4_check")
+int BPF_PROG(cookie_v4_exit, struct sock *sk, struct sk_buff *skb)
+{
+	aside_exit(sk, (__u64)skb);
+	return 0;
+}
+
+SEC("fentry/cookie_v6_check")
+int BPF_PROG(cookie_v6_enter, struct sock *sk, struct sk_buff *skb)
+{
+	aside_enter(sk, (__u64)skb);
+	return 0;
+}
+
+SEC("fexit/cookie_v6_check")
+int BPF_PROG(cookie_v6_exit, struct sock *sk, struct sk_buff *skb)
+{
+	aside_exit(sk, (__u64)skb);
+	return 0;
+}
+
+/* @sk: the request the ICMP error is about, in its listener's namespace. */
+SEC("fentry/tcp_req_err")
+int BPF_PROG(req_err_enter, struct sock *sk)
+{
+	aside_enter(sk, (__u64)sk);
+	return 0;
+}
+
+SEC("fexit/tcp_req_err")
+int BPF_PROG(req_err_exit, struct sock *sk)
+{
+	aside_exit(sk, (__u64)sk);
 	return 0;
 }
 
@@ -1038,14 +1321,17 @@ struct baselines_of {
 	__u64 net_cookie;
 };
 
-static long baseline_of_cpu(__u32 cpu, struct baselines_of *of)
+static long baseline_of_cpu(__u32 index, struct baselines_of *of)
 {
-	struct baseline_key key = { .net_cookie = of->net_cookie, .cpu = cpu };
-	__u32 zero = 0;
+	__u32 zero = 0, *cpu = bpf_map_lookup_elem(&cpu_ids, &index);
+	struct baseline_key key = { .net_cookie = of->net_cookie };
 	struct listen_mib m;
 	__u64 offset;
 
-	if (per_cpu_offset(bpf_map_lookup_percpu_elem(&counters, &zero, cpu), &offset) &&
+	if (!cpu)
+		return 1;
+	key.cpu = *cpu;
+	if (per_cpu_offset(bpf_map_lookup_percpu_elem(&counters, &zero, *cpu), &offset) &&
 	    listen_mib_read(listen_mibs(of->net, offset), &m))
 		bpf_map_update_elem(&listen_baselines, &key, &m, BPF_NOEXIST);
 	return 0;
@@ -1055,8 +1341,10 @@ static __always_inline void first_baselines(struct net *net)
 {
 	struct baselines_of of = { .net = net, .net_cookie = BPF_CORE_READ(net, net_cookie) };
 	struct baseline_key first = { .net_cookie = of.net_cookie };
+	__u32 zero = 0, *cpu = bpf_map_lookup_elem(&cpu_ids, &zero);
 
-	if (!bpf_map_lookup_elem(&listen_baselines, &first))
+	/* the first possible CPU's, as all are added at once */
+	if (cpu && (first.cpu = *cpu, !bpf_map_lookup_elem(&listen_baselines, &first)))
 		bpf_loop(cfg.ncpus, baseline_of_cpu, &of, 0);
 }
 
@@ -1094,15 +1382,14 @@ int listen_baselines_walk(struct bpf_iter__task *ctx)
 	return 0;
 }
 
-/* LISTEN_CHAIN: this CPU's counters of @net, and their rise since the last
- * read (in @before); false if there is none to attribute. ListenDrops alone
- * is read unless it rose: the others rise only with it. */
-static __always_inline bool listen_rise(struct net *net, struct listen_mib *before,
-					struct listen_mib *after)
+/* LISTEN_CHAIN: the rise of this CPU's counters of @net since they were
+ * last read, into @rise, counted for audit; false if there is none. The
+ * others are read only if ListenDrops rose: they rise only with it. */
+static __always_inline bool listen_rise(struct net *net, struct listen_mib *rise)
 {
 	struct listen_stash *stash = stash_here();
+	struct listen_mib *last, after;
 	struct baseline_key key;
-	struct listen_mib *last;
 	struct linux_mib *mib;
 
 	if (!stash)
@@ -1111,7 +1398,7 @@ static __always_inline bool listen_rise(struct net *net, struct listen_mib *befo
 	 * offset can be added: the verifier allows no arithmetic on it. */
 	stash->number = (__u64)net->mib.net_statistics;
 	mib = rdonly_cast(struct linux_mib, *(volatile __u64 *)&stash->number + stash->cpu_offset);
-	after->drops = mib->mibs[cfg.mib_listen_drops];
+	after.drops = mib->mibs[cfg.mib_listen_drops];
 	key = (struct baseline_key){ .net_cookie = net->net_cookie };
 	if (stash->cached_cookie != key.net_cookie) {	/* another namespace than last time */
 		struct baseline_key put_back = { .net_cookie = stash->cached_cookie };
@@ -1122,24 +1409,25 @@ static __always_inline bool listen_rise(struct net *net, struct listen_mib *befo
 		stash->cached_cookie = 0;
 		last = bpf_map_lookup_elem(&listen_baselines, &key);
 		if (!last) {	/* no "before": this one becomes it */
-			after->overflows = mib->mibs[cfg.mib_listen_overflows];
-			after->synq_full = mib->mibs[cfg.mib_synq_full];
+			after.overflows = mib->mibs[cfg.mib_listen_overflows];
+			after.synq_full = mib->mibs[cfg.mib_synq_full];
 			count(COUNTER_LISTEN_UNTRACKED, 1);
-			bpf_map_update_elem(&listen_baselines, &key, after, BPF_NOEXIST);
+			bpf_map_update_elem(&listen_baselines, &key, &after, BPF_NOEXIST);
 			return false;
 		}
 		stash->cached = *last;
 		stash->cached_cookie = key.net_cookie;
 	}
 	last = &stash->cached;
-	if (last->drops == after->drops)
+	if (last->drops == after.drops)
 		return false;
-	after->overflows = mib->mibs[cfg.mib_listen_overflows];
-	after->synq_full = mib->mibs[cfg.mib_synq_full];
-	*before = *last;
-	*last = *after;
-	if (cfg.key_netns)
-		count_listen_drops(net->ns.inum, after->drops - before->drops);
+	after.overflows = mib->mibs[cfg.mib_listen_overflows];
+	after.synq_full = mib->mibs[cfg.mib_synq_full];
+	rise->drops = after.drops - last->drops;
+	rise->overflows = after.overflows - last->overflows;
+	rise->synq_full = after.synq_full - last->synq_full;
+	*last = after;
+	count_listen_rises(net->ns.inum, rise);
 	return true;
 }
 
@@ -1147,10 +1435,10 @@ static __always_inline bool listen_rise(struct net *net, struct listen_mib *befo
  * Out of line: the drop hooks call it rarely, and carry less code for it. */
 static __noinline void listen_absorb(struct net *net)
 {
-	struct listen_mib before, after;
+	struct listen_mib rise;
 
 	if (net)
-		listen_rise(net, &before, &after);
+		listen_rise(net, &rise);
 }
 
 static __always_inline struct net *dst_net(struct sk_buff *skb)
@@ -1168,7 +1456,7 @@ static __always_inline bool at(__u64 location, __u64 site, __u64 len)
 SEC("tp_btf/consume_skb")
 int BPF_PROG(consume_skb_btf, struct sk_buff *skb)
 {
-	struct listen_mib before, after;
+	struct listen_mib rise;
 	struct drop d;
 	__u64 location;
 	struct net *net;
@@ -1186,14 +1474,14 @@ int BPF_PROG(consume_skb_btf, struct sk_buff *skb)
 		return 0;
 	/* A SYN a listener handled (skb->dev is gone by now: the route's is there). */
 	net = dst_net(skb);
-	if (!net || !listen_rise(net, &before, &after))
+	if (!net || !listen_rise(net, &rise))
 		return 0;
 	d.key = (struct drop_key){ .location = location };
 	d.sport = d.dport = 0;
 	if (!read_packet(skb, &d, true, true))
 		return 0;
 	d.netns = net->ns.inum;
-	listen_drop(ctx, &d, &before, &after);
+	listen_drop(ctx, &d, &rise);
 	return 0;
 }
 #endif /* !TCPDROP_BCC */
@@ -1225,24 +1513,44 @@ int netns_tasks(struct bpf_iter__task *ctx)
 }
 #endif
 
+/*
+ * Each tracepoint hook comes twice: as itself, and as *_direct, which also
+ * makes direct loads through bpf_rdonly_cast() (6.2+: the packet's headers,
+ * and LISTEN_CHAIN's counters). The loader loads the second only where the
+ * kernel has that kfunc: 5.13-5.17 reject a call to a kfunc they cannot
+ * resolve even in code that never runs (as libbpf before 1.2 leaves it), so
+ * no program loaded there may hold one, not even behind a constant.
+ */
 #ifndef TCPDROP_BCC	/* tp_btf needs BTF, which is why bcc is here */
-SEC("tp_btf/kfree_skb")
-int BPF_PROG(kfree_skb_btf, struct sk_buff *skb, void *location)
+/* ctx[2] exists from 5.17 (reason), ctx[3] from 6.11 (rx_sk): the checks
+ * fold to constants at load, so older kernels never see the out-of-range
+ * reads. */
+static __always_inline int kfree_skb_typed(unsigned long long *ctx, struct sk_buff *skb,
+					   void *location, bool direct)
 {
 	__u32 reason = REASON_UNKNOWN;
 	struct sock *rx_sk = NULL;
 
-	/* ctx[2] exists from 5.17 (reason), ctx[3] from 6.11 (rx_sk): the
-	 * checks fold to constants at load, so older kernels never see the
-	 * out-of-range reads. */
 	if (bpf_core_field_exists(struct trace_event_raw_kfree_skb, reason))
 		reason = (__u32)ctx[2];
 	if (bpf_core_field_exists(struct trace_event_raw_kfree_skb, rx_sk))
 		rx_sk = (struct sock *)ctx[3];
 	/* LISTEN_CHAIN runs only where rx_sk is (6.11+): a listener is charged there. */
-	if (cfg.listen == LISTEN_CHAIN && rx_sk && rx_sk->__sk_common.skc_state == TCP_LISTEN)
+	if (direct && cfg.listen == LISTEN_CHAIN && rx_sk && rx_sk->__sk_common.skc_state == TCP_LISTEN)
 		listen_absorb(rx_sk->__sk_common.skc_net.net);
-	return handle_drop_once(ctx, skb, rx_sk, (__u64)location, reason, true);
+	return handle_drop_once(ctx, skb, rx_sk, (__u64)location, reason, true, direct);
+}
+
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(kfree_skb_btf, struct sk_buff *skb, void *location)
+{
+	return kfree_skb_typed(ctx, skb, location, false);
+}
+
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(kfree_skb_btf_direct, struct sk_buff *skb, void *location)
+{
+	return kfree_skb_typed(ctx, skb, location, true);
 }
 #endif
 
@@ -1254,7 +1562,6 @@ int BPF_PROG(kfree_skb_btf, struct sk_buff *skb, void *location)
 #define TP_RX_SK(args)	(bpf_core_field_exists(args->rx_sk) ? args->rx_sk : NULL)
 #else
 /* bcc builds the record's struct from the format file for this name. */
-#define kfree_skb_tp tracepoint__skb__kfree_skb
 #define trace_event_raw_kfree_skb tracepoint__skb__kfree_skb
 #ifdef TP_HAS_REASON
 #define TP_REASON(args)	(args->reason)
@@ -1269,17 +1576,34 @@ int BPF_PROG(kfree_skb_btf, struct sk_buff *skb, void *location)
 #endif
 
 #if !defined(TCPDROP_BCC) || defined(TCPDROP_HOOK_TRACEPOINT)
+/* The record's fields are taken by the programs themselves: bcc defines the
+ * record's struct just before the first function that takes it. */
+static __always_inline int kfree_skb_record(void *ctx, struct sk_buff *skb, struct sock *rx_sk,
+					    __u64 location, __u32 reason, bool direct)
+{
+#ifndef TCPDROP_BCC	/* bcc: no listen-queue drops */
+	if (direct && cfg.listen == LISTEN_CHAIN && rx_sk &&
+	    BPF_CORE_READ(rx_sk, __sk_common.skc_state) == TCP_LISTEN)
+		listen_absorb(rdonly_cast(struct net, BPF_CORE_READ(rx_sk, __sk_common.skc_net.net)));
+#endif
+	/* probe reads only: the record's pointers are plain addresses */
+	return handle_drop_once(ctx, skb, rx_sk, location, reason, false, false);
+}
+
 SEC("tracepoint/skb/kfree_skb")
 int kfree_skb_tp(struct trace_event_raw_kfree_skb *args)
 {
-	struct sk_buff *skb = (struct sk_buff *)args->skbaddr;
-	struct sock *rx_sk = TP_RX_SK(args);
-
-#ifndef TCPDROP_BCC	/* bcc: no listen-queue drops */
-	if (cfg.listen == LISTEN_CHAIN && rx_sk && BPF_CORE_READ(rx_sk, __sk_common.skc_state) == TCP_LISTEN)
-		listen_absorb(rdonly_cast(struct net, BPF_CORE_READ(rx_sk, __sk_common.skc_net.net)));
+	return kfree_skb_record(args, (struct sk_buff *)args->skbaddr, TP_RX_SK(args),
+				(__u64)args->location, TP_REASON(args), false);
+}
 #endif
-	return handle_drop_once(args, skb, rx_sk, (__u64)args->location, TP_REASON(args), false);
+
+#ifndef TCPDROP_BCC
+SEC("tracepoint/skb/kfree_skb")
+int kfree_skb_tp_direct(struct trace_event_raw_kfree_skb *args)
+{
+	return kfree_skb_record(args, (struct sk_buff *)args->skbaddr, TP_RX_SK(args),
+				(__u64)args->location, TP_REASON(args), true);
 }
 #endif
 
@@ -1301,6 +1625,6 @@ int tcp_drop(struct pt_regs *ctx, struct sock *sk, struct sk_buff *skb)
 #else
 	bpf_probe_read_kernel(&caller, sizeof(caller), (void *)PT_REGS_SP(ctx));
 #endif
-	return handle_drop_once(ctx, skb, sk, caller, REASON_UNKNOWN, false);
+	return handle_drop_once(ctx, skb, sk, caller, REASON_UNKNOWN, false, false);
 }
 #endif

@@ -61,14 +61,16 @@ struct netns_task {
  * count_drop): a slot per CPU and index, claimed by a key already in the map. */
 #define HOT_SLOT_BITS 6
 #define HOT_SLOTS (1 << HOT_SLOT_BITS)
-#define HOT_FULL HOT_SLOTS	/* the slot after them: claimed once the drops map
-				 * of this generation was full on this CPU */
+#define HOT_GENERATION HOT_SLOTS	/* the slot after them: its generation names
+					 * the map's generation, and it is claimed
+					 * once that generation's drops map was full
+					 * on this CPU */
 
 struct hot_slot {
 	struct drop_key key;
 	struct drop_count count;	/* counted here, not in the map, while the slot holds the key */
 	__u32 claimed;		/* 1 once key is set */
-	__u32 pad;
+	__u32 generation;	/* slot HOT_GENERATION: 0 in hot_a, 1 in hot_b (set by the loader) */
 };
 
 /* drop_key.marks (and so drop_event.key.marks) */
@@ -78,7 +80,7 @@ struct hot_slot {
 #define MARK_FRAGMENT 8		/* a non-first fragment: no TCP header at all */
 #define MARK_NO_PORTS 16	/* the packet ends before the ports: sport, dport 0, not read */
 #define MARK_PORTS_OVERFLOW 32	/* the drops map was full: counted without its ports
-				 * (overflow_now), sport and dport 0 */
+				 * (count_overflow), sport and dport 0 */
 
 enum port_tags {
 	PORT_TAGS_BUCKETED,	/* ports in the ephemeral range count as one */
@@ -127,6 +129,7 @@ enum counter {
 	COUNTER_LISTEN_UNTRACKED,	/* SYNs not told dropped or not: no "before" (tcpdrop.c) */
 	COUNTER_STACKS_LOST,	/* an event sent without its stack */
 	COUNTER_NESTED,		/* a kfree_skb run the probe skipped (tcpdrop.c, enter_once) */
+	COUNTER_UNREADABLE,	/* an IP packet whose headers could not be read: TCP or not? */
 	COUNTER_MAX,
 };
 
@@ -144,10 +147,9 @@ struct probe_config {
 	__u8 port_tags;		/* enum port_tags */
 	__u8 listen;		/* enum listen_mode */
 	__u8 key_netns;		/* count per network namespace too (drop_key.netns) */
-	__u8 direct_loads;	/* the kernel has bpf_rdonly_cast() (6.2+): headers by direct loads */
 	__u8 stacks;		/* events carry the kernel stack */
 	__u8 guard_nesting;	/* the kernel runs tp_btf nested (before 6.1): skip it (tcpdrop.c) */
-	__u8 pad[4];
+	__u8 pad[5];
 	/* Listen-queue drops: kernel addresses (kallsyms) and numbers (BTF). */
 	__u64 conn_request;	/* tcp_conn_request: the drop site of the SYNs it refuses */
 	__u64 syn_site;		/* tcp_rcv_state_process: where a listener consumes a SYN */
@@ -156,6 +158,8 @@ struct probe_config {
 	__u64 icmp_site_len;
 	__u64 icmp6_site;
 	__u64 icmp6_site_len;
+	__u64 page_offset_base;	/* x86-64: the addresses of the variables that place the */
+	__u64 vmemmap_base;	/* direct map and struct pages (kallsyms), 0 if unknown */
 	__u32 mib_listen_drops;	/* indices into struct linux_mib */
 	__u32 mib_listen_overflows;
 	__u32 mib_synq_full;

@@ -267,7 +267,8 @@ def run(args):
         check_terminal()
     reasons = host.drop_reasons(host.libbpf())
     settings = counting_config(args, reasons)
-    with open_probe(settings, args.backend, args.hook, args.verbose, max_keys=args.max_keys) as probe:
+    with open_probe(settings, args.backend, args.hook, args.verbose, args.listen_drops,
+                    max_keys=args.max_keys) as probe:
         collector = Collector(probe, reasons, loaded_symbols(), settings.port_tags,
                               netns_tags=args.netns_tags)
         return show(collector, args.interval, args.sort, once=args.once)

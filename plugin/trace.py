@@ -181,7 +181,7 @@ def run(args):
     config = probe_config(args, reasons, events=1, stacks=int(args.stack and lines),
                           events_per_sec=args.rate_limit,
                           snaplen=args.snaplen if pcap_file else 0)
-    with open_probe(config, args.backend, args.hook, args.verbose) as probe:
+    with open_probe(config, args.backend, args.hook, args.verbose, args.listen_drops) as probe:
         tracer = Tracer(probe, reasons, loaded_symbols(), as_json=args.json,
                         with_stack=args.stack and lines, netns=args.netns,
                         out=sys.stdout if lines else None,

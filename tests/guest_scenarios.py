@@ -98,6 +98,9 @@ def scenarios(traces):
         scenario("udp4", "udp", "127.0.0.1", 9, counters=("UdpNoPorts",)),
         scenario("udp6", "udp", "::1", 9, counters=("Udp6NoPorts",)),
         scenario("icmp", "icmp-bad-checksum", counters=("IcmpInCsumErrors",)),
+        # the IP header in the first frag, not the linear data (test_malformed.py)
+        scenario("frags4", "frames-in-frags", 4, 23950, 9, 3, counters=()),
+        scenario("frags6", "frames-in-frags", 6, 23950, 9, 3, counters=()),
         scenario("last", "syn", "127.0.0.1", 9, 40009),
     ]
     last = done["last"]["netns"]

@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -55,6 +56,23 @@ def test_a_full_map_keeps_the_why_and_drops_the_ports(netns, metrics):
         "W! the kernel's table of tag sets is full (4 keys): further drops are counted without "
         "their ports (sport, dport: overflow), beyond those in tcpdrop_agent.map_overflow_drops "
         "only; raise --max-keys, or use --port-tags bucketed\n"]
+
+
+def test_tag_sets_new_after_a_full_interval_keep_their_ports(netns, metrics):
+    """An interval fills the table (--max-keys 64: 200 ports' SYNs and RSTs),
+    and a stream from 5 ports, begun in it, goes on into the next ones. Once
+    swapped out, the full table's mark must not send the next interval's new
+    tag sets, which fit, to the portless room: the mark is its generation's."""
+    m = metrics("--interval", "500ms", "--port", "7307", "--port-tags", "all", "--max-keys", "64")
+    sent = int(netns.traffic("fill-then-stream", 7307, 200, 5, 2.5)["sent"])
+    total = 2 * (200 + sent)  # each SYN, and the RST that answers it
+    assert m.wait_total(total) == total == 2 * netns.counter("TcpOutRsts")
+    agent = [fields for measurement, _, fields, _ in m.points if measurement == "tcpdrop_agent"]
+    full = [i for i, fields in enumerate(agent) if fields["keys"] == 64]  # the fill's intervals
+    assert full and agent[full[-1]]["map_portless_drops"] > 0
+    after = [fields for fields in agent[full[-1] + 1:] if fields["keys"]]
+    assert len(after) >= 2  # the stream's intervals after the fill
+    assert [fields["map_portless_drops"] for fields in after] == [0] * len(after)
 
 
 def test_stacks_give_each_tag_set_an_example(netns, metrics):
@@ -111,6 +129,27 @@ def test_hot_slots_count_exactly_and_are_emptied_when_taken(netns):
         assert claimed(probe, "a") == [] and probe.take_counts() == {}
         netns.traffic("raw-syns", 7305, 5, cpu=0)  # now in generation a again
         assert sorted(probe.take_counts().values()) == [(5, 5 * 40)] * 2
+
+
+def test_skipped_runs_of_the_listen_queue_programs_are_no_drops_missed(netns, metrics):
+    """consume_skb()'s program runs for every packet freed as normal. Here it
+    runs in process context on CPU 0 (a raw socket reading ICMP copies) while
+    RPS makes CPU 0's softirq answer echo requests sent from CPU 1, freeing
+    each with consume_skb() too: the kernel skips the program's run nested in
+    its own. No drop is lost by that: listen_misses, not probe_misses."""
+    netns.sh("sh", "-c", "echo 1 > /sys/class/net/lo/queues/rx-0/rps_cpus")  # CPU 0
+    m = metrics("--interval", "500ms")
+    assert "listen-queue drops: tracepoints" in m.stderr[-1]
+    readers = [threading.Thread(target=netns.traffic, args=(kind, 8), kwargs={"cpu": cpu})
+               for kind, cpu in (("icmp-copies", 0), ("echo-requests", 1))]
+    for reader in readers:
+        reader.start()
+    missed = eventually(lambda: m.total("listen_misses", "tcpdrop_agent"), timeout=12)
+    for reader in readers:
+        reader.join()
+    assert missed > 0, "no nested run to skip: the test made none"
+    m.stop()
+    assert m.total("probe_misses", "tcpdrop_agent") == 0
 
 
 def test_a_drop_whose_handling_interrupts_another_is_counted_as_a_miss_where_the_probe_guards(netns):

@@ -80,7 +80,8 @@ PANELS = {
     "New drop sites": ("first", ["frame"]),
     "Monitor health": ("health", []),
 }
-HEALTH_FIELDS = {"map_portless_drops", "map_overflow_drops", "probe_misses", "listen_untracked",
+HEALTH_FIELDS = {"map_portless_drops", "map_overflow_drops", "probe_misses", "unreadable",
+                 "listen_misses", "listen_untracked",
                  "events_lost", "events_ratelimited", "stacks_lost"}
 
 

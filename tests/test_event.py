@@ -32,6 +32,7 @@ def static_asserts(c_name, mirror):
                                             ("drop_count", event.DropCount),
                                             ("hot_slot", event.HotSlot),
                                             ("netns_task", event.NetnsTask),
+                                            ("listen_mib", event.ListenMib),
                                             ("probe_config", event.ProbeConfig)])
 def test_ctypes_layout_matches_the_header(c_name, mirror):
     assert compile_for_bpf(f'{TYPES}#include "tcpdrop.h"\n{static_asserts(c_name, mirror)}\n') == ""
@@ -49,10 +50,11 @@ def test_constants_match_the_header():
     names = ["TASK_COMM_LEN", "MAX_STACK_DEPTH", "MAX_SNAPLEN", "STATE_NONE", "REASON_UNKNOWN",
              "EPHEMERAL_SPORT", "EPHEMERAL_DPORT", "MARK_TRUNCATED", "MARK_FRAGMENT", "MARK_NO_PORTS",
              "MARK_PORTS_OVERFLOW",
-             "HOT_SLOTS", "HOT_FULL",
+             "HOT_SLOTS", "HOT_GENERATION",
              "PORT_TAGS_BUCKETED", "PORT_TAGS_ALL", "PORT_TAGS_NONE",
              "COUNTER_LOST", "COUNTER_RATELIMITED", "COUNTER_OVERFLOW_DROPS",
-             "COUNTER_OVERFLOW_BYTES", "COUNTER_LISTEN_UNTRACKED", "COUNTER_STACKS_LOST", "COUNTER_MAX",
+             "COUNTER_OVERFLOW_BYTES", "COUNTER_LISTEN_UNTRACKED", "COUNTER_STACKS_LOST", "COUNTER_NESTED",
+             "COUNTER_UNREADABLE", "COUNTER_MAX",
              "REASON_LISTEN_OVERFLOW", "REASON_SYN_QUEUE_FULL", "REASON_LISTEN_DROP",
              "LISTEN_OFF", "LISTEN_BRACKET", "LISTEN_CHAIN"]
     asserts = "\n".join(f'_Static_assert({n} == {getattr(event, n)}u, "{n}");' for n in names)

@@ -80,6 +80,23 @@ def test_a_handshake_completing_onto_a_full_queue_is_one_drop(netns, metrics):
     assert m.total(state="LISTEN", dport="7404", frame="tcp_rcv_state_process") == 0
 
 
+def test_refused_cookie_acks_are_drops_and_no_accepted_syn_is_taken_for_one(netns, metrics):
+    """Syncookies on: ACKs answering cookies that find the accept queue full
+    are refused (ListenOverflows rises) and dropped by kfree_skb(), charged to
+    the listener. Connections then accepted on the same CPU: none of their
+    SYNs may be taken for a refused one (a rise read at the wrong packet)."""
+    netns.sh("sysctl", "-qw", "net.ipv4.tcp_syncookies=2")
+    m = metrics("--interval", "200ms", "--port", "7406")
+    netns.traffic("cookie-acks", 7406, 5, 5, cpu=0)
+    acks = dict(state="LISTEN", dport="7406", flags="ACK", reason="NO_SOCKET", frame="cookie_v4_check")
+    assert m.wait_total(5, **acks) == 5
+    overflows = netns.counter("TcpExtListenOverflows")
+    m.stop()
+    assert m.total(state="LISTEN", dport="7406", flags="SYN") == 0
+    assert m.total(state="LISTEN", dport="7406", flags="SYN") + m.total(**acks) == overflows == 5
+    assert netns.counter("TcpExtListenDrops") == 5
+
+
 def test_trace_shows_a_refused_syn_with_its_addresses(tracer, netns):
     netns.traffic("listen-full", "::1", 7403, 3, 0.3)
     drops = tracer.wait_for(netns, dport=7403, state="LISTEN")

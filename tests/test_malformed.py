@@ -181,3 +181,34 @@ def unicast_octets(ns):
 def has_ah6():
     with open("/proc/kallsyms") as f:
         return any(line.split()[2] == "ah6_rcv" for line in f)
+
+
+def direct_map_named():
+    """Whether kallsyms names the variables that place x86-64's direct map
+    (CONFIG_KALLSYMS_ALL), which the probe needs to read a frag's bytes."""
+    with open("/proc/kallsyms") as f:
+        return {line.split()[2] for line in f} >= {"page_offset_base", "vmemmap_base"}
+
+
+@pytest.mark.parametrize("family, length", [("4", 40), ("6", 60)])
+def test_a_frame_whose_ip_header_is_in_a_frag_is_read_there_or_counted_unreadable(netns, metrics,
+                                                                                  family, length):
+    """Frames as the GRO frags path builds them (the linear data ends where
+    the IP header begins), dropped by IP before it pulls the header in: read
+    from the first frag where the probe can place the direct map, else
+    counted in tcpdrop_agent.unreadable, never lost unseen. The device's own
+    counter says how many it dropped."""
+    m = metrics("--interval", "200ms", "--port", "23950", "--port-tags", "all")
+    out = netns.traffic("frames-in-frags", family, 23950, DPORT, COUNT)
+    assert int(out["otherhost"]) == int(out["sent"]) == COUNT and int(out["len"]) == length
+    syns = dict(sport="23950", dport=str(DPORT), family=family, flags="SYN", reason="OTHERHOST",
+                state="NONE")
+    if direct_map_named():
+        assert m.wait_total(COUNT, **syns) == COUNT
+        assert m.total("bytes", **syns) == COUNT * length
+        assert m.total("unreadable", "tcpdrop_agent") == 0
+    else:
+        assert eventually(lambda: m.total("unreadable", "tcpdrop_agent") >= COUNT)
+        m.stop()
+        assert m.total("unreadable", "tcpdrop_agent") == COUNT
+        assert m.total() == 0

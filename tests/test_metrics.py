@@ -6,6 +6,7 @@ from telegraf_tcpdrop.event import (COUNTER_MAX, COUNTER_NESTED, EPHEMERAL_SPORT
                                     PORT_TAGS_BUCKETED, PORT_TAGS_NONE, DropEvent, DropKey)
 from telegraf_tcpdrop.metrics import Collector
 from telegraf_tcpdrop.names import DropReasons
+from telegraf_tcpdrop.probe import RunStats
 from telegraf_tcpdrop.netns import RESCAN_SECONDS, NetnsNames
 
 REASONS = DropReasons({2: "NO_SOCKET", 12: "NETFILTER_DROP"})
@@ -33,7 +34,7 @@ class StubProbe:
         return list(self.counters_)
 
     def run_stats(self):
-        return (100, 5000, 0)
+        return RunStats(100, 5000, 0, 0)
 
     def netns_tasks(self):
         return []
@@ -54,14 +55,14 @@ def test_points_of_an_interval():
     probe = StubProbe()
     c = collector(probe)
     probe.counts = {key(): (3, 180)}
-    probe.counters_ = [1, 0, 4, 240, 0, 0, 0]
+    probe.counters_ = [1, 0, 4, 240, 0, 0, 0, 0]
     points = c.collect()
     assert [encode(p) for p in points] == [
         "tcpdrop,dport=443,family=4,flags=SYN,frame=tcp_v4_rcv,reason=NO_SOCKET,sport=ephemeral,"
         "state=NONE drops=3i,bytes=180i 2000000000",
         "tcpdrop_agent events_lost=1i,events_ratelimited=0i,map_portless_drops=0i,map_overflow_drops=4i,"
-        "map_overflow_bytes=240i,listen_untracked=0i,keys=1i,stacks_lost=0i,interval_ns=1000000000i,"
-        "probe_misses=0i 2000000000"]
+        "map_overflow_bytes=240i,listen_untracked=0i,keys=1i,stacks_lost=0i,unreadable=0i,interval_ns=1000000000i,"
+        "probe_misses=0i,listen_misses=0i 2000000000"]
     # Nothing new: only the agent's point, with its counters as deltas.
     points = c.collect()
     assert [p.measurement for p in points] == ["tcpdrop_agent"]
@@ -98,7 +99,7 @@ def test_probe_run_stats_only_when_the_kernel_measures_them():
     c = collector(probe)
     assert "probe_runs" not in c.collect()[-1].fields
     c.stats_enabled = lambda: True
-    probe.run_stats = lambda: (130, 7000, 0)
+    probe.run_stats = lambda: RunStats(130, 7000, 0, 0)
     fields = c.collect()[-1].fields
     assert (fields["probe_runs"], fields["probe_run_time_ns"]) == (30, 2000)
 
@@ -106,13 +107,23 @@ def test_probe_run_stats_only_when_the_kernel_measures_them():
 def test_probe_misses_are_reported_as_deltas_whether_or_not_stats_are_on():
     probe = StubProbe()
     c = collector(probe)
-    probe.run_stats = lambda: (100, 5000, 7)
+    probe.run_stats = lambda: RunStats(100, 5000, 7, 0)
     assert c.collect()[-1].fields["probe_misses"] == 7
-    probe.run_stats = lambda: (100, 5000, 9)
+    probe.run_stats = lambda: RunStats(100, 5000, 9, 0)
     assert c.collect()[-1].fields["probe_misses"] == 2
     # and the runs the probe skipped itself (tcpdrop.c, enter_once)
     probe.counters_[COUNTER_NESTED] = 3
     assert c.collect()[-1].fields["probe_misses"] == 3
+
+
+def test_skipped_listen_queue_runs_are_not_drops_missed():
+    """A skipped run of consume_skb's program (run for every packet freed as
+    normal) loses no drop: listen_misses, not probe_misses."""
+    probe = StubProbe()
+    c = collector(probe)
+    probe.run_stats = lambda: RunStats(100, 5000, 0, 40)
+    fields = c.collect()[-1].fields
+    assert (fields["probe_misses"], fields["listen_misses"]) == (0, 40)
 
 
 def test_a_sampled_event_gives_its_tag_set_a_folded_stack():

@@ -1,7 +1,7 @@
 """Kernel addresses to names, from a kallsyms fixture and from the running kernel."""
 import pytest
 
-from telegraf_tcpdrop.symbols import KernelSymbols, SymbolsUnavailable, function_spans
+from telegraf_tcpdrop.symbols import KernelSymbols, SymbolsUnavailable, VARIABLES, FUNCTIONS, symbol_spans
 
 KALLSYMS = """\
 ffffffff81000000 T _stext
@@ -72,6 +72,9 @@ def test_spans_of_functions_in_one_pass(tmp_path):
     """What listen-queue drops need: where a function starts, and how far it goes."""
     path = tmp_path / "kallsyms"
     path.write_text(KALLSYMS)
-    assert function_spans(["tcp_v4_rcv", "nf_hook_slow", "some_data", "no_such_function"], path) == {
+    assert symbol_spans(["tcp_v4_rcv", "nf_hook_slow", "some_data", "no_such_function"], path) == {
         "tcp_v4_rcv": (0xFFFFFFFF81A00000, 0x400),  # to tcp_v4_fill_cb
         "nf_hook_slow": (0xFFFFFFFF81B00000, 0x3E500000)}  # to the module after it; data: no
+    # and variables too, where asked, in the same read
+    assert set(symbol_spans(["tcp_v4_rcv", "some_data"], path, FUNCTIONS + VARIABLES)) == {
+        "tcp_v4_rcv", "some_data"}

@@ -3,8 +3,11 @@
 Run inside a test's network namespace: `ip netns exec NS python traffic.py KIND ...`.
 Prints what the test needs to know (ports, sequence numbers) as `key=value`.
 """
+import json
+import os
 import socket
 import struct
+import subprocess
 import sys
 import time
 
@@ -47,9 +50,9 @@ def syns(host, port, first_sport, count):
         syn(host, port, sport)
 
 
-def tcp_segment(src, dst, sport, dport, seq, flags, payload=b""):
+def tcp_segment(src, dst, sport, dport, seq, flags, payload=b"", ack=0):
     """A TCP header (no options) and payload, checksummed for src -> dst."""
-    header = struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 5 << 4, flags, 65535, 0, 0)
+    header = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 65535, 0, 0)
     length = len(header) + len(payload)
     if ":" in src:
         pseudo = socket.inet_pton(socket.AF_INET6, src) + socket.inet_pton(socket.AF_INET6, dst) + \
@@ -118,6 +121,87 @@ def syn_churn(port, seconds, ports, phase_seconds):
     print(f"sent={sent}")
 
 
+def fill_then_stream(port, fill_ports, stream_ports, seconds):
+    """A SYN to port from each of fill_ports source ports (enough tag sets to
+    fill a small table), then for that many seconds a stream of SYNs from
+    stream_ports source ports (a few tag sets). Each is answered with a RST,
+    dropped too. Prints how many the stream sent."""
+    for sport in range(30000, 30000 + int(fill_ports)):
+        send_ipv4(tcp_segment("127.0.0.1", "127.0.0.1", sport, int(port), 1, 0x02))
+    deadline, sent = time.monotonic() + float(seconds), 0
+    while time.monotonic() < deadline:
+        for sport in range(20000, 20000 + int(stream_ports)):
+            send_ipv4(tcp_segment("127.0.0.1", "127.0.0.1", sport, int(port), sent, 0x02))
+            sent += 1
+    print(f"sent={sent}")
+
+
+def icmp_copies(seconds):
+    """Reads every ICMP packet's copy from a raw socket for that many seconds:
+    each freed with consume_skb() here, in process context. Prints the count."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    sock.settimeout(0.2)
+    deadline, read = time.monotonic() + float(seconds), 0
+    while time.monotonic() < deadline:
+        try:
+            sock.recv(128)
+            read += 1
+        except (TimeoutError, socket.timeout):
+            pass
+    print(f"read={read}")
+
+
+def echo_requests(seconds):
+    """ICMP echo requests to 127.0.0.1 for that many seconds, as fast as they
+    go: each answered, and freed with consume_skb() in a softirq."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    request = struct.pack("!BBHHH", 8, 0, 0, 1, 1) + b"ping"
+    request = request[:2] + struct.pack("!H", checksum(request)) + request[4:]
+    deadline, sent = time.monotonic() + float(seconds), 0
+    while time.monotonic() < deadline:
+        for _ in range(100):
+            sock.sendto(request, ("127.0.0.1", 0))
+        sent += 100
+    print(f"sent={sent}")
+
+
+TUNSETIFF, SIOCETHTOOL, ETHTOOL_SGRO = 0x400454CA, 0x8946, 0x2C
+IFF_TAP, IFF_NAPI, IFF_NAPI_FRAGS, IFF_NO_PI = 0x0002, 0x0010, 0x0020, 0x1000
+TAP = "tcpdrop-tap"
+
+
+def frames_in_frags(family, sport, dport, count):
+    """count SYNs into a tap whose driver builds each frame as a NIC on the
+    GRO frags path does (tun's IFF_NAPI_FRAGS: the first write segment, the
+    Ethernet header, is the linear data; the IP packet is in frags[0]), GRO
+    off, to a MAC that is not the tap's: ip_rcv_core() drops each as
+    OTHERHOST before it pulls the IP header in. Prints the count and the IP
+    length."""
+    import array
+    import fcntl
+    if not os.path.exists("/dev/net/tun"):  # tun is a module that nothing loaded yet
+        subprocess.run(["modprobe", "tun"], check=True)
+    tun = os.open("/dev/net/tun", os.O_RDWR)
+    fcntl.ioctl(tun, TUNSETIFF, struct.pack("16sH", TAP.encode(), IFF_TAP | IFF_NO_PI | IFF_NAPI |
+                                            IFF_NAPI_FRAGS))
+    subprocess.run(["ip", "link", "set", TAP, "up"], check=True)
+    gro_off = array.array("I", [ETHTOOL_SGRO, 0])
+    with socket.socket() as sock:
+        fcntl.ioctl(sock, SIOCETHTOOL, struct.pack("16sP", TAP.encode(), gro_off.buffer_info()[0]))
+    segment = tcp_segment(*((CLIENT_V6, SERVER_V6) if family == "6" else (CLIENT_V4, SERVER_V4)),
+                          int(sport), int(dport), 1, 0x02)
+    packet = ipv6(6, segment) if family == "6" else ipv4(segment, 1)
+    ethernet = bytes.fromhex("020000000099" + CLIENT_MAC.replace(":", "")) + \
+        struct.pack("!H", ETH_P_IPV6 if family == "6" else ETH_P_IP)
+    for _ in range(int(count)):
+        os.writev(tun, [ethernet, packet])
+    time.sleep(0.1)
+    # the device's own count of the frames it dropped as not for this host (5.19+)
+    [link] = json.loads(subprocess.run(["ip", "-s", "-s", "-j", "link", "show", TAP],
+                                       capture_output=True, text=True, check=True).stdout)
+    print(f"sent={count} len={len(packet)} otherhost={link['stats64']['rx'].get('otherhost', '-')}")
+
+
 def syn_with_ip_options(port, sport):
     """A SYN in an IPv4 packet with 4 bytes of options (NOPs): the TCP header is not at 20."""
     send_ipv4(tcp_segment("127.0.0.1", "127.0.0.1", int(sport), int(port), 1, 0x02), b"\x01" * 4)
@@ -177,6 +261,119 @@ def connect_storm(host, port, clients, hold="1.2"):
     time.sleep(float(hold))
     for client in waiting:  # no more retransmits
         client.close()
+
+
+def cookie_acks(port, count, accepted):
+    """Syncookies always on (the test sets net.ipv4.tcp_syncookies=2): count
+    SYNs from a raw socket each get a cookie in their SYN-ACK; then two
+    connections fill the accept queue of a listener with room for two (which
+    never accepts until told); the count ACKs that answer the cookies find it
+    full and are refused (cookie_v4_check(): ListenOverflows, ListenDrops, the
+    ACK dropped). Then the two are accepted, and that many more connections
+    are made and accepted. Prints the refused ACKs' first source port."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", int(port)))
+    server.listen(1)
+    sports = range(31000, 31000 + int(count))
+    cookies = syn_acks(port, sports)
+    queued = [socket.create_connection(("127.0.0.1", int(port))) for _ in range(2)]
+    time.sleep(0.1)  # both in the accept queue: it is full
+    for sport, cookie in cookies.items():
+        send_ipv4(tcp_segment("127.0.0.1", "127.0.0.1", sport, int(port), 1001, 0x10,
+                              ack=(cookie + 1) & 0xFFFFFFFF))
+    time.sleep(0.1)
+    accepted_sockets = [server.accept()[0] for _ in queued]
+    for _ in range(int(accepted)):
+        queued.append(socket.create_connection(("127.0.0.1", int(port))))
+        accepted_sockets.append(server.accept()[0])
+    print(f"sport={sports[0]}")
+    for s in queued + accepted_sockets:
+        s.close()
+
+
+def syn_acks(port, sports):
+    """Sends a SYN to port from each of sports (a raw socket: no socket of
+    ours there) and returns {sport: the SYN-ACK's sequence number}."""
+    sniffer = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+    sniffer.settimeout(5)
+    for sport in sports:
+        send_ipv4(tcp_segment("127.0.0.1", "127.0.0.1", sport, int(port), 1000, 0x02))
+    isns = {}
+    while len(isns) < len(sports):
+        packet = sniffer.recv(128)
+        tcp = packet[(packet[0] & 0x0F) * 4:]
+        source, dest, seq = struct.unpack("!HHI", tcp[:8])
+        if source == int(port) and dest in sports and tcp[13] & 0x12 == 0x12:  # SYN|ACK
+            isns[dest] = seq
+    return isns
+
+
+def icmp_aborts_requests(port, count):
+    """A listener, count SYNs from a raw socket (the test drops the RSTs that
+    would answer their SYN-ACKs), then for each an ICMP host unreachable that
+    quotes its SYN-ACK: tcp_req_err() drops the request and counts it in
+    ListenDrops, though no packet of it is dropped. Prints the count."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", int(port)))
+    server.listen(int(count) + 1)
+    sports = range(32000, 32000 + int(count))
+    for sport, isn in syn_acks(port, sports).items():
+        quoted = ipv4_header(int(port), sport) + struct.pack("!HHI", int(port), sport, isn)
+        error = struct.pack("!BBHI", 3, 1, 0, 0) + quoted  # destination unreachable: host
+        send_ipv4(error[:2] + struct.pack("!H", checksum(error)) + error[4:], protocol=1)
+    time.sleep(0.1)
+    print(f"sent={count}")
+    server.close()
+
+
+def ipv4_header(sport, dport):
+    """The IPv4 header of a SYN-ACK 127.0.0.1:sport -> 127.0.0.1:dport, as an ICMP error quotes it."""
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 44, 0, 0, 64, 6, 0,
+                         socket.inet_aton("127.0.0.1"), socket.inet_aton("127.0.0.1"))
+    return header[:10] + struct.pack("!H", checksum(header)) + header[12:]
+
+
+CLONE_NEWNET, SIOCSIFFLAGS, IFF_UP = 0x40000000, 0x8914, 0x1
+
+
+def many_listeners(namespaces, port, clients):
+    """That many network namespaces, each with a listener with room for two
+    connections that never accepts: first every listener listens, then each
+    gets that many connections at once, one namespace after another. Prints
+    each namespace's inode and its ListenDrops, as `ns<inode>=<drops>`."""
+    import ctypes
+    import fcntl
+    import resource
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]  # a socket to each namespace's child
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    listening = []
+    for _ in range(int(namespaces)):
+        parent, child = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:
+            parent.close()
+            if ctypes.CDLL(None, use_errno=True).unshare(CLONE_NEWNET):
+                raise OSError(ctypes.get_errno(), "unshare")
+            with socket.socket() as sock:  # lo up
+                fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH", b"lo", IFF_UP))
+            server = socket.socket()
+            server.bind(("127.0.0.1", int(port)))
+            server.listen(1)
+            child.send(b"listening")
+            child.recv(1)  # its turn
+            connect_storm("127.0.0.1", port, clients, "0.05")  # refused at once, on loopback
+            with open("/proc/self/net/netstat") as f:
+                names, values = [line.split() for line in f][:2]
+            child.send(f"ns{os.stat('/proc/self/ns/net').st_ino}="
+                       f"{values[names.index('ListenDrops')]}".encode())
+            os._exit(0)
+        child.close()
+        parent.recv(16)
+        listening.append((pid, parent))
+    for pid, sock in listening:
+        sock.send(b"go")
+        print(sock.recv(64).decode())
+        os.waitpid(pid, 0)
 
 
 def syn_queue_full(port, count, hold="0.5"):
@@ -420,10 +617,15 @@ def fragment(family, which, sport, dport, count):
 
 
 KINDS = {"bad-checksum": bad_checksum, "low-ttl": low_ttl, "md5-not-found": md5_not_found,
-         "listen-full": listen_full, "connect-storm": connect_storm, "syn-queue-full": syn_queue_full, "syn": syn, "syns": syns, "raw-syns": raw_syns, "syn-churn": syn_churn, "old-segment": old_segment, "listen-overflow": listen_overflow,
+         "listen-full": listen_full, "connect-storm": connect_storm, "syn-queue-full": syn_queue_full,
+         "cookie-acks": cookie_acks, "many-listeners": many_listeners,
+         "icmp-aborts-requests": icmp_aborts_requests, "syn": syn, "syns": syns, "raw-syns": raw_syns, "syn-churn": syn_churn,
+         "fill-then-stream": fill_then_stream, "old-segment": old_segment, "listen-overflow": listen_overflow,
          "syn-with-ip-options": syn_with_ip_options,
          "syn-with-ipv6-extensions": syn_with_ipv6_extensions,
          "udp": udp, "icmp-bad-checksum": icmp_bad_checksum,
+         "icmp-copies": icmp_copies, "echo-requests": echo_requests,
+         "frames-in-frags": frames_in_frags,
          "lying-length": lying_length, "short-tcp": short_tcp,
          "syn-behind-ip-options": syn_behind_ip_options,
          "syn-behind-ipv6-headers": syn_behind_ipv6_headers,
