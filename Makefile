@@ -26,20 +26,36 @@ $(PROBE): plugin/tcpdrop.c plugin/tcpdrop.h plugin/kernel.h
 clean:
 	rm -rf plugin/tcpdrop.bpf.o $(VENV) build *.egg-info
 
-# What a fresh Debian 12 host needs to build the probe and run the tests.
-APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool make nftables iproute2 util-linux procps podman runc docker.io \
-	tcpdump tshark tmux python3-matplotlib \
-	victoria-metrics influxdb systemd debootstrap pkg-config python3-bpfcc libc6-dev \
-	python3 python3-venv python3-setuptools python3-wheel python3-pytest python3-pytest-random-order
-INSTALLED := $(VENV)/.installed
+# apt-get install only what is missing of a list of Debian packages.
+apt_install = @if dpkg-query -W -f='$${Status}\n' $(1) 2>&1 | grep -qv 'install ok installed'; then \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	apt-get install -y -qq --no-install-recommends $(1); fi
 
-# apt only when something is missing; a venv on Debian's python3 that sees its
-# packages (python3-bpfcc lives there), with this project installed editable.
+# What the monitor needs on a Debian 12 or 13 host: the probe's build, a
+# Python venv, and bcc only where the kernel has no BTF (the CO-RE probe's).
+RUN_PACKAGES := clang llvm libbpf-dev libbpf1 make pkg-config libc6-dev \
+	python3 python3-venv python3-setuptools python3-wheel \
+	$(if $(wildcard /sys/kernel/btf/vmlinux),,python3-bpfcc)
+# What the tests add: the peers they run (servers, runtimes, capture tools),
+# which a host that only wants `make run` should not get (Debian starts an
+# InfluxDB without authentication; Docker rewrites the firewall).
+TEST_PACKAGES := bpftool nftables iproute2 util-linux procps podman runc docker.io \
+	tcpdump tshark tmux python3-matplotlib victoria-metrics influxdb systemd debootstrap \
+	python3-bpfcc python3-pytest python3-pytest-random-order
+INSTALLED := $(VENV)/.installed
+TEST_INSTALLED := $(VENV)/.test-installed
+
+# A venv on Debian's python3 that sees its packages (python3-bpfcc lives
+# there), with this project installed editable.
 $(INSTALLED): pyproject.toml setup.py
-	@if dpkg-query -W -f='$${Status}\n' $(APT_PACKAGES) 2>&1 | grep -qv 'install ok installed'; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-		apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); fi
+	$(call apt_install,$(RUN_PACKAGES))
 	$(PYTHON) -m venv --system-site-packages $(VENV)
+	$(VENV)/bin/pip install -q --no-build-isolation -e .
+	touch $@
+
+# The tests' peers, and the dashboards' generator (dashboards/generate.py).
+$(TEST_INSTALLED): $(INSTALLED)
+	$(call apt_install,$(TEST_PACKAGES))
 	$(VENV)/bin/pip install -q --no-build-isolation -e '.[dashboards]'
 	touch $@
 
@@ -48,16 +64,14 @@ setup: $(INSTALLED) probe
 run: setup
 	$(VENV)/bin/telegraf-tcpdrop trace
 
-test: setup
+test: setup $(TEST_INSTALLED)
 	$(VENV)/bin/python -m pytest -v $(PYTEST_ARGS)
 
 # The benchmark (bench/run.py: ~15 min, then docs/performance.md and its plots).
 BENCH_PACKAGES := bpftrace bpfcc-tools python3-matplotlib libc6-dev
 
-bench: setup
-	@if dpkg-query -W -f='$${Status}\n' $(BENCH_PACKAGES) 2>&1 | grep -qv 'install ok installed'; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-		apt-get install -y -qq --no-install-recommends $(BENCH_PACKAGES); fi
+bench: setup $(TEST_INSTALLED)
+	$(call apt_install,$(BENCH_PACKAGES))
 	$(VENV)/bin/python bench/run.py
 	$(VENV)/bin/python bench/report.py
 
@@ -85,10 +99,8 @@ DEB_PACKAGES := debhelper dh-python python3-all python3-setuptools python3-pip d
 VERSION = $(shell git show HEAD:pyproject.toml | $(PYTHON) -c 'import sys, tomllib; print(tomllib.loads(sys.stdin.read())["project"]["version"])')
 
 deb:
-	@if dpkg-query -W -f='$${Status}\n' $(DEB_PACKAGES) 2>&1 | grep -qv 'install ok installed'; then \
-		$(if $(CROSS),dpkg --add-architecture $(DEB_ARCH) &&) \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-		apt-get install -y -qq --no-install-recommends $(DEB_PACKAGES); fi
+	$(if $(CROSS),dpkg --add-architecture $(DEB_ARCH))
+	$(call apt_install,$(DEB_PACKAGES))
 	rm -rf $(DEB_BUILD) && mkdir -p $(DEB_BUILD)/src
 	@git diff --quiet HEAD -- || echo "W! the package is HEAD ($$(git rev-parse --short HEAD)): uncommitted changes are not in it"
 	git archive --format=tar HEAD | tar -xf - -C $(DEB_BUILD)/src
