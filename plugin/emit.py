@@ -23,12 +23,22 @@ class Point(NamedTuple):
     time_ns: int
 
 
+# What no parser takes as is: control characters (a line break ends the line;
+# Telegraf rejects a tab in a tag), and lone surrogates, which are not text
+# (Python's stand-ins for bytes that are not UTF-8: a name from a file or a
+# process table is any bytes) and which no encoder to UTF-8 takes.
+CONTROLS = [*range(0x20), 0x7F]
+SURROGATES = range(0xD800, 0xE000)
+REPLACEMENT = "\ufffd"
+
+
 def _escaper(specials):
-    """Backslash before each special character; a line break (which line
-    protocol cannot carry) becomes a space, itself escaped where special."""
-    table = {c: "\\" + c for c in specials}
-    table["\n"] = table["\r"] = table.get(" ", " ")
-    table = str.maketrans(table)
+    """Backslash before each special character; a control character becomes
+    a space (itself escaped where special), a lone surrogate U+FFFD: every
+    string is then one line of valid UTF-8."""
+    table = {ord(c): "\\" + c for c in specials}
+    table.update((c, table.get(ord(" "), " ")) for c in CONTROLS)
+    table.update((c, REPLACEMENT) for c in SURROGATES)
     return lambda text: text.translate(table)
 
 

@@ -7,14 +7,16 @@ import time
 
 from . import log
 from .errors import UsageError
-from .emit import Gauge
+from .emit import CONTROLS, REPLACEMENT, SURROGATES, Gauge
 
 
-_STATSD_UNSAFE = str.maketrans({c: "_" for c in ":|@#,=; \n"})
+_STATSD_UNSAFE = {**{ord(c): "_" for c in ":|@#,=; "}, **dict.fromkeys(CONTROLS, "_"),
+                  **dict.fromkeys(SURROGATES, REPLACEMENT)}
 
 
 def statsd_safe(text):
-    """StatsD's separators out of a name or tag value (so RST|ACK is RST_ACK)."""
+    """StatsD's separators and control characters out of a name or tag value
+    (so RST|ACK is RST_ACK), and what is not text (emit.py) as U+FFFD."""
     return text.translate(_STATSD_UNSAFE)
 
 

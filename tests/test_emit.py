@@ -33,6 +33,15 @@ def test_a_trailing_backslash_is_trimmed_so_that_it_escapes_no_separator():
     assert encode(point) == "m,a=x,c=y\\\\,z f=1i 1"  # b, only backslashes, is left out
 
 
+def test_control_characters_become_spaces_and_bytes_that_are_not_utf8_the_replacement_character():
+    """A name is any bytes (`ip netns add $'a\\tb\\xff'`), read with
+    surrogateescape: the line is still one line of valid UTF-8."""
+    name = b"a\tb\xff\x00c\x7f".decode("utf-8", "surrogateescape")
+    line = encode(Point("m", {"netns": name}, {"stack": name}, 1))
+    assert line == 'm,netns=a\\ b\ufffd\\ c\\  stack="a b\ufffd c " 1'
+    assert line.encode("utf-8")  # strict: no surrogate is left
+
+
 def test_stdout_output_writes_every_line_in_slices_and_flushes_once():
     class Stream(io.StringIO):
         flushes = 0

@@ -157,6 +157,12 @@ def test_statsd_none_style_keeps_one_level_per_tag():
     assert statsd_lines(p, "none") == ["tcpdrop.do_softirq_part_0.web1_example_com.drops:1|c"]
 
 
+def test_statsd_names_any_bytes_as_utf8_of_one_line():
+    name = b"a\tb\xff\nc".decode("utf-8", "surrogateescape")  # `ip netns add` takes any bytes
+    [line] = statsd_lines(Point("tcpdrop", {"netns": name}, {"drops": 1}, 1), "influx")
+    assert line.encode("utf-8") == "tcpdrop.drops,netns=a_b\ufffd_c:1|c".encode("utf-8")
+
+
 def test_statsd_levels_are_gauges():
     assert statsd_lines(agent(1, keys=4, lost=0), "none") == ["tcpdrop_agent.keys:4|g",
                                                                 "tcpdrop_agent.events_lost:0|c"]
