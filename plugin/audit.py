@@ -39,6 +39,7 @@ class Audit:
         self.probe, self.reasons, self.namespaces = probe, reasons, namespaces
         self.names = names or NetnsNames(probe.netns_tasks)
         self._seen = {}  # inode -> {reason name: drops}, since the start
+        self.unread = set()  # namespaces there at a snapshot whose counters could not be read
 
     def monitor(self):
         """{inode: {reason name, or a LISTEN_RISES name: drops}} seen so far."""
@@ -60,12 +61,17 @@ class Audit:
             kernel = self.namespaces.counters()
             if self.monitor() == before:
                 break
+        self.unread |= self.namespaces.readers.keys() - kernel.keys()
         return before, kernel
 
     def rows(self, start, end):
         (monitor0, kernel0), (monitor1, kernel1) = start, end
         rows = []
-        for inode in sorted(set(kernel1) | set(monitor1)):
+        # A namespace not read at one end (or gone by the end) has no rise to
+        # compare, 0 not being its reading; one made meanwhile is in neither
+        # the start's namespaces nor its readings, and counts from 0.
+        self.unread |= kernel0.keys() - kernel1.keys()
+        for inode in sorted((set(kernel1) | set(monitor1)) - self.unread):
             for counter, reasons in DROP_COUNTERS.items():
                 kernel = kernel1.get(inode, {}).get(counter, 0) - kernel0.get(inode, {}).get(counter, 0)
                 monitor = sum(monitor1.get(inode, {}).get(r, 0) - monitor0.get(inode, {}).get(r, 0)
@@ -105,6 +111,10 @@ def report(probe, reasons, seconds, as_json=False, out=sys.stdout):
     stop.wait(seconds)
     audit.namespaces = Namespaces(probe.netns_tasks)  # namespaces made meanwhile too
     rows = audit.rows(start, audit.snapshot())
+    for inode in sorted(audit.unread):
+        log.warn(f"namespace {audit.names.name(inode)}: its counters could not be read at the "
+                 "start or the end (its processes exited; one kept by a bind mount needs "
+                 "CAP_SYS_ADMIN): left out")
     if as_json:
         for row in rows:
             print(json.dumps({**row.__dict__, "reasons": list(row.reasons),

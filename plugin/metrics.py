@@ -29,6 +29,15 @@ IDLE_INTERVALS = 30
 STACK_SAMPLES = 20  # per second per CPU, for --stacks
 
 
+def netns_tagger(netns_tags, names):
+    """inode -> the `netns` tag, as --netns-tags asks (name, inode); None for none."""
+    if netns_tags == "name":
+        return names.name
+    if netns_tags == "inode":
+        return lambda inode: str(inode) if inode else UNKNOWN
+    return None
+
+
 class Collector:
     """Reads the probe each interval and makes that interval's points."""
 
@@ -39,6 +48,7 @@ class Collector:
         self.probe, self.reasons, self.symbols, self.port_tags = probe, reasons, symbols, port_tags
         self.netns_tags = netns_tags
         self.netns_names = netns_names or NetnsNames(probe.netns_tasks)
+        self.netns_tag = netns_tagger(netns_tags, self.netns_names)
         self.clock, self.stats_enabled, self.output_health = clock, stats_enabled, output_health
         self.idle_intervals = idle_intervals
         self._tags = {}  # key -> its tags, made once: buffered points share them
@@ -70,7 +80,7 @@ class Collector:
             "reason": self.reasons.name(key.reason),
             "state": state_name(key.state),
         }
-        if self.netns_tags != "none":
+        if self.netns_tag:
             tags["netns"] = self.netns_tag(key.netns)
         if self.port_tags == PORT_TAGS_NONE:
             pass  # not even "overflow": each Graphite level stays the same tag
@@ -84,11 +94,6 @@ class Collector:
             tags["sport"] = "ephemeral" if key.marks & EPHEMERAL_SPORT else str(key.sport)
             tags["dport"] = "ephemeral" if key.marks & EPHEMERAL_DPORT else str(key.dport)
         return tags
-
-    def netns_tag(self, inode):
-        if self.netns_tags == "name":
-            return self.netns_names.name(inode)
-        return str(inode) if inode else UNKNOWN
 
     def collect(self):
         """The points of the interval that ends now. Per tag set, only dict
@@ -197,7 +202,8 @@ def run(args):
     with open_probe(probe_settings, args.backend, args.hook, args.verbose, args.listen_drops,
                     max_keys=args.max_keys) as probe:
         names = NetnsNames(probe.netns_tasks)
-        netstat = NetstatPoints(names, host_tag) if args.netns_counters else None
+        netstat = (NetstatPoints(names, host_tag, netns_tagger(args.netns_tags, names))
+                   if args.netns_counters else None)
         collector = Collector(probe, reasons, loaded_symbols(), probe_settings.port_tags,
                               netns_tags=args.netns_tags, netns_names=names, netstat=netstat,
                               stats_enabled=host.bpf_stats_enabled, output_health=output.health,

@@ -42,29 +42,41 @@ DROP_COUNTERS = {
 CLONE_NEWNET = 0x40000000
 
 
+# Processes tried, in turn, before a namespace counts as not read this time.
+READ_TRIES = 4
+
+
 class Namespaces:
-    """The network namespaces of this host, each with a way to read its counters."""
+    """The network namespaces of this host, each with ways to read its counters."""
 
     def __init__(self, tasks):
         """tasks(): [(pid, network namespace inode)], as netns.proc_tasks."""
-        self.readers = {}
+        self.readers = {}  # inode -> its ways to read, best first
+        # Through its processes, the lowest pid first: the namespace's oldest,
+        # most often (its init, a container's first process), which outlives
+        # the short-lived ones; then the next, should that one have exited.
+        for pid, inode in sorted(tasks()):
+            self.readers.setdefault(inode, []).append(lambda pid=pid: _read(f"/proc/{pid}/net"))
+        # Through its bind mount (`ip netns add`), by a thread that enters it:
+        # the one way for a namespace no process is in.
         for name in listdir("/run/netns"):
             try:
                 inode = os.stat(f"/run/netns/{name}").st_ino
             except OSError:
                 continue
-            self.readers.setdefault(inode, lambda path=f"/run/netns/{name}": _read_in(path))
-        for pid, inode in tasks():
-            self.readers[inode] = lambda pid=pid: _read(f"/proc/{pid}/net")
+            self.readers.setdefault(inode, []).append(lambda path=f"/run/netns/{name}": _read_in(path))
 
     def counters(self):
-        """{inode: {counter: value}} of every namespace that can be read now."""
+        """{inode: {counter: value}} of every namespace that could be read now
+        (one whose processes all exited meanwhile may not be)."""
         found = {}
-        for inode, read in self.readers.items():
-            try:
-                found[inode] = read()
-            except OSError:
-                continue
+        for inode, ways in self.readers.items():
+            for read in ways[:READ_TRIES]:
+                try:
+                    found[inode] = read()
+                    break
+                except OSError:
+                    continue
         return found
 
 
@@ -72,7 +84,7 @@ def _read(net_dir):
     """nstat's names and values from a /proc/.../net directory."""
     counters = {}
     for table in ("netstat", "snmp"):
-        with open(f"{net_dir}/{table}") as f:
+        with open(f"{net_dir}/{table}", errors="surrogateescape") as f:
             lines = f.read().splitlines()
         for names, values in zip(lines[0::2], lines[1::2]):
             prefix, *names = names.split()
@@ -107,24 +119,40 @@ def _read_in(netns_path):
 
 class NetstatPoints:
     """Each interval, a point `tcpdrop_netstat` per namespace: how much each of
-    its DROP_COUNTERS rose. A namespace there at start counts from its reading
-    then; one that appears later, from zero (it is new)."""
+    its DROP_COUNTERS rose since the namespace's last reading. A namespace's
+    first reading is its baseline: its rises are reported from its second
+    on (a namespace made before the monitor started, or one whose reading
+    was missed, would otherwise show its total since it was made as one
+    interval's rise). A reading missed (its processes gone meanwhile) keeps
+    the last one: the next reports the rise over both intervals. A counter
+    lower than before is a new namespace on a reused inode: a new baseline."""
 
-    def __init__(self, names, host=None, namespaces=Namespaces):
+    def __init__(self, names, host=None, netns_tag=None, namespaces=Namespaces):
         """names: a netns.NetnsNames, whose tasks find the namespaces; host:
-        the host tag, if any. Made as soon as the probe attaches, so that
+        the host tag, if any; netns_tag(inode): the `netns` tag, as on
+        `tcpdrop` (--netns-tags); None: no such tag, every namespace's rises
+        summed in one point. Made as soon as the probe attaches, so that
         both count from (nearly) the same moment."""
-        self.names, self.namespaces = names, namespaces
+        self.names, self.namespaces, self.netns_tag = names, namespaces, netns_tag
         self.tags = {"host": host} if host else {}
-        self._last = self._read()
-
-    def _read(self):
-        return {inode: {name: values.get(name, 0) for name in DROP_COUNTERS}
-                for inode, values in self.namespaces(self.names.tasks).counters().items()}
+        self._last = {}
+        self.points(0)
 
     def points(self, now):
-        previous, self._last = self._last, self._read()
-        return [Point("tcpdrop_netstat", {**self.tags, "netns": self.names.name(inode)},
-                      {name: value - previous.get(inode, {}).get(name, 0)
-                       for name, value in values.items()}, now)
-                for inode, values in self._last.items()]
+        readings = self.namespaces(self.names.tasks)
+        last, rises = self._last, {}
+        self._last = {}
+        for inode, values in readings.counters().items():
+            reading = {name: values.get(name, 0) for name in DROP_COUNTERS}
+            before = last.get(inode)
+            if before and all(reading[name] >= before[name] for name in reading):
+                rises[inode] = {name: reading[name] - before[name] for name in reading}
+            self._last[inode] = reading
+        for inode in readings.readers.keys() - self._last.keys():  # there, but not read
+            if inode in last:
+                self._last[inode] = last[inode]
+        if self.netns_tag is None:
+            total = {name: sum(rise[name] for rise in rises.values()) for name in DROP_COUNTERS}
+            return [Point("tcpdrop_netstat", self.tags, total, now)] if rises else []
+        return [Point("tcpdrop_netstat", {**self.tags, "netns": self.netns_tag(inode)}, rise, now)
+                for inode, rise in rises.items()]

@@ -2,6 +2,8 @@
 counters beside the monitor's, pair by pair."""
 import io
 import json
+import os
+import re
 import subprocess
 
 import pytest
@@ -117,3 +119,25 @@ def test_a_pair_that_disagrees_is_marked_with_the_difference():
     format_rows(rows, out)
     assert out.getvalue().splitlines()[1].split() == [
         "web", "TcpExtListenDrops", "3", "2", "rises", "read", "(ListenDrops)", "!", "-1"]
+
+
+@pytest.mark.kernel
+def test_a_namespace_gone_before_the_end_is_left_out_not_a_mismatch(netns):
+    """Drops before the audit, then the namespace goes (its last process
+    exits): its end has no reading, which is not a reading of 0."""
+    netns.traffic("bad-checksum", 7509, 40000)
+    assert netns.counter("TcpInCsumErrors") > 0
+    last = subprocess.Popen(["ip", "netns", "exec", netns.name, "sleep", "60"])
+    assert eventually(lambda: os.stat(f"/proc/{last.pid}/ns/net").st_ino == netns.inode)
+    netns.delete()  # the bind mount: the sleep alone keeps the namespace now
+    proc = subprocess.Popen([CLI, "audit", "--for", "3s"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    stderr = []
+    assert eventually(lambda: stderr.append(proc.stderr.readline()) or "I! auditing" in stderr[-1],
+                      timeout=10), stderr
+    last.kill()
+    last.wait()
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out + err
+    assert re.search(r"^W! namespace .*: its counters could not be read at the start or the end",
+                     err, re.M), err
