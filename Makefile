@@ -41,7 +41,7 @@ RUN_PACKAGES := clang llvm libbpf-dev libbpf1 make pkg-config libc6-dev \
 # InfluxDB without authentication; Docker rewrites the firewall).
 TEST_PACKAGES := bpftool nftables iproute2 util-linux procps podman runc docker.io \
 	tcpdump tshark tmux python3-matplotlib victoria-metrics influxdb systemd debootstrap \
-	python3-bpfcc python3-pytest python3-pytest-random-order
+	python3-bpfcc python3-pytest python3-pytest-random-order python3-hypothesis
 INSTALLED := $(VENV)/.installed
 TEST_INSTALLED := $(VENV)/.test-installed
 

@@ -14,6 +14,7 @@ from . import config, log, stop
 from .btf import BtfError
 from .errors import StartupError, UsageError
 from .duration import parse_duration
+from .emit import printable
 from .event import MAX_SNAPLEN
 from .execd import SIGNALS
 from .libbpf import LibbpfError
@@ -286,10 +287,12 @@ def format_seconds(seconds):
 
 
 def netns_name(text):
-    if not text or len(text) > 255 or not text.isprintable():
+    """As the NETNS column shows it: a byte that is not UTF-8 as U+FFFD."""
+    name = printable(text)  # a control character: a space, and then refused
+    if not text or len(text) > 255 or not name.isprintable() or " " in name and name != text:
         raise argparse.ArgumentTypeError(f"{text!r} is not a namespace's name: host, an ip netns "
                                          "name, a container's, a unit's, or netns:INODE")
-    return text
+    return name
 
 
 def host_or_address(text):

@@ -30,6 +30,13 @@ class Point(NamedTuple):
 CONTROLS = [*range(0x20), 0x7F]
 SURROGATES = range(0xD800, 0xE000)
 REPLACEMENT = "\ufffd"
+# Longer is cut (characters): InfluxDB refuses a series key or a string field
+# over 64 KiB, and Telegraf's execd a line over 64 KiB, whole; the names and
+# stacks written here are far shorter (a name is at most 255 bytes, a kernel
+# symbol 512, a stack 127 of them). At 4 bytes a character, escaped, a line
+# stays well within.
+MAX_NAME = 1024
+MAX_STRING = 8192
 
 
 def _escaper(specials):
@@ -48,8 +55,12 @@ def _name_escaper(specials):
     so no escaping can end a name or tag value with one ("a trailing backslash
     can't be round-tripped", influxdata/line-protocol); Telegraf trims them too."""
     escape = _escaper(specials)
-    return lambda text: escape(text).rstrip("\\")
+    return lambda text: escape(text[:MAX_NAME]).rstrip("\\")
 
+
+# A name as shown anywhere (a tag, trace's lines, top's table): one line of
+# text, no control character to move a terminal's cursor.
+printable = _escaper("")
 
 # https://docs.influxdata.com/influxdb/v2/reference/syntax/line-protocol/#special-characters
 # A backslash is escaped in string field values only: elsewhere parsers keep it as is.
@@ -57,7 +68,11 @@ _measurement = functools.lru_cache(maxsize=64)(_name_escaper(", "))  # a few, in
 # Tag keys, tag values, field keys: most recur in every point, and in every
 # tag set made (a scan's tag sets differ by a port): the recent ones escaped once.
 _key = functools.lru_cache(maxsize=4096)(_name_escaper(",= "))
-_string = _escaper('\\"')
+_escape_string = _escaper('\\"')
+
+
+def _string(text):
+    return _escape_string(text[:MAX_STRING])
 
 
 def _field_value(value):

@@ -39,7 +39,7 @@ def privileges():
 
 
 def _effective_caps():
-    with open("/proc/self/status") as f:
+    with open("/proc/self/status", errors="surrogateescape") as f:  # Name: is any bytes
         for line in f:
             if line.startswith("CapEff:"):
                 return int(line.split()[1], 16)
@@ -99,7 +99,7 @@ def format_file():
     """The text of skb/kfree_skb's tracefs format file: the bcc backend reads
     the tracepoint's fields from it."""
     try:
-        with open(KFREE_SKB_FORMAT) as f:
+        with open(KFREE_SKB_FORMAT, errors="surrogateescape") as f:
             return f.read()
     except OSError as e:
         raise StartupError(f"cannot read {KFREE_SKB_FORMAT} ({e.strerror}): is tracefs "
@@ -114,8 +114,10 @@ def libbpf():
 
 
 def tracefs_mounted():
-    with open("/proc/self/mounts") as f:
-        return any(line.split()[1:3] == [TRACEFS, "tracefs"] for line in f)
+    """Read as bytes: a mount point is any bytes anyone chose (`ip netns add`
+    takes any name, and its bind mount is listed here)."""
+    with open("/proc/self/mounts", "rb") as f:
+        return any(line.split()[1:3] == [TRACEFS.encode(), b"tracefs"] for line in f)
 
 
 def tracefs(backend="core"):

@@ -12,7 +12,16 @@ is, in this order of preference:
     RUNTIME:ID        a container whose name the runtime keeps from this user
                       (docker:3f2a9c1b7d4e): the 12 hex digits `docker ps` shows
     UNIT.service      a systemd unit (PrivateNetwork=), from that cgroup
+    RUNTIME:UID/NAME  a rootless container of user UID (podman:1000/web), or
+    RUNTIME:UID/ID    its id where its name is not found; user:UID/UNIT a
+                      unit of that user's own systemd
     netns:INODE       none of these
+
+Who made a name is the kernel's word, never the name's: a cgroup under
+user@UID.service is that user's to make (systemd delegates it), so a
+container, pod or unit found there is named as that user's, whatever its
+path says; a conmon process's command line names a container only if its
+owner is the one the container's cgroup says (root, or that user).
 
 Names that runtimes make up for their own bind mounts (Podman's
 /run/netns/netns-<uuid>, CNI's cni-<uuid>) rank below all these.
@@ -24,16 +33,26 @@ command line are open to all. Nothing is read per drop: the names are kept,
 and looked for again when an inode not seen before turns up (at most once a
 second) or every RESCAN_SECONDS (namespaces go, their inodes are reused, and
 one not found is looked for again then).
+
+A look reads other processes' files (a command line takes the process's
+memory lock, which a process stuck in a hung FUSE or NFS fault holds): it
+runs in a thread of its own, one at a time, and a caller waits for it at
+most LOOK_WAIT_SECONDS, then goes on with the names known so far; the look
+brings its names when it ends.
 """
 import json
 import os
 import re
+import threading
 import time
+
+from .emit import printable
 
 INIT_NET_INODE = 0xEFFFFFF9  # PROC_NET_INIT_INO, include/linux/proc_ns.h
 UNKNOWN = "unknown"  # the probe could not tell (no device, no socket): inode 0
 RESCAN_SECONDS = 10.0
 UNKNOWN_RESCAN_SECONDS = 1.0
+LOOK_WAIT_SECONDS = 0.2  # the most a caller waits on a look, at each look
 
 RUNTIME_MADE = re.compile(r"(netns|cni)-[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}")
 # A container's id in its cgroup path: docker-<id>.scope, /docker/<id>,
@@ -42,6 +61,10 @@ CONTAINER = re.compile(r"(docker|libpod|cri-containerd|crio)[-/]([0-9a-f]{64})(\
 # A Kubernetes pod's uid: kubepods-besteffort-pod<uid with _>.slice, /kubepods/burstable/pod<uid>/
 POD = re.compile(r"kubepods.*?pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})")
 UNIT = re.compile(r"/([^/\n]+\.service)(?=/|$)", re.M)  # the innermost: not user@1000.service
+# Where a user's own cgroups start: systemd makes user@UID.service and hands it
+# to UID; everything below is that user's to make and name. The first one
+# counts (a user can make a "user@0.service" below their own).
+DELEGATED = re.compile(r"/user@(\d+)\.service(?=/|$)")
 
 # Where each runtime keeps its containers' names (rootful, default roots).
 DOCKER_CONTAINERS = "/var/lib/docker/containers"
@@ -69,14 +92,18 @@ class NetnsNames:
     """inode -> name, kept; see the module's docstring for the order."""
 
     def __init__(self, tasks=proc_tasks, proc="/proc", run_netns="/run/netns", docker=DOCKER_CONTAINERS,
-                 docker_api=DOCKER_API, podman=PODMAN_CONTAINERS, pods=KUBELET_PODS, clock=time.monotonic):
+                 docker_api=DOCKER_API, podman=PODMAN_CONTAINERS, pods=KUBELET_PODS, clock=time.monotonic,
+                 wait=LOOK_WAIT_SECONDS):
         """tasks(): [(pid, network namespace inode)], as proc_tasks."""
         self.tasks, self.proc, self.run_netns = tasks, proc, run_netns
         self.docker, self.docker_api, self.podman, self.pods = docker, docker_api, podman, pods
-        self.clock = clock
+        self.clock, self.wait = clock, wait
         self._names = {}
-        self._scanned = None  # clock() of the last scan
+        self._scanned = None  # clock() of the last scan's end
         self.scans = 0
+        self._looked = threading.Condition()  # a look ended
+        self._looking = False
+        self._wait_until = 0.0  # time.monotonic() past which no caller waits on this look
 
     def name(self, inode):
         """The inode's name, looked for again first where that is due."""
@@ -98,13 +125,33 @@ class NetnsNames:
 
     def rescan_if_due(self, after=RESCAN_SECONDS):
         """Looks again if `after` seconds have passed since the last look
-        ended; whether it did. Names change only here: `scans` counts the looks."""
-        if self._scanned is not None and self.clock() - self._scanned < after:
-            return False
-        self._names = self.scan()
-        self._scanned = self.clock()  # after the scan, which may take a while (Docker's API)
-        self.scans += 1
-        return True
+        ended (or waits on the look under way), for at most `wait` seconds;
+        whether a look ended meanwhile. Names change only when a look ends:
+        `scans` counts them."""
+        with self._looked:
+            scans = self.scans
+            if not self._looking:
+                if self._scanned is not None and self.clock() - self._scanned < after:
+                    return False
+                self._looking = True
+                self._wait_until = time.monotonic() + self.wait
+                threading.Thread(target=self._look, name="netns-names", daemon=True).start()
+            self._looked.wait_for(lambda: not self._looking,
+                                  timeout=max(0.0, self._wait_until - time.monotonic()))
+            return self.scans > scans
+
+    def _look(self):
+        names = None
+        try:
+            names = self.scan()
+        finally:
+            with self._looked:
+                if names is not None:
+                    self._names = names
+                    self.scans += 1
+                self._scanned = self.clock()  # after the look, which may take a while
+                self._looking = False
+                self._looked.notify_all()
 
     def scan(self):
         """{inode: name} of every namespace found now, each by its best name."""
@@ -112,7 +159,7 @@ class NetnsNames:
 
         def offer(inode, rank, name):
             if inode not in ranked or rank < ranked[inode][0]:
-                ranked[inode] = (rank, name)
+                ranked[inode] = (rank, printable(name))  # any bytes: a file's, a process's
 
         for name in listdir(self.run_netns):
             inode = inode_of(os.path.join(self.run_netns, name))
@@ -128,28 +175,53 @@ class NetnsNames:
         return {inode: name for inode, (_, name) in ranked.items()}
 
     def _from_cgroup(self, cgroup, containers):
-        """(rank, name) of the container or unit a process's cgroup file names, or None."""
-        pod = POD.search(cgroup)
+        """(rank, name) of the container or unit a process's cgroup file
+        names (the best of its hierarchies' paths), or None."""
+        found = [self._from_path(line.split(":", 2)[-1], containers)
+                 for line in cgroup.splitlines()]
+        return min(filter(None, found), default=None)
+
+    def _from_path(self, path, containers):
+        """(rank, name) from one cgroup path: system names from the part root
+        made, the delegated user's own from the rest."""
+        delegated = DELEGATED.search(path)
+        system, owner = (path[:delegated.end()], int(delegated.group(1))) if delegated else (path, None)
+        pod = POD.search(system)
         if pod:
             name = self._pod_name(pod.group(1).replace("_", "-"))
             if name:
                 return CONTAINER_NAME, name
-        container = CONTAINER.search(cgroup)
+        container = CONTAINER.search(system)
         if container:
-            runtime, container_id = container.group(1), container.group(2)
-            if runtime not in containers:
-                containers[runtime] = self._container_names(runtime)
-            name = containers[runtime].get(container_id)
-            if name:
-                return CONTAINER_NAME, name
-            return CONTAINER_ID, f"{RUNTIMES[runtime]}:{container_id[:12]}"
-        units = UNIT.findall(cgroup)
+            return self._container(container, 0, containers)
+        if owner is not None:
+            users = path[delegated.end():]
+            container = CONTAINER.search(users)
+            if container:
+                return self._container(container, owner, containers)
+            units = UNIT.findall(users)
+            if units:
+                return UNIT_NAME, f"user:{owner}/{units[-1]}"
+        units = UNIT.findall(system)
         if units:
             return UNIT_NAME, units[-1]
         return None
 
+    def _container(self, match, owner, containers):
+        """(rank, name) of the container of this id, run by owner (0: root):
+        named as the runtime's state says where its owner keeps it."""
+        runtime, container_id = match.group(1), match.group(2)
+        if runtime not in containers:
+            containers[runtime] = self._container_names(runtime)
+        name = containers[runtime].get((owner, container_id))
+        users = f"{owner}/" if owner else ""  # a rootless container: whose it is, first
+        if name:
+            return CONTAINER_NAME, f"{RUNTIMES[runtime]}:{users}{name}" if owner else name
+        return CONTAINER_ID, f"{RUNTIMES[runtime]}:{users}{container_id[:12]}"
+
     def _container_names(self, runtime):
-        """{container id: name} from the runtime's own state."""
+        """{(owner uid, container id): name} from the runtime's own state:
+        root's files and API (owner 0), and Podman's conmon processes."""
         names = {}
         if runtime == "docker":
             from .docker_api import container_names  # only where Docker runs: see there
@@ -158,20 +230,27 @@ class NetnsNames:
                 config = _read_json(os.path.join(self.docker, container_id, "config.v2.json"))
                 if isinstance(config, dict) and config.get("Name"):
                     names[container_id] = config["Name"].lstrip("/")
+            names = {(0, container_id): name for container_id, name in names.items()}
         elif runtime == "libpod":
             names = self._conmon_names()  # rootless too; the state file is root's
             for container in _read_json(self.podman) or []:
-                if container.get("names"):
-                    names[container["id"]] = container["names"][0]
+                if isinstance(container, dict) and container.get("names"):
+                    names[(0, container.get("id"))] = container["names"][0]
         return names
 
     def _conmon_names(self):
-        """{container id: name} from the command lines of Podman's conmon
-        processes (conmon -c ID ... -n NAME), which any user may read."""
+        """{(owner uid, container id): name} from the command lines of
+        Podman's conmon processes (conmon -c ID ... -n NAME), which any user
+        may read, and which any user may also write: each counts for its
+        owner's containers only."""
         names = {}
         for pid in filter(str.isdigit, listdir(self.proc)):
             argv = _read_text(f"{self.proc}/{pid}/cmdline").split("\0")
             if not argv[0].endswith("conmon"):
+                continue
+            try:
+                owner = os.stat(f"{self.proc}/{pid}").st_uid  # the kernel's word: its user's
+            except OSError:
                 continue
             options = {}
             for option, value in zip(argv[1:], argv[2:]):
@@ -179,7 +258,7 @@ class NetnsNames:
             container_id = options.get("-c") or options.get("--cid")
             name = options.get("-n") or options.get("--name")
             if container_id and name:
-                names[container_id] = name
+                names[(owner, container_id)] = name
         return names
 
     def _pod_name(self, uid):

@@ -68,7 +68,7 @@ def want_reasons(config, numbers):
 
 
 def ephemeral_range(path="/proc/sys/net/ipv4/ip_local_port_range"):
-    with open(path) as f:
+    with open(path, "rb") as f:
         low, high = f.read().split()
     return int(low), int(high)
 

@@ -77,7 +77,7 @@ class KernelSymbols:
     def _loaded_modules(self):
         """{(name, base address)} of the loaded modules."""
         try:
-            with open(self._modules_path) as f:
+            with open(self._modules_path, errors="surrogateescape") as f:
                 return {tuple(line.split()[0:6:5]) for line in f}
         except OSError:  # no module support
             return set()

@@ -1,13 +1,16 @@
 """Network namespaces by name: real namespaces, a real cgroup, a real Podman container."""
 import grp
 import os
+import pwd
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from conftest import TESTS, Netns, Tracer, as_nobody_with, eventually, require_root
+from conftest import CLI, TESTS, Netns, Tracer, as_nobody_with, eventually, require_root
 from telegraf_tcpdrop.netns import INIT_NET_INODE, RESCAN_SECONDS, NetnsNames
 
 pytestmark = pytest.mark.kernel
@@ -98,6 +101,40 @@ def test_a_kubernetes_pod_from_its_cgroup_and_the_kubelets_pod_directory(unnamed
             if cgroup == slice_.parent:
                 break
             cgroup.rmdir()
+
+
+def test_a_look_that_hangs_holds_no_caller_past_its_bound(unnamed, tmp_path):
+    """A look blocked on a file it reads (here Podman's state, a FIFO no one
+    writes to yet, as a command line's read waits on a process stuck in a
+    hung fault): name() answers within its bound with the name known so
+    far, and the look brings the name when it ends."""
+    container_id = "cd" * 32
+    scope = Path("/sys/fs/cgroup/unified/machine.slice") / f"libpod-{container_id}.scope"
+    if not scope.parent.parent.is_dir():
+        scope = Path("/sys/fs/cgroup/machine.slice") / f"libpod-{container_id}.scope"
+    scope.mkdir(parents=True)
+    state = tmp_path / "containers.json"
+    os.mkfifo(state)
+    try:
+        (scope / "cgroup.procs").write_text(str(unnamed.pid))
+        names, inode = NetnsNames(podman=str(state)), inode_of(unnamed.pid)
+        answers = []
+        for _ in range(2):  # the look that starts, then the same look under way
+            caller = threading.Thread(target=lambda: answers.append(names.name(inode)), daemon=True)
+            started = time.monotonic()
+            caller.start()
+            caller.join(timeout=2)
+            assert not caller.is_alive() and time.monotonic() - started < 0.5
+        assert answers == [f"netns:{inode}"] * 2 and names.scans == 0
+        with open(state, "w") as f:  # the state answers: the look ends
+            f.write("[]")
+        assert eventually(lambda: names.scans == 1)
+        assert names.known_name(inode) == f"podman:{container_id[:12]}"
+    finally:
+        unnamed.kill()
+        unnamed.wait()
+        eventually(lambda: not (scope / "cgroup.procs").read_text().strip())
+        scope.rmdir()
 
 
 @pytest.fixture(scope="module")
@@ -280,6 +317,61 @@ def test_each_namespaces_own_drop_counters_every_interval(metrics, netns):
     assert "host" in netstat and netns.name in netstat
 
 
+@pytest.mark.parametrize("netns_tags", ["inode", "none"])
+def test_netstat_points_are_tagged_as_tcpdrops_are(metrics, netns, netns_tags):
+    """--netns-tags inode: both measurements tag the inode, and join on it;
+    none: neither has the tag, and tcpdrop_netstat is the host's sum."""
+    m = metrics("--interval", "200ms", "--port", "7611", "--netns-counters",
+                "--netns-tags", netns_tags)
+    netns.traffic("listen-full", "127.0.0.1", 7611, 20)
+    kernel = netns.counter("TcpExtListenDrops")
+    assert kernel >= 18
+    tag = {"netns": str(netns.inode)} if netns_tags == "inode" else {}
+    assert m.wait_total(kernel, state="LISTEN", dport="7611", **tag) == kernel
+    assert m.wait_total(kernel, field="TcpExtListenDrops", measurement="tcpdrop_netstat",
+                        **tag) >= kernel
+    assert m.stop() == 0
+    netstat = [t for meas, t, f, _ in m.points if meas == "tcpdrop_netstat"]
+    if netns_tags == "inode":
+        assert m.total("TcpExtListenDrops", "tcpdrop_netstat", **tag) == kernel
+        assert {str(netns.inode)} <= {t["netns"] for t in netstat}
+    else:
+        assert netstat and not any("netns" in t for t in netstat)
+        times = [t for meas, _, _, t in m.points if meas == "tcpdrop_netstat"]
+        assert len(times) == len(set(times))  # one point per interval
+
+
+def test_a_namespace_named_with_any_bytes_breaks_no_command(metrics):
+    """`ip netns add` takes any bytes, and its bind mount shows in the mount
+    table before tracefs's (mounted again here, so its line comes after):
+    every command starts, and the name is shown with U+FFFD for the byte."""
+    require_root()
+    raw, shown = b"tcpdrop-\xff-odd", "tcpdrop-\ufffd-odd"
+    subprocess.run([b"ip", b"netns", b"add", raw], check=True)
+    mounted = False
+    try:
+        subprocess.run([b"ip", b"netns", b"exec", raw, b"ip", b"link", b"set", b"lo", b"up"], check=True)
+        mounted = not subprocess.run(["mount", "--bind", "/sys/kernel/tracing", "/sys/kernel/tracing"],
+                                     check=True).returncode
+        for command in (["check"], ["audit", "--for", "1s"], ["top", "--once", "--interval", "200ms"]):
+            result = subprocess.run([CLI, *command], capture_output=True, text=True, timeout=60)
+            assert "Traceback" not in result.stderr, result.stderr
+            assert result.returncode == 0, (command, result.stdout, result.stderr)
+        tracer = Tracer("--rate-limit", "0", "--netns", shown)
+        m = metrics("--interval", "200ms", "--port", "7612")
+        subprocess.run([b"ip", b"netns", b"exec", raw, sys.executable.encode(),
+                        str(TESTS / "traffic.py").encode(), b"raw-syns", b"7612", b"3", b"40000"],
+                       check=True, capture_output=True)
+        assert m.wait_total(3, dport="7612", netns=shown) == 3
+        assert eventually(lambda: len([e for e in tracer.events if e["dport"] == 7612]) == 3)
+        assert {e["netns_name"] for e in tracer.events} == {shown}
+        assert tracer.stop() == 0
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", "/sys/kernel/tracing"], check=True)  # the one mounted here
+        subprocess.run([b"ip", b"netns", b"del", raw])
+
+
 def test_readme_lists_every_counter_of_tcpdrop_netstat():
     from telegraf_tcpdrop.netstat import DROP_COUNTERS
     readme = (TESTS.parent / "README.md").read_text()
@@ -301,3 +393,94 @@ def test_a_namespace_not_found_is_looked_for_again_only_at_the_next_full_scan(un
     clock[0] = 1.5 + RESCAN_SECONDS
     names.name(inode)
     assert scans == [0.0, 1.5, 1.5 + RESCAN_SECONDS]
+
+
+MALLORY = "tcpdrop-mallory"  # a local user, not root, not Telegraf's
+HIERARCHIES = [Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup/unified")]
+
+
+@pytest.fixture
+def mallory():
+    """A real unprivileged user, and start(script): their shell running it,
+    moved first into a cgroup subtree handed to them as systemd hands
+    user@UID.service to its user (made, chowned, the process moved in;
+    systemd is not PID 1 here). Each process is killed, and the subtree
+    removed, after the test."""
+    require_root()
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/bin/sh", MALLORY],
+                   capture_output=True)
+    uid = pwd.getpwnam(MALLORY).pw_uid
+    delegated = [root / f"user.slice/user-{uid}.slice/user@{uid}.service" for root in HIERARCHIES
+                 if root.is_dir()]
+    for cgroup in delegated:
+        cgroup.mkdir(parents=True, exist_ok=True)
+        for path in (cgroup, *cgroup.iterdir()):
+            os.chown(path, uid, -1)
+    started = []
+
+    def start(script):
+        """Runs sh -c script as the user once in their subtree ($D: its path in each hierarchy)."""
+        wait = "while ! grep -q user@ /proc/self/cgroup; do sleep 0.05; done; "
+        proc = subprocess.Popen(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                                 "bash", "-c", wait + script, "bash", *map(str, delegated)])
+        started.append(proc)
+        for cgroup in delegated:
+            (cgroup / "cgroup.procs").write_text(str(proc.pid))
+        return proc
+    yield uid, start
+    for proc in started:
+        proc.kill()
+        proc.wait()
+    for cgroup in delegated:
+        for path in [*sorted((p for p in cgroup.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)),
+                     cgroup, cgroup.parent, cgroup.parent.parent]:
+            eventually(lambda: not (path / "cgroup.procs").read_text().strip())
+            try:
+                path.rmdir()
+            except OSError:  # user.slice holds others' too
+                pass
+    subprocess.run(["userdel", MALLORY], capture_output=True)
+
+
+def forged(start, cgroup):
+    """The user's process in a cgroup of theirs, `cgroup` (made in each of
+    their subtrees), and in a network namespace of its own (unshare -rn: no
+    root needed), lo up: its pid."""
+    move = "".join(f'mkdir -p "${i}/{cgroup}" && echo $$ > "${i}/{cgroup}/cgroup.procs" && '
+                   for i in range(1, len(HIERARCHIES) + 1))
+    pid = start(move + "exec unshare -rn sleep 300").pid  # exec, exec: the same process
+    assert eventually(lambda: f"/{cgroup}\n" in Path(f"/proc/{pid}/cgroup").read_text() and
+                      inode_of(pid) != INIT_NET_INODE, timeout=10)
+    subprocess.run(["nsenter", "-t", str(pid), "-n", "ip", "link", "set", "lo", "up"], check=True)
+    return pid
+
+
+def test_a_local_user_can_neither_rename_a_container_nor_take_its_or_a_units_name(
+        metrics, container, mallory):
+    """Mallory runs a process named conmon whose command line names a real
+    container with a name of theirs, and two network namespaces of their own
+    in cgroups of their own named as that container's and as a system
+    unit's. As Telegraf's user, the monitor names the real container by its
+    runtime's word, and Mallory's namespaces as Mallory's."""
+    uid, start = mallory
+    pid = container("tcpdrop-real", "--network", "none")
+    container_id = subprocess.run([*PODMAN, "inspect", "-f", "{{.Id}}", "tcpdrop-real"], check=True,
+                                  capture_output=True, text=True).stdout.strip()
+    # conmon's options as Podman writes them; the script from stdin ("-")
+    start(f"exec -a conmon {sys.executable} - -c {container_id} -n forged "
+          "<<< 'import time; time.sleep(300)'")
+    spaces = {"container": forged(start, f"libpod-{container_id}.scope"),
+              "unit": forged(start, "app.slice/nginx.service")}
+    assert f"user@{uid}.service/libpod-{container_id}.scope" in \
+        Path(f"/proc/{spaces['container']}/cgroup").read_text()
+    m = metrics("--interval", "200ms", "--port", "7613",
+                prefix=as_nobody_with("bpf", "perfmon", "syslog"))
+    inside(pid, "raw-syns", 7613, 2, 40000)
+    inside(spaces["container"], "raw-syns", 7613, 3, 40000)
+    inside(spaces["unit"], "raw-syns", 7613, 5, 40000)
+    assert m.wait_total(2, netns="tcpdrop-real", dport="7613") == 2
+    assert m.wait_total(3, netns=f"podman:{uid}/forged", dport="7613") == 3
+    assert m.wait_total(5, netns=f"user:{uid}/nginx.service", dport="7613") == 5
+    assert m.stop() == 0
+    assert {t["netns"] for meas, t, f, _ in m.points if meas == "tcpdrop" and t.get("dport") == "7613"} \
+        == {"tcpdrop-real", f"podman:{uid}/forged", f"user:{uid}/nginx.service"}

@@ -4,13 +4,17 @@ import os
 import re
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 from conftest import CLI, Tracer, eventually
+from hostile_text import POINTS, as_string, as_tag
+from test_emit import ODD
 from telegraf_tcpdrop.emit import Point, encode
 
 pytestmark = pytest.mark.kernel
@@ -101,17 +105,47 @@ def drops(metrics, **tags):
 
 
 def test_telegraf_parses_our_escaping(telegraf, tmp_path):
-    """Every special character, read back by Telegraf's own line-protocol parser."""
-    odd = {"frame": "a b,c=d\\e", "z key": "v", "a=b": "x"}
-    fields = {"drops": 3, "f,x": 1.5, "stack": 'say "hi"\\now', "n=1": -2}
+    """test_emit's cases, every special character in every place, read back
+    by Telegraf's own line-protocol parser: as written, but for a line break
+    or a tab (a space), an empty tag (none) and trailing backslashes (none)."""
+    trailing = Point("m\\", {"a": "x\\", "b": "\\\\", "c": "y\\,z", "t": "a\tb"}, {"f\\": 1},
+                     1700000000000000001)
     lines = tmp_path / "lines.txt"
-    lines.write_text(encode(Point("tcp drop,x", odd, fields, 1700000000000000000)) + "\n")
+    lines.write_text(encode(ODD) + "\n" + encode(trailing) + "\n")
     t = telegraf(f'[[inputs.execd]]\n  command = ["sh", "-c", "cat {lines}; exec cat >/dev/null"]\n'
                  '  signal = "none"\n  data_format = "influx"\n', omit_hostname=True)
-    assert eventually(t.metrics, timeout=15), t.logged()
-    [metric] = t.metrics()
-    assert metric == {"name": "tcp drop,x", "tags": odd, "fields": fields,
-                      "timestamp": 1700000000000000000}
+    assert eventually(lambda: len(t.metrics()) == 2, timeout=15), t.logged()
+    odd, trailed = sorted(t.metrics(), key=lambda m: m["timestamp"])
+    assert odd == {"name": "tcp drop,x", "tags": {"frame": "a b,c=d\\e", "z key": "v", "a=b": "x y"},
+                   "fields": ODD.fields, "timestamp": ODD.time_ns}
+    assert trailed == {"name": "m", "tags": {"a": "x", "c": "y\\,z", "t": "a b"}, "fields": {"f": 1},
+                       "timestamp": 1700000000000000001}
+
+
+@settings(max_examples=4, derandomize=True, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.data_too_large,
+                                 HealthCheck.too_slow])
+@given(values=POINTS)
+def test_any_string_as_a_tag_and_a_field_reaches_telegraf_as_the_readme_says(telegraf_bin, tmp_path,
+                                                                              values):
+    """Each value as a tag and as a string field, one line each: Telegraf's
+    parser takes every line (none rejected) and reads back what was written,
+    or its documented replacement."""
+    work = Path(tempfile.mkdtemp(dir=tmp_path))  # one per example
+    lines = work / "lines.txt"
+    lines.write_text("".join(encode(Point("m", {"v": value}, {"i": i, "s": value}, 1700000000000000000 + i))
+                             + "\n" for i, value in enumerate(values)))
+    t = Telegraf(telegraf_bin, work, f'[[inputs.execd]]\n  command = ["sh", "-c", "cat {lines}; exec cat '
+                 '>/dev/null"]\n  signal = "none"\n  data_format = "influx"\n', omit_hostname=True)
+    t.start()
+    try:
+        assert eventually(lambda: len(t.metrics()) == len(values), timeout=15), t.logged()
+        assert "E!" not in t.logged(), t.logged()
+        got = {m["fields"]["i"]: (m["tags"], m["fields"]["s"]) for m in t.metrics()}
+        assert got == {i: ({"v": as_tag(v)} if as_tag(v) else {}, as_string(v))
+                       for i, v in enumerate(values)}
+    finally:
+        t.stop()
 
 
 def test_drop_in_counts_real_drops(telegraf, netns):
