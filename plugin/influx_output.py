@@ -12,19 +12,38 @@ from .emit import Backoff, Gauge, PointBuffer, encode, retry_after_seconds
 from .outputs import TOKEN_ENV
 
 
+# The token as a systemd credential (LoadCredential=influx-token:PATH):
+# systemd reads PATH as root, and gives the service's user its copy.
+CREDENTIAL = "influx-token"
+
+
 def influx_token(args):
-    """From --influx-token-file, else $INFLUX_TOKEN: never from the command line."""
+    """From --influx-token-file, else $INFLUX_TOKEN, else the systemd
+    credential: never from the command line."""
     if args.influx_token_file:
-        try:
-            with open(args.influx_token_file) as f:
-                return f.read().strip()
-        except OSError as e:
-            raise UsageError(f"cannot read the InfluxDB token file {args.influx_token_file}: "
-                                  f"{e.strerror}") from None
+        return _token_file(args.influx_token_file)
     if os.environ.get(TOKEN_ENV):
         return os.environ[TOKEN_ENV]
-    raise UsageError(f"no InfluxDB token: set {TOKEN_ENV} or --influx-token-file "
-                          "(on InfluxDB 1.8: USER:PASSWORD)")
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if credentials and os.path.exists(os.path.join(credentials, CREDENTIAL)):
+        return _token_file(os.path.join(credentials, CREDENTIAL))
+    raise UsageError(f"no InfluxDB token: set {TOKEN_ENV} or --influx-token-file, or give the "
+                     f"service LoadCredential={CREDENTIAL}:PATH (on InfluxDB 1.8: USER:PASSWORD)")
+
+
+def _token_file(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode().strip()
+    except PermissionError:
+        raise UsageError(f"cannot read the InfluxDB token file {path}: permission denied (a "
+                         "systemd service's own user cannot read a root-only file: give it as "
+                         f"LoadCredential={CREDENTIAL}:{path} instead)") from None
+    except OSError as e:
+        raise UsageError(f"cannot read the InfluxDB token file {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(f"the InfluxDB token file {path} is not UTF-8 text ({e.reason} at byte "
+                         f"{e.start}): write the token alone in it") from None
 
 
 class InfluxOutput:
@@ -64,7 +83,12 @@ class InfluxOutput:
                    args.max_buffered_points)
 
     def write(self, points):
+        dropped = self.buffer.dropped
         self.buffer.add(points)
+        if self.buffer.dropped > dropped:
+            log.warn(f"InfluxDB output: {self.buffer.dropped - dropped} points dropped, the "
+                     f"buffer full ({self.buffer.max_points} points, --max-buffered-points) "
+                     "while the server does not take them")
         if self.backoff.ready():
             self.flush()
 
@@ -91,11 +115,15 @@ class InfluxOutput:
         except ApiException as e:
             status, headers = e.status, e.headers or {}
             self.write_errors += 1
-            if status == 413 and n > 1:  # too large for the server: each half on its own
+            if status in (400, 413, 422) and n > 1:
+                # Too large, or a point in it refused (2.x refuses the whole
+                # request for one bad line; 1.x writes the rest and says
+                # "partial write"): each half on its own, down to the bad
+                # points alone; a point written twice is the same point.
                 return self._send(n // 2) and self._send(n - n // 2)
             if status in (400, 413, 422):
-                # The data itself is refused (e.g. a field type conflict, a point
-                # too large even alone): retrying cannot help.
+                # The point itself is refused (e.g. a field type conflict, a point
+                # too large alone): retrying cannot help.
                 self.rejected += n
                 self._say(log.error, f"InfluxDB rejected {n} point{'s' * (n > 1)} ({status}): "
                                      f"{_body(e)}")
@@ -138,8 +166,11 @@ class InfluxOutput:
 
     def close(self):
         self.flush()
-        if len(self.buffer):
-            log.error(f"{len(self.buffer)} points could not be delivered to InfluxDB before exit")
+        lost = len(self.buffer) + self.buffer.dropped + self.rejected
+        if lost:
+            log.error(f"{lost} points not delivered to InfluxDB: {len(self.buffer)} still buffered "
+                      f"at exit, {self.buffer.dropped} dropped from a full buffer, "
+                      f"{self.rejected} refused by the server")
         if self._client:
             self._client.close()
 

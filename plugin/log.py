@@ -38,7 +38,10 @@ def to_journal(stream=None):
 
 def _write(prefix, message):
     priority = f"<{PRIORITIES[prefix]}>" if JOURNAL else ""
-    print(f"{priority}{prefix} {message}", file=sys.stderr, flush=True)
+    try:
+        print(f"{priority}{prefix} {message}", file=sys.stderr, flush=True)
+    except OSError:  # a terminal hung up (the SIGHUP being handled): no one to tell
+        pass
 
 
 JOURNAL = to_journal()

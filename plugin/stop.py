@@ -1,6 +1,6 @@
-"""SIGTERM and SIGINT, for every command: one pair of handlers, installed
-before the probe loads (seconds, reading kallsyms too), so a signal then is
-kept, not lost. Each command's loop asks requested(), wait()s, or polls
+"""SIGTERM, SIGINT and SIGHUP (the SSH session that ran it closed), for every
+command: one handler, installed before the probe loads (seconds, reading
+kallsyms too), so a signal then is kept, not lost. Each command's loop asks requested(), wait()s, or polls
 fileno(), ends at once, and the counts made meanwhile still go out.
 
 The handler only sets a flag and writes a byte to a pipe: a lock taken in a
@@ -15,7 +15,7 @@ _wake_read, _wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
 
 def catch():
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, _request)
 
 

@@ -187,7 +187,22 @@ sh("systemctl", "start", "telegraf-tcpdrop", check=False)
 eventually(lambda: any(m.startswith("E! ") for _, m in journal("telegraf-tcpdrop", since)), 120)
 sh("systemctl", "stop", "telegraf-tcpdrop", check=False)
 sh("systemctl", "reset-failed", "telegraf-tcpdrop", check=False)
-# The right one.
+# A root-only token file named in the config: the service's own user cannot
+# read it; one line says so, and what to do.
+token = Path("/etc/telegraf-tcpdrop/token")
+token.write_text("x\n")
+token.chmod(0o600)
+Path("/etc/default/telegraf-tcpdrop").unlink()
+toml.write_text(shipped + f'\ninflux_url = "{VM_URL}"\ninterval = "1s"\ninflux_token_file = "{token}"\n')
+sh("systemctl", "start", "telegraf-tcpdrop", check=False)
+eventually(lambda: any("InfluxDB token file" in m for _, m in journal("telegraf-tcpdrop", since)), 120)
+sh("systemctl", "stop", "telegraf-tcpdrop", check=False)
+sh("systemctl", "reset-failed", "telegraf-tcpdrop", check=False)
+# The right one: the same file, as the systemd credential the config's comment shows.
+dropin = Path("/etc/systemd/system/telegraf-tcpdrop.service.d/token.conf")
+dropin.parent.mkdir(parents=True, exist_ok=True)
+dropin.write_text(f"[Service]\nLoadCredential=influx-token:{token}\n")
+sh("systemctl", "daemon-reload")
 toml.write_text(shipped + f'\ninflux_url = "{VM_URL}"\ninterval = "1s"\n')
 started = now()
 sh("systemctl", "start", "telegraf-tcpdrop")

@@ -47,6 +47,8 @@ CASES = [  # (arguments, exit code, words the one line must have)
     (["metrics", "--output", "influxdb", "--influx-bucket", "b"], 2, "no InfluxDB token: set INFLUX_TOKEN"),
     (["metrics", "--output", "influxdb", "--influx-bucket", "b", "--influx-token-file", "/nonexistent"], 2,
      "cannot read the InfluxDB token file /nonexistent: No such file or directory"),
+    (["metrics", "--output", "influxdb", "--influx-bucket", "b", "--influx-token-file", "{binary}"], 2,
+     "is not UTF-8 text (invalid start byte at byte 0): write the token alone in it"),
     (["metrics", "--statsd-port", "0"], 2, "argument --statsd-port: '0' is not a port number"),
     (["metrics", "--statsd-host", ""], 2, "'' is not a host name or address"),
     (["metrics", "--config", "/dev/zero"], 2, "config /dev/zero: not a regular file"),

@@ -3,6 +3,7 @@ write API), InfluxDB 1.x behind Telegraf, Telegraf's statsd input, Etsy statsd."
 import os
 import random
 import re
+import signal
 import socket
 import string
 import subprocess
@@ -11,8 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 from conftest import Netns, eventually, require_root
+from hostile_text import POINTS, as_string, as_tag
 from telegraf_tcpdrop.emit import Point
 from telegraf_tcpdrop.influx_output import InfluxOutput
 from test_telegraf import Telegraf, shipped_drop_in
@@ -83,6 +86,17 @@ def test_outage_loses_nothing(servers, metrics, netns, token):
     assert vm.total("tcpdrop_agent_dropped_points") == 0
 
 
+def test_a_closed_ssh_session_flushes_the_last_interval_to_influxdb(servers, metrics, netns, token):
+    """SIGHUP (the terminal that ran it gone) ends it as SIGTERM does: the
+    interval's counts are written before it exits."""
+    vm = servers(VictoriaMetrics)
+    m = metrics("--output", "influxdb", "--influx-url", vm.url, "--influx-bucket", "tcpdrop",
+                "--interval", "1h", "--port", "7709")
+    netns.traffic("raw-syns", 7709, 9, 40000)
+    assert m.stop(signal.SIGHUP) == 0, m.stderr
+    assert eventually(lambda: vm.total("tcpdrop_drops", dport="7709", flags="SYN") == 9, 10)
+
+
 @pytest.fixture(scope="session")
 def influxd18_bin():
     """InfluxDB 1.8, the first 1.x with the v2 write API (tests/peers/build-influxdb1.sh)."""
@@ -91,9 +105,14 @@ def influxd18_bin():
 
 def test_influxdb_1_8_with_user_password_token_and_db_rp_bucket(servers, metrics, netns,
                                                                 influxd18_bin, monkeypatch):
-    influxdb = servers(InfluxDB1, influxd18_bin)
+    """Authentication on: the token USER:PASSWORD is the one user's; a wrong
+    password is refused (401), one line, and nothing written."""
+    influxdb = servers(InfluxDB1, influxd18_bin, 25_000_000, ("someone", "secret"))
     influxdb.query("CREATE DATABASE tcp", "tcp")
-    monkeypatch.setenv("INFLUX_TOKEN", "someone:secret")  # auth is off: any pair is taken
+    monkeypatch.setenv("INFLUX_TOKEN", "someone:wrong")
+    refused = metrics("--output", "influxdb", "--influx-url", influxdb.url, "--influx-bucket",
+                      "tcp/autogen", "--interval", "300ms", "--port", "7702")
+    monkeypatch.setenv("INFLUX_TOKEN", "someone:secret")
     metrics("--output", "influxdb", "--influx-url", influxdb.url, "--influx-bucket", "tcp/autogen",
             "--interval", "300ms", "--port", "7702")
     netns.traffic("raw-syns", 7702, 120, 40000)
@@ -103,6 +122,10 @@ def test_influxdb_1_8_with_user_password_token_and_db_rp_bucket(servers, metrics
         series = influxdb.query(query, "tcp")["results"][0].get("series", [])
         return series[0]["values"][0][1] if series else 0
     assert eventually(lambda: drops() == 120, timeout=15), influxdb.query(query, "tcp")
+    assert eventually(lambda: any("E! InfluxDB answered 401: the token is not valid" in line
+                                  for line in refused.stderr), timeout=5), refused.stderr
+    time.sleep(1)  # more intervals: had the refused one written, its drops would be in by now
+    assert drops() == 120
 
 
 def test_readme_drops_per_container_query_on_influxdb_1_8(servers, metrics, influxd18_bin, monkeypatch):
@@ -175,7 +198,76 @@ def test_a_request_too_large_is_split_and_a_point_too_large_alone_is_counted(ser
     assert (health["rejected_points"], health["buffered_points"]) == (2, 0)
     assert health["write_errors"] == stats["clientError"]  # each 413, on both sides
     assert capsys.readouterr().err == \
-        'E! InfluxDB rejected 1 point (413): {"error":"Request Entity Too Large"}\n'
+        'E! InfluxDB rejected 1 point (413): {"error":"Request Entity Too Large"}\n' \
+        "E! 2 points not delivered to InfluxDB: 0 still buffered at exit, 0 dropped from a " \
+        "full buffer, 2 refused by the server\n"
+
+
+def server_and_output(servers, version, influxd18_bin, influxd2_bin):
+    """A new InfluxDB of that version (1.8: database tcp; 2.x: its bucket), and
+    an InfluxOutput to it."""
+    if version == "1.8":
+        influxdb = servers(InfluxDB1, influxd18_bin)
+        influxdb.query("CREATE DATABASE tcp", "tcp")
+        return influxdb, InfluxOutput(influxdb.url, "-", "tcp/autogen", "-:-", max_points=10_000)
+    influxdb = servers(InfluxDB2, influxd2_bin)
+    return influxdb, InfluxOutput(influxdb.url, InfluxDB2.ORG, InfluxDB2.BUCKET, InfluxDB2.TOKEN,
+                                  max_points=10_000)
+
+
+@pytest.mark.parametrize("version", ["1.8", "2.x"])
+def test_one_refused_point_is_dropped_alone(servers, influxd18_bin, influxd2_bin, capsys, version):
+    """A point whose field type conflicts with the series' (drops, a string):
+    2.x refuses the whole request for it, 1.8 writes the rest and says
+    "partial write". Halved down to it, the other 4,999 are stored."""
+    def point(n, drops):
+        return Point("tcpdrop", {"n": str(n)}, {"drops": drops}, 1_700_000_000_000_000_000)
+    influxdb, out = server_and_output(servers, version, influxd18_bin, influxd2_bin)
+    out.write([point(0, 1)])  # the series' type: integer
+    out.write([point(n, "many" if n == 2500 else n) for n in range(1, 5000)] + [point(5000, 5000)])
+    health = out.health()
+    out.close()
+    if version == "1.8":
+        series = influxdb.query('SELECT "drops" FROM "tcpdrop" GROUP BY "n"', "tcp")["results"][0]["series"]
+        stored = {int(s["tags"]["n"]): s["values"][0][1] for s in series}
+    else:
+        rows = influxdb.flux('from(bucket: "telegraf") |> range(start: 0) |> filter(fn: (r) => '
+                             'r._measurement == "tcpdrop")')
+        stored = {int(row["n"]): int(row["_value"]) for row in rows}
+    assert stored == {n: n for n in range(5001) if n != 2500} | {0: 1}
+    assert (health["rejected_points"], health["buffered_points"]) == (1, 0)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and re.match(r"E! InfluxDB rejected 1 point \((400|422)\): .*drops", err[0])
+    assert err[1] == "E! 1 points not delivered to InfluxDB: 0 still buffered at exit, " \
+        "0 dropped from a full buffer, 1 refused by the server"
+
+
+@settings(max_examples=3, derandomize=True, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.data_too_large,
+                                 HealthCheck.too_slow])
+@given(values=POINTS)
+@pytest.mark.parametrize("version", ["1.8", "2.x"])
+def test_any_string_as_a_tag_and_a_field_is_stored_as_the_readme_says(servers, influxd18_bin, influxd2_bin,
+                                                                        version, values):
+    """Each value as a tag and as a string field, a point each, through the
+    output to the server's write endpoint: none refused, each stored as
+    written or as its documented replacement."""
+    influxdb, out = server_and_output(servers, version, influxd18_bin, influxd2_bin)
+    out.write([Point("m", {"v": value}, {"i": i, "s": value}, 1_700_000_000_000_000_000 + i)
+               for i, value in enumerate(values)])
+    health = out.health()
+    out.close()
+    if version == "1.8":
+        [series] = influxdb.query('SELECT "i", "s", "v" FROM "m"', "tcp")["results"][0]["series"]
+        stored = {i: (v or "", s) for _, i, s, v in series["values"]}
+    else:
+        rows = influxdb.flux('from(bucket: "telegraf") |> range(start: 0) |> filter(fn: (r) => '
+                             'r._measurement == "m") |> pivot(rowKey: ["_time"], columnKey: ["_field"], '
+                             'valueColumn: "_value")')
+        stored = {int(row["i"]): (row.get("v", ""), row["s"]) for row in rows}
+    influxdb.stop()  # each example has a server of its own
+    assert (health["rejected_points"], health["write_errors"]) == (0, 0)
+    assert stored == {i: (as_tag(v), as_string(v)) for i, v in enumerate(values)}
 
 
 def test_client_error_is_one_request_and_one_line(servers, metrics, influxd18_bin, token):

@@ -120,12 +120,29 @@ def test_outage_keeps_points_and_delivers_them_in_order(capsys):
     assert err[2] == "I! InfluxDB takes writes again: 4 buffered points delivered"
 
 
-def test_rejected_data_is_dropped_and_counted(capsys):
-    out, _ = influx(400)
-    out.write([point(1), point(2)])
-    assert len(out.buffer) == 0 and out.health()["rejected_points"] == 2
+def test_rejected_data_is_halved_down_to_the_refused_points_which_alone_are_dropped(capsys):
+    out, _ = influx(400, None, 400, 400, None)  # all; 1; 2 and 3; 2; 3
+    out.write([point(1), point(2), point(3)])
+    assert [line.split()[-1] for line in out._write_api.written] == ["1", "3"]
+    assert len(out.buffer) == 0 and out.health()["rejected_points"] == 1
     # One line, and no "takes writes again": the server never failed, it refused the data.
-    assert capsys.readouterr().err == 'E! InfluxDB rejected 2 points (400): {"message":"nope"}\n'
+    assert capsys.readouterr().err == 'E! InfluxDB rejected 1 point (400): {"message":"nope"}\n'
+
+
+def test_points_dropped_from_a_full_buffer_are_said_each_interval_and_at_exit(capsys):
+    out, _ = influx("refused")
+    out.buffer.max_points = 2
+    out.write([point(1)])  # refused: kept, and a backoff
+    out.write([point(n) for n in range(2, 9)])
+    dropped = out.buffer.dropped
+    assert dropped > 0
+    out.close()  # the server back: what is buffered goes
+    assert capsys.readouterr().err.splitlines()[1:] == [
+        f"W! InfluxDB output: {dropped} points dropped, the buffer full (2 points, "
+        "--max-buffered-points) while the server does not take them",
+        "I! InfluxDB takes writes again: 2 buffered points delivered",
+        f"E! {dropped} points not delivered to InfluxDB: 0 still buffered at exit, {dropped} "
+        "dropped from a full buffer, 0 refused by the server"]
 
 
 def test_bad_token_is_said_once_and_retried_slowly(capsys):

@@ -145,6 +145,16 @@ def test_the_direct_service_delivers_exact_counts_with_its_lines_at_their_levels
     assert levels == {"E": {3}, "W": {4}, "I": {6}}, system["service_journal"]
 
 
+def test_a_root_only_token_reaches_the_service_as_a_credential_and_not_as_a_file(system):
+    """DynamicUser= cannot read a 0600 root file named in the config: one line
+    says so and names LoadCredential=, with which the same file is read."""
+    messages = [m for _, m in system["service_journal"]]
+    assert any(m.startswith("E! cannot read the InfluxDB token file /etc/telegraf-tcpdrop/token: "
+                            "permission denied") and "LoadCredential=influx-token:" in m
+               for m in messages), messages
+    assert system["service_attached"] and system["vm_drops_7962"] == 40
+
+
 def test_an_upgrade_restarts_the_enabled_service_which_keeps_its_capabilities_and_counts(system):
     upgrade = system["service_upgrade"]
     assert (upgrade["restarted"], upgrade["active"], upgrade["enabled"], upgrade["attached"]) == \

@@ -92,12 +92,13 @@ class VictoriaMetrics(Server):
 
 
 class InfluxDB1(Server):
-    """influxd 1.x (Debian's 1.6, or 1.8 from build-influxdb1.sh) on a free port, no auth;
-    a request body over max_body_size bytes (as sent: gzipped) is answered 413."""
+    """influxd 1.x (Debian's 1.6, or 1.8 from build-influxdb1.sh) on a free port;
+    a request body over max_body_size bytes (as sent: gzipped) is answered 413.
+    admin: (user, password) of its one user, with authentication on; else off."""
 
-    def __init__(self, workdir, binary="influxd", max_body_size=25_000_000):
+    def __init__(self, workdir, binary="influxd", max_body_size=25_000_000, admin=None):
         self.workdir, self.binary, self.port = Path(workdir), binary, free_port()
-        self.max_body_size = max_body_size
+        self.max_body_size, self.admin = max_body_size, admin
         self.url = f"http://127.0.0.1:{self.port}"
 
     def start(self):
@@ -115,14 +116,19 @@ bind-address = "127.0.0.1:{free_port()}"
   bind-address = "127.0.0.1:{self.port}"
   log-enabled = false
   max-body-size = {self.max_body_size}
+  auth-enabled = {str(bool(self.admin)).lower()}
 """)
         self.start_process([self.binary, "-config", str(d / "influxdb.conf")], d)
         wait_until(lambda: urllib.request.urlopen(f"{self.url}/ping", timeout=2).status == 204,
                    what="InfluxDB")
+        if self.admin:  # the first user may be made without one: an admin
+            user, password = self.admin
+            self.query(f"CREATE USER \"{user}\" WITH PASSWORD '{password}' WITH ALL PRIVILEGES", "")
         return self
 
     def query(self, q, db):
-        url = f"{self.url}/query?" + urllib.parse.urlencode({"q": q, "db": db})
+        user, password = self.admin or ("", "")
+        url = f"{self.url}/query?" + urllib.parse.urlencode({"q": q, "db": db, "u": user, "p": password})
         return json.loads(http(url, data=b"", method="POST"))
 
     def http_stats(self):
