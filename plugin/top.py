@@ -18,7 +18,8 @@ from datetime import datetime
 from . import host, stop
 from .errors import StartupError, UsageError
 from .event import PORT_TAGS_NONE
-from .metrics import Collector
+from .metrics import IDLE_INTERVALS, Collector
+from .probe import overflow_keys
 from .startup import counting_config, loaded_symbols, open_probe
 
 TRIMMED = "+"  # ends a value cut to fit, as procps top(1) marks one
@@ -28,10 +29,11 @@ NEXT_SORT_KEY = ord("s")
 
 
 class Row:
-    """One tag set: its drops per second over the last interval, and since top started."""
+    """One tag set: its drops per second over the last interval, and since it
+    was first seen; seen: the interval of its last drop."""
 
     def __init__(self, tags):
-        self.tags, self.rate, self.total = tags, 0.0, 0
+        self.tags, self.rate, self.total, self.seen = tags, 0.0, 0, 0
 
 
 def port_order(row):
@@ -81,11 +83,18 @@ TRIM_STEPS = ((12, ("SITE", "NETNS")), (6, ("SPORT", "DPORT")), (16, ("REASON",)
 
 
 class Table:
-    """The rows and the agent's health, over every interval since top started."""
+    """The rows and the agent's health, over every interval since top started.
+    A row without drops for IDLE_INTERVALS goes, as metrics lets its tags go,
+    and there are at most as many rows as one interval can fill (max_keys
+    tag sets, and the portless ones of a full table): past that, those idle
+    longest go first. A port scan's rows come and go;
+    the table does not grow with it."""
 
     def __init__(self, max_keys, ports=True, netns=True):
         """ports, netns: whether the tag sets have those tags (--port-tags, --netns-tags)."""
         self.max_keys = max_keys
+        self.max_rows = max_keys + overflow_keys(max_keys)
+        self.intervals = 0
         self.columns = [RATE, TOTAL, Column("IP", tag("family")), Column("REASON", tag("reason")),
                         Column("STATE", tag("state")), Column("FLAGS", tag("flags")),
                         *(PORTS if ports else ()), *((NETNS,) if netns else ()), SITE]
@@ -101,6 +110,7 @@ class Table:
         """An interval's points, as Collector.collect() makes them."""
         [agent] = [point for point in points if point.measurement == "tcpdrop_agent"]
         seconds = agent.fields["interval_ns"] / 1e9
+        self.intervals += 1
         for row in self.rows.values():
             row.rate = 0.0
         drops = 0
@@ -109,11 +119,19 @@ class Table:
                 row = self.rows.setdefault(tuple(sorted(point.tags.items())), Row(point.tags))
                 row.rate = point.fields["drops"] / seconds
                 row.total += point.fields["drops"]
+                row.seen = self.intervals
                 drops += point.fields["drops"]
         self.rate, self.total = drops / seconds, self.total + drops
+        self._forget_idle()
         for name in self.health:
             self.health[name] += agent.fields[name]
         self.keys = agent.fields["keys"]
+
+    def _forget_idle(self):
+        idle_since = self.intervals - IDLE_INTERVALS
+        kept = sorted(((key, row) for key, row in self.rows.items() if row.seen > idle_since),
+                      key=lambda item: item[1].seen, reverse=True)
+        self.rows = dict(kept[:self.max_rows])
 
     def sorted_rows(self, sort):
         # Ties in the order's key fall back on the tags: rows do not swap at random.

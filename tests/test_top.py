@@ -1,6 +1,7 @@
 """`top`: real drops, counted in the kernel, as its table shows them: as
 plain text (--once), and live on a real terminal (tmux, 80x24)."""
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -9,6 +10,9 @@ import time
 import pytest
 
 from conftest import CLI, TESTS, Netns, eventually, require_root
+from telegraf_tcpdrop.emit import Point
+from telegraf_tcpdrop.metrics import IDLE_INTERVALS
+from telegraf_tcpdrop.top import Table
 
 pytestmark = pytest.mark.kernel
 
@@ -127,6 +131,12 @@ def rows_in(screen, **tags):
     return [row for row in table(screen) if all(row[k] == v for k, v in tags.items())]
 
 
+def exit_line(line):
+    """echo's line, not the typed command's (which, wrapped at 80 columns,
+    may put "top-exit=$?" at the start of a line too)."""
+    return re.fullmatch(r"top-exit=\d+", line)
+
+
 def exited_zero_and_restored(screen):
     """The shell is back, top said 0, and its screen is gone (curses left
     the alternate screen): nothing of it is left on the terminal."""
@@ -134,7 +144,7 @@ def exited_zero_and_restored(screen):
     assert not any(line.startswith(("DROPS/S", "drops/s", "telegraf-tcpdrop top"))
                    for line in screen)
     assert not any("Traceback" in line for line in screen)
-    assert screen[[line.startswith("top-exit=") for line in screen].index(True) + 1] == "$"
+    assert screen[[bool(exit_line(line)) for line in screen].index(True) + 1] == "$"
 
 
 def test_live_rows_rates_sort_resize_and_q(terminal, netns):
@@ -198,7 +208,7 @@ def test_ctrl_c_exits_0_and_restores_the_terminal(terminal):
     terminal.start_top()
     sent = time.monotonic()
     terminal.type("C-c")
-    screen = terminal.wait_for(lambda s: any(line.startswith("top-exit=") for line in s), timeout=5)
+    screen = terminal.wait_for(lambda s: any(exit_line(line) for line in s), timeout=5)
     assert time.monotonic() - sent < 1.0  # at once, not at the end of the interval
     exited_zero_and_restored(screen)
 
@@ -277,3 +287,24 @@ def test_a_screen_of_several_reasons_and_ports(terminal, web_and_db):
 def test_the_readme_shows_the_screen_in_docs():
     readme = (TESTS.parent / "README.md").read_text()
     assert f"```text\n{DOCS_SCREEN.read_text()}```" in readme
+
+
+def test_rows_of_a_port_scan_age_out_and_the_table_stays_bounded():
+    """A scan's tag sets differ by port: each row goes after IDLE_INTERVALS
+    without drops, and there are never more rows than the probe's keys."""
+    def interval(ports):
+        drops = [Point("tcpdrop", {"reason": "NO_SOCKET", "dport": str(port)}, {"drops": 1}, 0)
+                 for port in ports]
+        agent = Point("tcpdrop_agent", {}, {"interval_ns": 10**9, "keys": len(drops),
+                                            "map_portless_drops": 0, "map_overflow_drops": 0,
+                                            "probe_misses": 0, "listen_untracked": 0}, 0)
+        return [*drops, agent]
+    scan = Table(max_keys=100)
+    for n in range(200):
+        scan.add(interval([22, *range(1000 + 90 * n, 1090 + 90 * n)]))  # 22: every interval
+        assert len(scan.rows) <= 100 + 12  # the keys, and the portless ones of a full table
+    assert scan.rows[(("dport", "22"), ("reason", "NO_SOCKET"))].total == 200
+    for _ in range(IDLE_INTERVALS):
+        scan.add(interval([22]))
+    assert [row.tags["dport"] for row in scan.rows.values()] == ["22"]
+    assert scan.total == 200 * 91 + IDLE_INTERVALS
