@@ -53,9 +53,11 @@ class Telegraf:
         self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT)
 
     def metrics(self):
+        """The metrics written so far: the lines whole (a long one may be
+        read while Telegraf is still writing it)."""
         if not self.out.exists():
             return []
-        return [json.loads(line) for line in self.out.read_text().splitlines() if line]
+        return [json.loads(line) for line in self.out.read_text().split("\n")[:-1] if line]
 
     def logged(self):
         self.log.seek(0)
