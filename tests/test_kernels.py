@@ -70,19 +70,23 @@ EXPECTED = {
 }
 
 
+def in_vm(kernel, script, options="", smp="2"):
+    """What tests/SCRIPT, run in a VM of that kernel, wrote as its JSON results."""
+    require_root()
+    out = kernel_vm.CACHE / "vm-out" / f"{Path(script).stem}-{kernel}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.unlink(missing_ok=True)
+    code, output = kernel_vm.run(kernel, f"cd {TESTS} && {sys.executable} {script} {out}{options}",
+                                 timeout=1500, smp=smp)
+    assert code == 0 and out.exists(), output[-3000:]
+    return json.loads(out.read_text())
+
+
 @pytest.fixture(scope="module", params=KERNELS)
 def guest(request):
     """The kernel series and what tests/guest_scenarios.py saw in its VM."""
-    require_root()
     kernel = request.param
-    out = kernel_vm.CACHE / "vm-out" / f"scenarios-{kernel}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.unlink(missing_ok=True)
-    no_bcc = "" if kernel in WITH_BCC else " --no-bcc"
-    code, output = kernel_vm.run(
-        kernel, f"cd {TESTS} && {sys.executable} guest_scenarios.py {out}{no_bcc}", timeout=1500)
-    assert code == 0 and out.exists(), output[-3000:]
-    return kernel, json.loads(out.read_text())
+    return kernel, in_vm(kernel, "guest_scenarios.py", "" if kernel in WITH_BCC else " --no-bcc")
 
 
 def events(result, backend):
@@ -283,18 +287,10 @@ CHAIN_KERNEL, CHAIN_CPUS, CHAIN_NAMESPACES = "6.12", 16, 1100
 
 @pytest.fixture(scope="module", params=("6.12", "6.1"))
 def listen_guest(request):
-    require_root()
     kernel = request.param
-    out = kernel_vm.CACHE / "vm-out" / f"listen-{kernel}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.unlink(missing_ok=True)
-    chain = kernel == CHAIN_KERNEL
-    code, output = kernel_vm.run(
-        kernel, f"cd {TESTS} && {sys.executable} guest_listen.py {out}"
-                f"{f' --chain {CHAIN_NAMESPACES}' if chain else ''}",
-        timeout=1500, smp=str(CHAIN_CPUS) if chain else "2")
-    assert code == 0 and out.exists(), output[-3000:]
-    return kernel, json.loads(out.read_text())
+    if kernel == CHAIN_KERNEL:
+        return kernel, in_vm(kernel, "guest_listen.py", f" --chain {CHAIN_NAMESPACES}", str(CHAIN_CPUS))
+    return kernel, in_vm(kernel, "guest_listen.py")
 
 
 def test_audit_pairs_every_rise_of_the_listen_counters(listen_guest):
