@@ -7,7 +7,7 @@ import time
 
 from . import log
 from .errors import UsageError
-from .emit import CONTROLS, REPLACEMENT, SURROGATES, Gauge
+from .emit import CONTROLS, MAX_NAME, REPLACEMENT, SURROGATES, Gauge
 
 
 _STATSD_UNSAFE = {**{ord(c): "_" for c in ":|@#,=; "}, **dict.fromkeys(CONTROLS, "_"),
@@ -16,8 +16,9 @@ _STATSD_UNSAFE = {**{ord(c): "_" for c in ":|@#,=; "}, **dict.fromkeys(CONTROLS,
 
 def statsd_safe(text):
     """StatsD's separators and control characters out of a name or tag value
-    (so RST|ACK is RST_ACK), and what is not text (emit.py) as U+FFFD."""
-    return text.translate(_STATSD_UNSAFE)
+    (so RST|ACK is RST_ACK), and what is not text (emit.py) as U+FFFD; cut
+    at MAX_NAME, as line protocol's are (no datagram holds 64 KiB)."""
+    return text[:MAX_NAME].translate(_STATSD_UNSAFE)
 
 
 def statsd_lines(point, tag_style):

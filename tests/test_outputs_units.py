@@ -178,6 +178,8 @@ def test_statsd_names_any_bytes_as_utf8_of_one_line():
     name = b"a\tb\xff\nc".decode("utf-8", "surrogateescape")  # `ip netns add` takes any bytes
     [line] = statsd_lines(Point("tcpdrop", {"netns": name}, {"drops": 1}, 1), "influx")
     assert line.encode("utf-8") == "tcpdrop.drops,netns=a_b\ufffd_c:1|c".encode("utf-8")
+    [line] = statsd_lines(Point("tcpdrop", {"netns": "x" * 65536}, {"drops": 1}, 1), "influx")
+    assert line == f"tcpdrop.drops,netns={'x' * 1024}:1|c"
 
 
 def test_statsd_levels_are_gauges():
