@@ -83,7 +83,11 @@ def run(kernel, command, timeout=600, outdir=None, smp="2"):
             "--append", " ".join(["modprobe.blacklist=" + ",".join(BLACKLIST), *APPEND.get(kernel, [])]),
             f"--rwdir={outdir}", "--exec", command]
     env = {**os.environ, "PATH": f"{VENV / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
-    return run_machine(args, timeout, f"VM with kernel {version}", env=env)
+    code, output = run_machine(args, timeout, f"VM with kernel {version}", env=env)
+    if code == 255:  # also vng's code for a guest that never reported one
+        output += (f"\n(exit 255: the command's, or the VM with kernel {version} ended before"
+                   " the command did: a kernel panic, or out of memory)")
+    return code, output
 
 
 def run_machine(args, timeout, what, env=None):
