@@ -4,6 +4,7 @@ from .errors import StartupError
 from .event import ProbeConfig
 from .host import backend, bcc, drop_reasons, kernel_btf, kernel_headers, libbpf, privileges, \
     probe_object, tracefs
+from .pins import BPF_FS, pinning
 from .probe import HOOKS
 from .startup import open_probe
 from .symbols import KernelSymbols, SymbolsUnavailable
@@ -44,4 +45,10 @@ def run(args):
         print(f"ok    hook: {HOOKS[probe.hook][1]} attaches", flush=True)
         print(f"ok    listen-queue drops: {probe.listen}", flush=True)
         print(f"ok    nested runs: {probe.nested_runs}", flush=True)
+        cannot = pinning(probe)
+        if cannot:
+            print(f"no    pinning: {cannot}: counting stops with each run of metrics", flush=True)
+        else:
+            print(f"ok    pinning: bpffs at {BPF_FS}, and this kernel pins {HOOKS[probe.hook][1]}'s "
+                  "links: metrics --pin-dir keeps counting between runs", flush=True)
     return 0

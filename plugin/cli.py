@@ -20,6 +20,7 @@ from .execd import SIGNALS
 from .libbpf import LibbpfError
 from .metrics import STACK_SAMPLES
 from .outputs import DEFAULT_MAX_BUFFERED, OUTPUTS, STATSD_TAG_STYLES, TOKEN_ENV
+from .pins import DEFAULT_DIR as PIN_DIR
 from .probe import DEFAULT_MAX_KEYS, HOOKS, MAX_KEYS, ProbeError
 from .startup import DEFAULT_EXCLUDE, PORT_TAGS
 from .symbols import SymbolsUnavailable
@@ -170,6 +171,10 @@ def build_parsers():
     metrics.add_argument("--stacks", action="store_true",
                          help="add a field `stack`: the folded kernel stack of one drop of each "
                               f"tag set (sampled, at most {STACK_SAMPLES}/s per CPU)")
+    metrics.add_argument("--pin-dir", metavar="DIR",
+                         help="keep the probe counting in bpffs at DIR between runs (e.g. "
+                              f"{PIN_DIR}), so a restart or a crash loses no drop; one run per DIR "
+                              "(default: none, the probe stops with the run)")
     metrics.add_argument("--config", metavar="PATH",
                          help="a TOML file with any of these options (key = option name with _ "
                               "for -); the command line wins")

@@ -18,9 +18,11 @@ SIGNALS = ("none", "STDIN")
 
 
 class Execd:
-    def __init__(self, collect, output, interval, signal_mode="none", events=None, stdin_fd=0):
-        """collect() -> points; events: the probe, if it sends events (--stacks)."""
-        self.collect, self.output, self.interval = collect, output, interval
+    def __init__(self, collect, output, interval, signal_mode="none", events=None, stdin_fd=0,
+                 written=lambda: None):
+        """collect() -> points, and written() once they are out; events: the
+        probe, if it sends events (--stacks)."""
+        self.collect, self.output, self.interval, self.written = collect, output, interval, written
         self.signal_mode, self.events, self.stdin_fd = signal_mode, events, stdin_fd
         self._stdin_closed = False
 
@@ -49,14 +51,18 @@ class Execd:
                         if not lines:  # EOF: Telegraf is stopping
                             self._stdin_closed = True
                         elif self.signal_mode == "STDIN" and b"\n" in lines:
-                            self.output.write(self.collect())
+                            self._emit()
                     else:
                         self.events.poll(0)
                 if self.signal_mode == "none" and time.monotonic() >= next_emit:
-                    self.output.write(self.collect())
+                    self._emit()
                     next_emit += self.interval
                     if next_emit < time.monotonic():  # fell behind (suspend): skip, don't burst
                         next_emit = time.monotonic() + self.interval
-            self.output.write(self.collect())
+            self._emit()
         finally:
             self.output.close()
+
+    def _emit(self):
+        self.output.write(self.collect())
+        self.written()

@@ -19,6 +19,7 @@ BTF_KIND_STRUCT, BTF_KIND_ENUM, BTF_KIND_FUNC, BTF_KIND_DATASEC, BTF_KIND_ENUM64
 
 # linux/bpf.h (UAPI)
 BPF_PROG_TYPE_TRACING, BPF_TRACE_FENTRY = 26, 24
+BPF_MAP_TYPE_ARRAY, BPF_TRACE_ITER = 2, 28
 # r0 = 0; exit: the least program there is
 RETURN_ZERO = bytes.fromhex("b700000000000000" "9500000000000000")
 
@@ -38,6 +39,11 @@ class BpfProgInfo(ctypes.Structure):
     and what it does not know stays 0."""
     _fields_ = [("head", ctypes.c_uint8 * 192), ("run_time_ns", ctypes.c_uint64),
                 ("run_cnt", ctypes.c_uint64), ("recursion_misses", ctypes.c_uint64)]
+
+
+class BpfMapInfo(ctypes.Structure):
+    """The head of struct bpf_map_info (linux/bpf.h, UAPI), up to its id."""
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32)]
 
 
 class BpfProgLoadOpts(ctypes.Structure):
@@ -100,6 +106,7 @@ _SIGNATURES = {
     "bpf_link__fd": (ctypes.c_int, [_P]),
     "bpf_program__fd": (ctypes.c_int, [_P]),
     "bpf_link__destroy": (ctypes.c_int, [_P]),
+    "bpf_link__disconnect": (None, [_P]),
     "bpf_map__fd": (ctypes.c_int, [_P]),
     "bpf_map__initial_value": (_P, [_P, ctypes.POINTER(ctypes.c_size_t)]),
     "bpf_map__set_max_entries": (ctypes.c_int, [_P, ctypes.c_uint32]),
@@ -108,7 +115,15 @@ _SIGNATURES = {
     "bpf_map_get_next_key": (ctypes.c_int, [ctypes.c_int, _P, _P]),
     "bpf_map_lookup_and_delete_batch": (ctypes.c_int, [ctypes.c_int, _P, _P, _P, _P,
                                                        ctypes.POINTER(ctypes.c_uint32), _P]),
+    "bpf_map_lookup_batch": (ctypes.c_int, [ctypes.c_int, _P, _P, _P, _P, ctypes.POINTER(ctypes.c_uint32), _P]),
+    "bpf_map_delete_batch": (ctypes.c_int, [ctypes.c_int, _P, ctypes.POINTER(ctypes.c_uint32), _P]),
+    "bpf_map_create": (ctypes.c_int, [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32, ctypes.c_uint32,
+                                      ctypes.c_uint32, _P]),
     "bpf_obj_get_info_by_fd": (ctypes.c_int, [ctypes.c_int, _P, ctypes.POINTER(ctypes.c_uint32)]),
+    "bpf_obj_pin": (ctypes.c_int, [ctypes.c_int, ctypes.c_char_p]),
+    "bpf_obj_get": (ctypes.c_int, [ctypes.c_char_p]),
+    "bpf_link__pin": (ctypes.c_int, [_P, ctypes.c_char_p]),
+    "bpf_link_create": (ctypes.c_int, [ctypes.c_int, ctypes.c_int, ctypes.c_int, _P]),
     "ring_buffer__new": (_P, [ctypes.c_int, RINGBUF_SAMPLE_FN, _P, _P]),
     "ring_buffer__poll": (ctypes.c_int, [_P, ctypes.c_int]),
     "ring_buffer__free": (None, [_P]),

@@ -1,5 +1,5 @@
 """The C library, loaded once, with the signatures of what the monitor calls
-in it (what Python's os module lacks: mount, setns, malloc_trim, and
+in it (what Python's os module lacks: mount, setns, statfs, malloc_trim, and
 vsnprintf for libbpf's log)."""
 import ctypes
 
@@ -9,3 +9,4 @@ LIBC.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes
                        ctypes.c_void_p]
 LIBC.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+LIBC.statfs.argtypes = [ctypes.c_char_p, ctypes.c_void_p]

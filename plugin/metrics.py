@@ -18,6 +18,7 @@ from .names import flags_tag, state_name
 from .netns import UNKNOWN, NetnsNames
 from .netstat import NetstatPoints
 from .outputs import make_output
+from .probe import RunStats
 from .startup import counting_config, loaded_symbols, open_probe, this_host_name
 from .symbols import drop_site_stack
 
@@ -58,8 +59,10 @@ class Collector:
         self._host = {"host": host} if host else {}
         self.netstat = netstat
         self.examples = {}  # key -> folded stack of one drop this interval (--stacks)
-        self._counters = [0] * len(probe.counters())
-        self._runs = probe.run_stats()
+        # The self-metrics count from the last interval written, by this run or the one before.
+        baselines = probe.baselines or {}
+        self._counters = baselines.get("counters") or [0] * len(probe.counters())
+        self._runs = RunStats(*baselines["runs"]) if "runs" in baselines else probe.run_stats()
         self._last_time = clock()
         self._warned_full = False
 
@@ -95,11 +98,29 @@ class Collector:
             tags["dport"] = "ephemeral" if key.marks & EPHEMERAL_DPORT else str(key.dport)
         return tags
 
+    def carried(self):
+        """The points of the drops that runs before this one counted and did
+        not write (killed), or that a probe this run replaced counted; none
+        if there are none. written() once they are out."""
+        counts = self.probe.read_carried()
+        if not counts:
+            return []
+        now = self.clock()
+        points = [Point("tcpdrop", self._tag_set(raw), {"drops": drops, "bytes": nbytes}, now)
+                  for raw, (drops, nbytes) in counts.items()]
+        carried = sum(drops for drops, _ in counts.values())
+        return points + [Point("tcpdrop_agent", self._host, {"carried_drops": carried}, now)]
+
+    def written(self):
+        """The points collected are out: the probe clears what they counted."""
+        self.probe.commit({"counters": self._counters, "runs": list(self._runs)})
+
     def collect(self):
         """The points of the interval that ends now. Per tag set, only dict
-        lookups and the point itself: its tags are made once and kept."""
+        lookups and the point itself: its tags are made once and kept. The
+        probe keeps their counts until written()."""
         now = self.clock()
-        counts = self.probe.take_counts()
+        counts = self.probe.read_counts()
         self._intervals += 1
         self._forget_idle(counts)
         if counts and self.netns_tags == "name":  # no drops, no names to show: no looking
@@ -200,7 +221,7 @@ def run(args):
     # Telegraf adds the host tag to what it reads from stdout.
     host_tag = None if args.output == "stdout" else this_host_name()
     with open_probe(probe_settings, args.backend, args.hook, args.verbose, args.listen_drops,
-                    max_keys=args.max_keys) as probe:
+                    pin_dir=args.pin_dir, max_keys=args.max_keys) as probe:
         names = NetnsNames(probe.netns_tasks)
         netstat = (NetstatPoints(names, host_tag, netns_tagger(args.netns_tags, names))
                    if args.netns_counters else None)
@@ -210,6 +231,12 @@ def run(args):
                               host=host_tag)
         if args.stacks:
             probe.on_event(collector.on_event)
-        Execd(collector.collect, output, args.interval, args.signal,
+        carried = collector.carried()
+        if carried:
+            log.info(f"{carried[-1].fields['carried_drops']} drops counted before this run and not "
+                     "written come now")
+            output.write(carried)
+        collector.written()
+        Execd(collector.collect, output, args.interval, args.signal, written=collector.written,
               events=probe if args.stacks else None).run()
     return 0

@@ -14,7 +14,7 @@ import os
 from typing import NamedTuple
 
 from . import libbpf as lb
-from . import host, listen, log
+from . import host, listen, log, pins
 from .btf import Btf
 from .event import (COUNTER_MAX, HOT_GENERATION, HOT_SLOTS, LISTEN_CHAIN, LISTEN_OFF, DropEvent, DropKey,
                     HotSlot, ListenMib, NetnsTask, ProbeConfig)
@@ -112,25 +112,31 @@ def map_sizes(config, max_keys):
 
 
 class Probe:
-    def __init__(self, loader, config=None, hooks=tuple(HOOKS), max_keys=DEFAULT_MAX_KEYS):
-        """loader: a CoreLoader or a BccLoader, which Probe closes."""
+    def __init__(self, loader, config=None, hooks=tuple(HOOKS), max_keys=DEFAULT_MAX_KEYS, pins=None):
+        """loader: a CoreLoader or a BccLoader, which Probe closes; pins: a
+        locked pins.PinDir to keep the probe in between runs (metrics)."""
         self.config = config or ProbeConfig()
         self.max_keys = max_keys
-        self._generation = 0  # index into GENERATIONS: the one the handler counts into
         self.hook = None  # the hook that attached
         self.listen = None  # how listen-queue drops are seen, once attached
         self.unseen = None  # drops this kernel keeps from the probe, once attached
+        self.taken_over = None  # the pinned state of the run before, if this one took over its probe
+        self.baselines = None  # the self-metrics' counters the run before last wrote
         self._lib = lb.load()
         self._loader = loader
         self._ringbuf = self._sample_cb = self._callback_error = None
         self.ncpus = lb.check_int(self._lib.libbpf_num_possible_cpus(), "libbpf_num_possible_cpus")
-        self._zero_slots = (HotSlot * self.ncpus)()
+        self._pins, self._pinned, self._state = pins, None, None
+        self._carried, self._replaced = {}, []  # another run's counts left unwritten, its sets
+        self._read = None  # (generation, what was read): cleared by commit()
         try:
-            self._attach_first(hooks)
+            if pins:
+                self._start_pinned(hooks)
+            else:
+                self._attach_first(hooks)
         except BaseException:  # no object left loaded by a failed start
-            loader.close()
+            self._loader.close()
             raise
-        self._batch = None  # (keys, values) buffers of _take_map, made at its first call
 
     @property
     def nested_runs(self):
@@ -142,13 +148,17 @@ class Probe:
         return "skipped by the probe" if self.hook == "tp_btf" and self.config.guard_nesting \
             else "skipped by the kernel"
 
-    def _attach_first(self, hooks):
+    def _attach_first(self, hooks, before_attach=lambda: None):
         failures = []
+
+        def prepare(fds):
+            self._generations = Generations(self._lib, fds, self.ncpus)
+            self._generations.prepare()
+            before_attach()
         for hook in hooks:
             try:
                 self._programs, self._fds = self._loader.load(
-                    hook, self.config, map_sizes(self.config, self.max_keys),
-                    before_attach=self._prepare_generations)
+                    hook, self.config, map_sizes(self.config, self.max_keys), before_attach=prepare)
                 self.hook = hook
                 self.listen, self.unseen = self._loader.listen, self._loader.unseen
                 return
@@ -205,100 +215,140 @@ class Probe:
 
     def take_counts(self):
         """{DropKey bytes: (drops, bytes)} counted since the last take, summed
-        over CPUs: the drops and overflow maps' counts plus those in the hot
-        slots. The handler is moved to the other generation first, by one
-        swap; the kernel returns from it only once no program runs on the old
-        generation (tcpdrop.c), whose maps are then read and emptied, quiet."""
-        old = self._generation
-        self._generation ^= 1
-        self._set_map("hot_now", 0, self._fds[f"hot_{GENERATIONS[self._generation]}"])
-        # Keys counted without their ports (MARK_PORTS_OVERFLOW) are not the drops map's.
-        counts = self._take_map(self._fds[f"drops_{GENERATIONS[old]}"])
-        counts |= self._take_map(self._fds[f"overflow_{GENERATIONS[old]}"])
-        for key, (drops, nbytes) in self._take_hot_slots(old).items():
-            old_drops, old_bytes = counts.get(key, (0, 0))
-            counts[key] = (old_drops + drops, old_bytes + nbytes)
+        over CPUs, and cleared (audit, top)."""
+        counts = self.read_counts()
+        self.commit()
         return counts
 
-    def _set_map(self, name, index, fd):
-        """Puts the map of file descriptor fd at index of the map-in-map name."""
-        key, value = ctypes.c_uint32(index), ctypes.c_uint32(fd)
-        lb.check_int(self._lib.bpf_map_update_elem(self._fds[name], ctypes.byref(key),
-                                                   ctypes.byref(value), 0), f"set {name}[{index}]")
-
-    def _prepare_generations(self, fds):
-        """Before the hooks attach: generation a current, each generation's
-        maps at its number (bcc leaves the map-in-maps empty; libbpf filled
-        them already), and each generation's hot slots naming it on every CPU
-        (slot HOT_GENERATION), as the handler finds its maps by that name."""
-        self._fds = fds
-        self._set_map("hot_now", 0, fds["hot_a"])
-        for number, generation in enumerate(GENERATIONS):
-            self._set_map("drops_maps", number, fds[f"drops_{generation}"])
-            self._set_map("overflow_maps", number, fds[f"overflow_{generation}"])
-            self._empty_generation_slot(number)
-
-    def _empty_generation_slot(self, number):
-        """Slot HOT_GENERATION of generation number's hot slots, on every CPU:
-        not full, and naming its generation."""
-        slots = (HotSlot * self.ncpus)(*[HotSlot(generation=number)] * self.ncpus)
-        index = ctypes.c_uint32(HOT_GENERATION)
-        lb.check_int(self._lib.bpf_map_update_elem(self._fds[f"hot_{GENERATIONS[number]}"],
-                                                   ctypes.byref(index), slots, 0),
-                     "name the generation's hot slots")
-
-    def _take_map(self, fd):
-        """{key: (drops, bytes)} of a quiet map, which is left empty. Read
-        BATCH keys per call into buffers made once; each batch's per-CPU
-        values are summed column by column (map(add) over strided views), not
-        key by key: at 20,000 tag sets this loop was the monitor's biggest cost."""
-        if self._batch is None:
-            self._batch = (DropKey * BATCH)(), (ctypes.c_uint64 * (BATCH * self.ncpus * 2))()
-        keys, values = self._batch
-        key_size, per_key = ctypes.sizeof(DropKey), self.ncpus * 2  # two u64 per CPU
-        token, next_token = ctypes.c_uint64(), ctypes.c_uint64()  # hash maps: a bucket index
-        counts, first = {}, True
-        while True:
-            n = ctypes.c_uint32(BATCH)
-            ret = self._lib.bpf_map_lookup_and_delete_batch(
-                fd, None if first else ctypes.byref(token), ctypes.byref(next_token), keys, values,
-                ctypes.byref(n), None)
-            if ret < 0 and -ret != ENOENT:
-                raise lb.LibbpfError("bpf_map_lookup_and_delete_batch", ret)
-            raw = ctypes.string_at(keys, n.value * key_size)
-            flat = memoryview(values).cast("B").cast("Q")[:n.value * per_key]
-            drops, nbytes = flat[0::per_key].tolist(), flat[1::per_key].tolist()
-            for cpu in range(1, self.ncpus):
-                drops = list(map(operator.add, drops, flat[2 * cpu::per_key]))
-                nbytes = list(map(operator.add, nbytes, flat[2 * cpu + 1::per_key]))
-            counts.update(zip([raw[i:i + key_size] for i in range(0, len(raw), key_size)],
-                              zip(drops, nbytes)))
-            if ret < 0:  # ENOENT: that was the last batch
-                return counts
-            token.value, first = next_token.value, False
-
-    def _take_hot_slots(self, number):
-        """{key: (drops, bytes)} of the claimed slots of generation number;
-        each claimed one is emptied, and its "full" mark too: the
-        generation's drops map is empty again."""
-        counts = {}
-        fd = self._fds[f"hot_{GENERATIONS[number]}"]
-        slots = (HotSlot * self.ncpus)()
-        for index in range(HOT_SLOTS):
-            i = ctypes.c_uint32(index)
-            lb.check_int(self._lib.bpf_map_lookup_elem(fd, ctypes.byref(i), slots), "read hot slots")
-            claimed = [slot for slot in slots if slot.claimed]
-            # A slot claimed for a key whose drops all went to its map has
-            # counted nothing here: no point of 0 drops.
-            for slot in (slot for slot in claimed if slot.count.drops):
-                key = bytes(slot.key)
-                drops, nbytes = counts.get(key, (0, 0))
-                counts[key] = (drops + slot.count.drops, nbytes + slot.count.bytes)
-            if claimed:
-                lb.check_int(self._lib.bpf_map_update_elem(fd, ctypes.byref(i), self._zero_slots, 0),
-                             "empty hot slots")
-        self._empty_generation_slot(number)
+    def read_counts(self):
+        """{DropKey bytes: (drops, bytes)} counted since the last read: the
+        drops and overflow maps' counts plus those in the hot slots. The
+        handler is moved to the other generation first, by one swap; the
+        kernel returns from it only once no program runs on the old
+        generation (tcpdrop.c), whose maps are then read, quiet. They are
+        cleared by commit(), once what was read is written."""
+        if self._read:
+            self.commit()  # the generation swapped to must be empty
+        old = self._generations.current()
+        self._generations.swap(old ^ 1)
+        counts, taken = self._generations.read(old)
+        self._read = old, taken
         return counts
+
+    def read_carried(self):
+        """{DropKey bytes: (drops, bytes)} that the runs before this one
+        counted and did not write (a crash), and those of a set of another
+        build or other settings, which this run replaced; commit() once written."""
+        counts = dict(self._carried)
+        self._carried.clear()
+        return counts
+
+    def commit(self, baselines=None):
+        """What was read is written: the pinned state says so (with the
+        self-metrics' baselines), then it is cleared, and the sets replaced
+        are removed."""
+        if self._read:
+            generation, taken = self._read
+            self._save(emitted=generation, baselines=baselines)
+            self._generations.clear(generation, taken)
+            self._read = None
+        self._save(emitted=None, baselines=baselines)
+        for pinned in self._replaced:
+            pins.remove_quietly(pinned)
+        self._replaced.clear()
+
+    def _save(self, **changes):
+        if self._state is not None:
+            self._state.update({k: v for k, v in changes.items() if v is not None or k == "emitted"})
+            self._pinned.save(self._state)
+
+    def _start_pinned(self, hooks):
+        """Takes over the pinned set of this build and settings if there is
+        one; else attaches anew, having detached any other set just before,
+        and pins. Every other set's counts are carried into this run."""
+        sets, own, print_ = self._pins.sets(), None, None
+        if hasattr(self._loader, "pin"):  # not bcc's
+            options = (hooks, self.max_keys, self._loader.listen_drops, self._loader.direct_loads)
+            print_ = pins.fingerprint(self._loader.object_path, self.config, options)
+            own = next((s for s in sets if s.attached() and (s.state() or {}).get("fingerprint") == print_
+                        and s.state().get("layout") == pins.layout()), None)
+        others = [s for s in sets if s is not own]
+        if own:
+            for other in others:
+                other.detach()
+            self._take_over(own)
+        else:
+            self._attach_first(hooks, before_attach=lambda: [s.detach() for s in others])
+            self._pin(print_)
+        for other in others:
+            self._carry(other)
+
+    def _take_over(self, own):
+        state = own.state()
+        self._loader.close()
+        self._loader = PinnedLoader(own)
+        self._programs, self._fds = self._loader.programs, self._loader.maps
+        self.hook, self.listen, self.unseen = state["hook"], state["listen"], state["unseen"]
+        self.config = ProbeConfig.from_buffer_copy(bytes.fromhex(state["config"]))
+        self.taken_over, self.baselines = dict(state), state.get("baselines")
+        self._pinned, self._state = own, state
+        self._state["pid"] = os.getpid()
+        self._generations = Generations(self._lib, self._fds, self.ncpus)
+        emitted = state.get("emitted")
+        if emitted is not None:  # written by the run before, which was killed clearing it
+            self._generations.clear(emitted)
+        current = self._generations.current()
+        counts, taken = self._generations.read(current ^ 1)
+        if counts:  # a run killed between reading an interval and clearing it: that interval
+            self._read = current ^ 1, taken
+        else:  # what was counted since the last interval the run before wrote
+            self._generations.clear(current ^ 1, taken)
+            self._generations.swap(current ^ 1)
+            counts, taken = self._generations.read(current)
+            self._read = current, taken
+        add_counts(self._carried, counts)
+
+    def _carry(self, other):
+        """The counts of a set this run replaced (detached already, quiet),
+        carried; it is removed once they are written."""
+        state = other.state()
+        if state and state.get("layout") == pins.layout() and pins.MAP + "hot_now" in os.listdir(other.path):
+            loader = PinnedLoader(other)
+            try:
+                generations = Generations(self._lib, loader.maps, self.ncpus)
+                generations.swap(generations.current())  # returns once no detached program runs
+                for number in range(len(GENERATIONS)):
+                    if number != state.get("emitted"):
+                        add_counts(self._carried, generations.read(number)[0])
+            finally:
+                loader.close()
+        elif other.attached() or state:
+            log.warn(f"the probe pinned at {other.path} is of a build whose counts this one "
+                     "cannot read: its drops since it last wrote are lost")
+        self._replaced.append(other)
+
+    def pin(self, pinned):
+        """Pins the probe in pinned (a pins.PinnedSet); PinError if its
+        backend cannot, LibbpfError if the kernel cannot."""
+        if not hasattr(self._loader, "pin"):
+            raise pins.PinError("the bcc backend pins nothing")
+        self._loader.pin(pinned)
+
+    def _pin(self, print_):
+        """This run's probe pinned in a new set, with its state."""
+        pinned = self._pins.new_set()
+        try:
+            self.pin(pinned)
+            pinned.create_state()
+        except (lb.LibbpfError, pins.PinError) as e:
+            pins.remove_quietly(pinned)
+            log.warn(f"counting stops with this run: its probe cannot be pinned ({e})")
+            return
+        self._pinned = pinned
+        self._state = {"fingerprint": print_, "layout": pins.layout(), "pid": os.getpid(),
+                       "hook": self.hook, "listen": self.listen, "unseen": self.unseen,
+                       "config": bytes(self.config).hex(), "emitted": None, "baselines": None}
+        self._save()
 
     def run_stats(self):
         """RunStats of the attached programs. Runs and run time stay 0 unless
@@ -344,12 +394,200 @@ class Probe:
             self._lib.ring_buffer__free(self._ringbuf)
         self._ringbuf = None
         self._loader.close()
+        if self._pinned:
+            self._pinned.close()
+        if self._pins:
+            self._pins.close()  # the next run may take over
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
+
+
+def add_counts(counts, more):
+    """Adds {key: (drops, bytes)} more into counts."""
+    for key, (drops, nbytes) in more.items():
+        old_drops, old_bytes = counts.get(key, (0, 0))
+        counts[key] = (old_drops + drops, old_bytes + nbytes)
+
+
+class Generations:
+    """The drops, overflow and hot-slot maps, in two generations (tcpdrop.c):
+    the handler counts into the one hot_now names, while the other is read
+    and cleared."""
+
+    def __init__(self, lib, fds, ncpus):
+        self._lib, self._fds, self.ncpus = lib, fds, ncpus
+        self._zero_slots = (HotSlot * ncpus)()
+        self._batch = None  # (keys, values) buffers of _read_map, made at its first call
+
+    def prepare(self):
+        """Before the hooks attach: generation a current, each generation's
+        maps at its number (bcc leaves the map-in-maps empty; libbpf filled
+        them already), and each generation's hot slots naming it on every CPU
+        (slot HOT_GENERATION), as the handler finds its maps by that name."""
+        self._set_map("hot_now", 0, self._fds["hot_a"])
+        for number, generation in enumerate(GENERATIONS):
+            self._set_map("drops_maps", number, self._fds[f"drops_{generation}"])
+            self._set_map("overflow_maps", number, self._fds[f"overflow_{generation}"])
+            self._empty_generation_slot(number)
+
+    def current(self):
+        """The generation the handler counts into: the one whose hot slots hot_now holds."""
+        key, inner = ctypes.c_uint32(0), ctypes.c_uint32()
+        lb.check_int(self._lib.bpf_map_lookup_elem(self._fds["hot_now"], ctypes.byref(key),
+                                                   ctypes.byref(inner)), "read hot_now")
+        return next(number for number, generation in enumerate(GENERATIONS)
+                    if map_id(self._lib, self._fds[f"hot_{generation}"]) == inner.value)
+
+    def swap(self, number):
+        """The handler counts into generation number from now on; returns
+        once no program runs on the other (a map-in-map update waits)."""
+        self._set_map("hot_now", 0, self._fds[f"hot_{GENERATIONS[number]}"])
+
+    def read(self, number):
+        """({key: (drops, bytes)}, what clear() needs) of a quiet generation."""
+        generation = GENERATIONS[number]
+        drops, drop_keys = self._read_map(self._fds[f"drops_{generation}"])
+        # Keys counted without their ports (MARK_PORTS_OVERFLOW) are not the drops map's.
+        overflow, overflow_keys = self._read_map(self._fds[f"overflow_{generation}"])
+        counts = drops | overflow
+        hot, claimed = self._read_hot_slots(number)
+        add_counts(counts, hot)
+        return counts, (drop_keys, overflow_keys, claimed)
+
+    def clear(self, number, taken=None):
+        """Empties a quiet generation: the keys read (all if taken is None),
+        the claimed hot slots, and its "full" mark."""
+        generation = GENERATIONS[number]
+        drop_keys, overflow_keys, claimed = taken or (None, None, range(HOT_SLOTS))
+        for name, keys in ((f"drops_{generation}", drop_keys), (f"overflow_{generation}", overflow_keys)):
+            if keys is None:
+                self._read_map(self._fds[name], delete=True)
+            else:
+                self._delete_keys(self._fds[name], keys)
+        fd = self._fds[f"hot_{generation}"]
+        for index in claimed:
+            i = ctypes.c_uint32(index)
+            lb.check_int(self._lib.bpf_map_update_elem(fd, ctypes.byref(i), self._zero_slots, 0),
+                         "empty hot slots")
+        self._empty_generation_slot(number)
+
+    def _set_map(self, name, index, fd):
+        """Puts the map of file descriptor fd at index of the map-in-map name."""
+        key, value = ctypes.c_uint32(index), ctypes.c_uint32(fd)
+        lb.check_int(self._lib.bpf_map_update_elem(self._fds[name], ctypes.byref(key),
+                                                   ctypes.byref(value), 0), f"set {name}[{index}]")
+
+    def _empty_generation_slot(self, number):
+        """Slot HOT_GENERATION of generation number's hot slots, on every CPU:
+        not full, and naming its generation."""
+        slots = (HotSlot * self.ncpus)(*[HotSlot(generation=number)] * self.ncpus)
+        index = ctypes.c_uint32(HOT_GENERATION)
+        lb.check_int(self._lib.bpf_map_update_elem(self._fds[f"hot_{GENERATIONS[number]}"],
+                                                   ctypes.byref(index), slots, 0),
+                     "name the generation's hot slots")
+
+    def _read_map(self, fd, delete=False):
+        """({key: (drops, bytes)}, the keys' bytes) of a quiet map, emptied if
+        delete. Read BATCH keys per call into buffers made once; each batch's
+        per-CPU values are summed column by column (map(add) over strided
+        views), not key by key: at 20,000 tag sets this loop was the
+        monitor's biggest cost."""
+        if self._batch is None:
+            self._batch = (DropKey * BATCH)(), (ctypes.c_uint64 * (BATCH * self.ncpus * 2))()
+        keys, values = self._batch
+        key_size, per_key = ctypes.sizeof(DropKey), self.ncpus * 2  # two u64 per CPU
+        token, next_token = ctypes.c_uint64(), ctypes.c_uint64()  # hash maps: a bucket index
+        batch = self._lib.bpf_map_lookup_and_delete_batch if delete else self._lib.bpf_map_lookup_batch
+        counts, raws, first = {}, [], True
+        while True:
+            n = ctypes.c_uint32(BATCH)
+            ret = batch(fd, None if first else ctypes.byref(token), ctypes.byref(next_token), keys, values,
+                        ctypes.byref(n), None)
+            if ret < 0 and -ret != ENOENT:
+                raise lb.LibbpfError("bpf_map_lookup_batch", ret)
+            raw = ctypes.string_at(keys, n.value * key_size)
+            raws.append(raw)
+            flat = memoryview(values).cast("B").cast("Q")[:n.value * per_key]
+            drops, nbytes = flat[0::per_key].tolist(), flat[1::per_key].tolist()
+            for cpu in range(1, self.ncpus):
+                drops = list(map(operator.add, drops, flat[2 * cpu::per_key]))
+                nbytes = list(map(operator.add, nbytes, flat[2 * cpu + 1::per_key]))
+            counts.update(zip([raw[i:i + key_size] for i in range(0, len(raw), key_size)],
+                              zip(drops, nbytes)))
+            if ret < 0:  # ENOENT: that was the last batch
+                return counts, raws
+            token.value, first = next_token.value, False
+
+    def _delete_keys(self, fd, raws):
+        """Deletes the keys read (each batch's bytes, as _read_map gave them)."""
+        key_size = ctypes.sizeof(DropKey)
+        for raw in raws:
+            if raw:
+                n = ctypes.c_uint32(len(raw) // key_size)
+                lb.check_int(self._lib.bpf_map_delete_batch(fd, raw, ctypes.byref(n), None),
+                             "bpf_map_delete_batch")
+
+    def _read_hot_slots(self, number):
+        """({key: (drops, bytes)}, the indexes of the claimed slots) of generation number."""
+        counts, claimed = {}, []
+        fd = self._fds[f"hot_{GENERATIONS[number]}"]
+        slots = (HotSlot * self.ncpus)()
+        for index in range(HOT_SLOTS):
+            i = ctypes.c_uint32(index)
+            lb.check_int(self._lib.bpf_map_lookup_elem(fd, ctypes.byref(i), slots), "read hot slots")
+            taken = [slot for slot in slots if slot.claimed]
+            if taken:
+                claimed.append(index)
+            # A slot claimed for a key whose drops all went to its map has
+            # counted nothing here: no point of 0 drops.
+            for slot in (slot for slot in taken if slot.count.drops):
+                add_counts(counts, {bytes(slot.key): (slot.count.drops, slot.count.bytes)})
+        return counts, claimed
+
+
+def map_id(lib, fd):
+    info = lb.BpfMapInfo()
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    lb.check_int(lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)), "map info")
+    return info.id
+
+
+class PinnedLoader:
+    """A pinned set's programs and maps, opened: the loader of a run that
+    took over a probe another run attached (or read one it replaced)."""
+
+    def __init__(self, pinned):
+        self.maps = {name: pinned.get(pins.MAP, name) for name in pinned.names(pins.MAP)}
+        self.programs = {name: pinned.get(pins.PROGRAM, name) for name in pinned.names(pins.PROGRAM)}
+        self._iterator = pinned.get(pins.ITERATOR, NETNS_TASKS) if NETNS_TASKS in pinned.names(pins.ITERATOR) \
+            else None
+        self._lib = lb.load()
+
+    def netns_tasks(self):
+        link = lb.check_int(self._lib.bpf_link_create(self._iterator, 0, lb.BPF_TRACE_ITER, None),
+                            f"attach {NETNS_TASKS}")
+        try:
+            fd = lb.check_int(self._lib.bpf_iter_create(link), f"run {NETNS_TASKS}")
+            with os.fdopen(fd, "rb") as iterator:
+                return netns_task_list(iterator.read())
+        finally:
+            os.close(link)
+
+    def close(self):
+        for fd in (*self.maps.values(), *self.programs.values(),
+                   *([self._iterator] if self._iterator is not None else [])):
+            os.close(fd)
+        self.maps, self.programs, self._iterator = {}, {}, None
+
+
+def netns_task_list(records):
+    """[(pid, network namespace inode)] of the iterator's records."""
+    tasks = (NetnsTask * (len(records) // ctypes.sizeof(NetnsTask))).from_buffer_copy(records)
+    return [(task.pid, task.netns) for task in tasks]
 
 
 class CoreLoader:
@@ -370,7 +608,8 @@ class CoreLoader:
         self._lib = lb.load()
         self._warnings = []
         self._obj = None
-        self._links = []
+        self._links = []  # (program name, link)
+        self._pinned = False  # its links pinned: they outlive it
 
     def load(self, hook, config, sizes, before_attach=lambda fds: None):
         """({program name: fd}, {map name: fd}) of the object loaded and attached at
@@ -475,16 +714,27 @@ class CoreLoader:
                          "set cpu_ids")
         before_attach(fds)
         for name in programs:
-            self._links.append(lb.check_ptr(lib.bpf_program__attach(self._program(name)),
-                                            f"attach {name}"))
+            self._links.append((name, lb.check_ptr(lib.bpf_program__attach(self._program(name)),
+                                                   f"attach {name}")))
         if walk:  # the hooks run: now the first "before" of every task's namespace
             self._read_iterator(LISTEN_WALK)
         return {name: lib.bpf_program__fd(self._program(name)) for name in programs}, fds
 
     def netns_tasks(self):
-        records = self._read_iterator(NETNS_TASKS)
-        tasks = (NetnsTask * (len(records) // ctypes.sizeof(NetnsTask))).from_buffer_copy(records)
-        return [(task.pid, task.netns) for task in tasks]
+        return netns_task_list(self._read_iterator(NETNS_TASKS))
+
+    def pin(self, pinned):
+        """Pins the attached programs' links (which keep them attached), the
+        programs, the namespace iterator and the maps in pinned (a
+        pins.PinnedSet); LibbpfError if this kernel cannot pin one (a
+        tracepoint attached through a perf event, before 5.15)."""
+        for name, link in self._links:
+            pinned.pin_link(link, name)
+            pinned.pin(self._lib.bpf_program__fd(self._program(name)), pins.PROGRAM + name)
+        pinned.pin(self._lib.bpf_program__fd(self._program(NETNS_TASKS)), pins.ITERATOR + NETNS_TASKS)
+        for name in CORE_MAPS:
+            pinned.pin(self._lib.bpf_map__fd(self._map(name)), pins.MAP + name)
+        self._pinned = True
 
     def _read_iterator(self, name):
         """What the iterator program writes in one run over every task."""
@@ -519,7 +769,9 @@ class CoreLoader:
                             f"find map {name}")
 
     def close(self):
-        for link in reversed(self._links):
+        for _, link in reversed(self._links):
+            if self._pinned:  # else libbpf disables a tracepoint's perf event, pinned or not
+                self._lib.bpf_link__disconnect(link)
             self._lib.bpf_link__destroy(link)
         if self._obj:
             self._lib.bpf_object__close(self._obj)

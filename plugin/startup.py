@@ -17,6 +17,7 @@ from .event import (PORT_TAGS_ALL, PORT_TAGS_BUCKETED, PORT_TAGS_NONE, REASON_OU
                     REASON_UNKNOWN, ProbeConfig)
 from .libc import LIBC
 from .names import OWN_REASONS
+from .pins import PinBusy, PinDir, PinError
 from .probe import HOOKS, CoreLoader, Probe, ProbeError
 from .symbols import KernelSymbols
 
@@ -94,7 +95,7 @@ def mount_tracefs():
 
 
 def open_probe(config, backend="auto", hook="auto", verbose=False, listen_drops="auto", mount=True,
-               **probe_options):
+               pin_dir=None, **probe_options):
     """Checks the host, mounts tracefs where it is not (unless mount is False:
     `check` changes nothing), then loads and attaches the probe with the
     backend, hook and way of seeing listen-queue drops asked for (--backend,
@@ -127,15 +128,32 @@ def open_probe(config, backend="auto", hook="auto", verbose=False, listen_drops=
         loader = BccLoader(host.format_file(), verbose=verbose)
     started = time.monotonic()
     try:
-        probe = Probe(loader, config, hooks, **probe_options)
+        probe = Probe(loader, config, hooks, pins=pin_directory(pin_dir), **probe_options)
     except ProbeError as e:
         raise StartupError(f"{e}{tracefs_problem}") from None
-    log.info(f"attached to {HOOKS[probe.hook][1]} ({backend}) in "
+    how = (f"taking over the probe pinned at {pin_dir} (attached by pid {probe.taken_over['pid']})"
+           if probe.taken_over else f"({backend})")
+    log.info(f"attached to {HOOKS[probe.hook][1]} {how} in "
              f"{(time.monotonic() - started) * 1000:.0f} ms; listen-queue drops: {probe.listen}; "
              f"nested runs: {probe.nested_runs}")
     if probe.unseen:
         log.warn(probe.unseen)
     return probe
+
+
+def pin_directory(path):
+    """The pin directory at path, locked (None: no pinning); StartupError if
+    another run holds it. One that cannot be had is a warning: this run
+    counts, but only while it runs."""
+    if path is None:
+        return None
+    try:
+        return PinDir(path).open()
+    except PinBusy as e:
+        raise StartupError(str(e)) from None
+    except PinError as e:
+        log.warn(f"counting stops with this run: {e}")
+        return None
 
 
 def loaded_symbols():

@@ -21,14 +21,22 @@ class FakeSymbols:
 
 
 class StubProbe:
-    """The probe's reading side: each interval's counts per key, counters, run stats."""
+    """The probe's reading side: each interval's counts per key, counters, run
+    stats; the counts another run left, and the baselines it wrote."""
 
-    def __init__(self):
+    def __init__(self, carried=None, baselines=None):
         self.counts, self.counters_ = {}, [0] * COUNTER_MAX
+        self.carried, self.baselines, self.committed = carried or {}, baselines, []
 
-    def take_counts(self):
+    def read_counts(self):
         counts, self.counts = self.counts, {}
         return counts
+
+    def read_carried(self):
+        return self.carried
+
+    def commit(self, baselines=None):
+        self.committed.append(baselines)
 
     def counters(self):
         return list(self.counters_)
@@ -205,3 +213,27 @@ def test_a_renamed_namespace_is_tagged_by_its_new_name_from_the_next_scan(tmp_pa
     assert names.scans == 2  # idle: not one look
     assert netns_tags() == ["red"]
     assert names.scans == 3
+
+
+def test_a_run_that_took_over_counts_from_the_baselines_the_run_before_wrote():
+    """The counters and run stats are the pinned probe's, since it attached:
+    this run's first interval gives their rise since the last one written."""
+    probe = StubProbe(baselines={"counters": [0, 0, 0, 0, 0, 0, 1, 5], "runs": [90, 4000, 0, 0]})
+    probe.counters_ = [0, 0, 0, 0, 0, 0, 1, 7]
+    c = collector(probe)
+    fields = c.collect()[-1].fields
+    assert fields["unreadable"] == 2 and fields["probe_misses"] == 0
+    c.written()
+    assert probe.committed == [{"counters": [0, 0, 0, 0, 0, 0, 1, 7], "runs": [100, 5000, 0, 0]}]
+
+
+def test_drops_another_run_left_are_points_of_their_own():
+    probe = StubProbe(carried={key(): (4, 240), key(dport=80): (1, 60)})
+    points = collector(probe).carried()
+    assert [encode(p) for p in points] == [
+        "tcpdrop,dport=443,family=4,flags=SYN,frame=tcp_v4_rcv,reason=NO_SOCKET,sport=ephemeral,"
+        "state=NONE drops=4i,bytes=240i 2000000000",
+        "tcpdrop,dport=80,family=4,flags=SYN,frame=tcp_v4_rcv,reason=NO_SOCKET,sport=ephemeral,"
+        "state=NONE drops=1i,bytes=60i 2000000000",
+        "tcpdrop_agent carried_drops=5i 2000000000"]
+    assert collector(StubProbe()).carried() == []

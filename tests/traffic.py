@@ -105,6 +105,19 @@ def raw_syns(port, count, sport="random"):
         send_ipv4(tcp_segment("127.0.0.1", "127.0.0.1", source, int(port), i, 0x02))
 
 
+def steady_syns(port, rate, seconds):
+    """SYNs to port, rate a second (in bursts of a tenth of a second's), for
+    that many seconds. Prints how many were sent."""
+    started, sent = time.monotonic(), 0
+    while time.monotonic() < started + float(seconds):
+        due = int((time.monotonic() - started) * float(rate))
+        for _ in range(due - sent):
+            send_ipv4(tcp_segment("127.0.0.1", "127.0.0.1", 40000, int(port), sent, 0x02))
+            sent += 1
+        time.sleep(0.1)
+    print(f"sent={sent}")
+
+
 def syn_churn(port, seconds, ports, phase_seconds):
     """SYNs to port for that many seconds, each from a random one of `ports`
     source ports; every phase_seconds the other half of them (tag sets that
@@ -611,7 +624,8 @@ def fragment(family, which, sport, dport, count):
 KINDS = {"bad-checksum": bad_checksum, "low-ttl": low_ttl, "md5-not-found": md5_not_found,
          "listen-full": listen_full, "connect-storm": connect_storm, "syn-queue-full": syn_queue_full,
          "cookie-acks": cookie_acks, "many-listeners": many_listeners,
-         "icmp-aborts-requests": icmp_aborts_requests, "syn": syn, "syns": syns, "raw-syns": raw_syns, "syn-churn": syn_churn,
+         "icmp-aborts-requests": icmp_aborts_requests, "syn": syn, "syns": syns, "raw-syns": raw_syns,
+         "syn-churn": syn_churn, "steady-syns": steady_syns,
          "fill-then-stream": fill_then_stream, "old-segment": old_segment, "listen-overflow": listen_overflow,
          "syn-with-ip-options": syn_with_ip_options,
          "syn-with-ipv6-extensions": syn_with_ipv6_extensions,
