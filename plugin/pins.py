@@ -166,8 +166,11 @@ class PinDir:
 
     def open(self, wait=LOCK_WAIT):
         """Locks it; PinError if it cannot be had, PinBusy if another run holds it."""
-        self._make()
-        self._fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            self._make()
+            self._fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as e:
+            raise PinError(f"{self.path}: {e.strerror}") from None
         deadline = time.monotonic() + wait
         while True:
             try:
@@ -223,7 +226,10 @@ def pinning(probe):
     if _fs_type(BPF_FS) != BPF_FS_MAGIC:
         return f"bpffs is not mounted at {BPF_FS} (mount -t bpf bpf {BPF_FS})"
     pinned = PinnedSet(os.path.join(BPF_FS, f"telegraf-tcpdrop-check-{secrets.token_hex(4)}"))
-    os.mkdir(pinned.path, 0o700)
+    try:
+        os.mkdir(pinned.path, 0o700)
+    except OSError as e:  # systemd's is root's alone (0700)
+        return f"this user cannot make a directory in {BPF_FS} ({e.strerror})"
     try:
         probe.pin(pinned)
     except (lb.LibbpfError, PinError) as e:

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import CLI, TESTS, Metrics, eventually, require_root
+from conftest import CLI, TESTS, Metrics, as_nobody_with, eventually, require_root
 from telegraf_tcpdrop.probe import HOOKS
 
 PORT = 7640
@@ -176,12 +176,19 @@ def test_check_says_whether_runs_can_keep_the_probe():
         assert f"\nno    pinning: bpffs is not mounted at {bpf_fs} (mount -t bpf bpf {bpf_fs}): counting " \
                "stops with each run of metrics\n" in out
         subprocess.run(["mount", "-t", "bpf", "bpf", bpf_fs], check=True)
+    mode = os.stat(bpf_fs).st_mode & 0o7777
     try:
         before = os.listdir(bpf_fs)
         out = subprocess.run([CLI, "check"], capture_output=True, text=True).stdout
         assert f"\nok    pinning: bpffs at {bpf_fs}, and this kernel pins tp_btf/kfree_skb's links: " \
                "metrics --pin-dir keeps counting between runs\n" in out
         assert os.listdir(bpf_fs) == before
+        os.chmod(bpf_fs, 0o700)  # as systemd mounts it: root's alone
+        out = subprocess.run([*as_nobody_with("bpf", "perfmon", "syslog"), CLI, "check"], capture_output=True,
+                             text=True)
+        assert out.returncode == 0 and f"\nno    pinning: this user cannot make a directory in {bpf_fs} " \
+            "(Permission denied): counting stops with each run of metrics\n" in out.stdout, out
     finally:
+        os.chmod(bpf_fs, mode)
         if not mounted:
             subprocess.run(["umount", bpf_fs], check=True)
