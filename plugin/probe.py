@@ -571,9 +571,7 @@ class PinnedLoader:
         link = lb.check_int(self._lib.bpf_link_create(self._iterator, 0, lb.BPF_TRACE_ITER, None),
                             f"attach {NETNS_TASKS}")
         try:
-            fd = lb.check_int(self._lib.bpf_iter_create(link), f"run {NETNS_TASKS}")
-            with os.fdopen(fd, "rb") as iterator:
-                return netns_task_list(iterator.read())
+            return netns_task_list(iterator_records(self._lib, link, NETNS_TASKS))
         finally:
             os.close(link)
 
@@ -582,6 +580,13 @@ class PinnedLoader:
                    *([self._iterator] if self._iterator is not None else [])):
             os.close(fd)
         self.maps, self.programs, self._iterator = {}, {}, None
+
+
+def iterator_records(lib, link_fd, name):
+    """What the iterator program name, attached as link_fd, writes in one run."""
+    fd = lb.check_int(lib.bpf_iter_create(link_fd), f"run {name}")
+    with os.fdopen(fd, "rb") as iterator:
+        return iterator.read()
 
 
 def netns_task_list(records):
@@ -741,9 +746,7 @@ class CoreLoader:
         lib = self._lib
         link = lb.check_ptr(lib.bpf_program__attach_iter(self._program(name), None), f"attach {name}")
         try:
-            fd = lb.check_int(lib.bpf_iter_create(lib.bpf_link__fd(link)), f"run {name}")
-            with os.fdopen(fd, "rb") as iterator:
-                return iterator.read()
+            return iterator_records(lib, lib.bpf_link__fd(link), name)
         finally:
             lib.bpf_link__destroy(link)
 
